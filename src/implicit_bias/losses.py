@@ -1,0 +1,33 @@
+"""Losses on labels y ∈ {−1, +1}, averaged over the batch, computed stably."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LossName = Literal["logistic", "exponential", "mse"]
+
+
+def per_sample(f: Tensor, y: Tensor, kind: LossName) -> Tensor:
+    """ℓ(f, y) per sample: logistic log(1+e^{−yf}) (as softplus), exponential
+    e^{−yf}, mse ½(f−y)²."""
+    if kind == "logistic":
+        return F.softplus(-y * f)
+    if kind == "exponential":
+        return torch.exp(-y * f)
+    if kind == "mse":
+        return 0.5 * (f - y) ** 2
+    raise ValueError(f"unknown loss {kind}")
+
+
+def mean_loss(f: Tensor, y: Tensor, kind: LossName) -> Tensor:
+    """Mean of :func:`per_sample` over the last dimension."""
+    return per_sample(f, y, kind).mean(-1)
+
+
+def accuracy(f: Tensor, y: Tensor) -> Tensor:
+    """Fraction of samples with sign f = y (f = 0 counts as wrong)."""
+    return ((f * y) > 0).to(f.dtype).mean(-1)

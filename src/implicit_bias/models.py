@@ -1,0 +1,191 @@
+"""The one model family: bias-free fully connected networks (SPEC §2).
+
+Everything here is written for **one run**: ``params`` is a tuple of weight
+matrices, each of shape ``(out, in)`` as in ``torch.nn.Linear``, and ``x`` is
+``(n, d)``. The engine batches runs with ``torch.vmap`` over a leading run
+dimension of every parameter.
+
+f(x) = c_L W_L φ(c_{L-1} W_{L-1} ⋯ φ(c_1 W_1 x)), with c_l = 1/√fan_in under the
+``ntk`` parametrization (Jacot et al. 2018; Lewkowycz et al. 2020, arXiv
+2003.02218; Liu et al. 2023, arXiv 2011.12547) and c_l = 1 otherwise. With
+``last_layer='fixed_sign'`` the last layer is the fixed vector a = ±1/√m
+(first half +, second half −) of Frei et al. 2023 (arXiv 2210.07082), not
+trained: f(x) = aᵀ φ(c W_{L-1} ⋯).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from .config import ModelConfig
+
+Params = tuple[Tensor, ...]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Static description of the network (everything that fixes shapes and code)."""
+
+    d: int
+    depth: int = 2
+    width: int = 256
+    activation: Literal["linear", "relu", "leaky_relu", "smooth_leaky_relu"] = "linear"
+    leak: float = 0.1
+    smoothing: float = 1.0
+    parametrization: Literal["ntk", "standard", "direct"] = "ntk"
+    last_layer: Literal["trained", "fixed_sign"] = "trained"
+
+    @classmethod
+    def from_config(cls, cfg: ModelConfig, d: int) -> ModelSpec:
+        return cls(
+            d=d,
+            depth=cfg.depth,
+            width=cfg.width,
+            activation=cfg.activation,
+            leak=cfg.leak,
+            smoothing=cfg.smoothing,
+            parametrization=cfg.parametrization,
+            last_layer=cfg.last_layer,
+        )
+
+    @property
+    def all_shapes(self) -> list[tuple[int, int]]:
+        """Shapes ``(out, in)`` of all ``depth`` layers, the last one ``(1, width)``."""
+        dims = [self.d] + [self.width] * (self.depth - 1) + [1]
+        return [(dims[i + 1], dims[i]) for i in range(self.depth)]
+
+    @property
+    def trained_shapes(self) -> list[tuple[int, int]]:
+        shapes = self.all_shapes
+        return shapes[:-1] if self.last_layer == "fixed_sign" else shapes
+
+    @property
+    def n_params(self) -> int:
+        return sum(o * i for o, i in self.trained_shapes)
+
+    @property
+    def homogeneity(self) -> int:
+        """Degree L with f(c·θ) = c^L f(θ) for positively homogeneous φ."""
+        return self.depth - 1 if self.last_layer == "fixed_sign" else self.depth
+
+    @property
+    def is_homogeneous(self) -> bool:
+        return self.activation != "smooth_leaky_relu"
+
+    def multipliers(self) -> list[float]:
+        """Per-layer output multipliers c_l (1/√fan_in under ``ntk``)."""
+        if self.parametrization == "ntk":
+            return [1.0 / math.sqrt(fan_in) for _, fan_in in self.all_shapes]
+        return [1.0] * self.depth
+
+
+def activate(z: Tensor, spec: ModelSpec) -> Tensor:
+    """φ(z) elementwise. The smoothed leaky ReLU is eq. (2) of Frei et al. 2023."""
+    kind = spec.activation
+    if kind == "linear":
+        return z
+    if kind == "relu":
+        return torch.relu(z)
+    if kind == "leaky_relu":
+        return torch.maximum(z, spec.leak * z)
+    if kind == "smooth_leaky_relu":
+        g, h = spec.leak, spec.smoothing
+        lin_hi = z - (1 - g) / (4 * h)
+        lin_lo = g * z - (1 - g) / (4 * h)
+        quad = (1 - g) * h * z * z / 4 + (1 + g) * z / 2
+        return torch.where(z >= 1 / h, lin_hi, torch.where(z <= -1 / h, lin_lo, quad))
+    raise ValueError(f"unknown activation {kind}")
+
+
+def fixed_last_layer(spec: ModelSpec, dtype: torch.dtype, device: torch.device | str) -> Tensor | None:
+    """The fixed second layer a = ±1/√m, shape ``(1, width)``; ``None`` if trained."""
+    if spec.last_layer != "fixed_sign":
+        return None
+    m = spec.width
+    a = torch.full((1, m), 1.0 / math.sqrt(m), dtype=dtype, device=device)
+    a[:, m // 2 :] *= -1
+    return a
+
+
+def hidden(params: Params, x: Tensor, spec: ModelSpec) -> Tensor:
+    """Last hidden representation φ(c W_{L-1} ⋯ φ(c W_1 x)), shape ``(n, width)``."""
+    c = spec.multipliers()
+    h = x
+    for layer in range(spec.depth - 1):
+        h = activate((h @ params[layer].T) * c[layer], spec)
+    return h
+
+
+def forward(params: Params, x: Tensor, spec: ModelSpec, a: Tensor | None = None) -> Tensor:
+    """Network output for one run.
+
+    Args:
+        params: trained weights, ``(out, in)`` each.
+        x: inputs ``(n, d)``.
+        spec: the architecture.
+        a: the fixed last layer ``(1, width)`` when ``spec.last_layer == 'fixed_sign'``.
+
+    Returns:
+        f(x), shape ``(n,)``.
+    """
+    c = spec.multipliers()
+    h = hidden(params, x, spec) if spec.depth > 1 else x
+    if spec.last_layer == "fixed_sign":
+        assert a is not None, "fixed_sign needs the fixed layer a"
+        return (h @ a.T).squeeze(-1)
+    return ((h @ params[-1].T) * c[-1]).squeeze(-1)
+
+
+def init_params(
+    spec: ModelSpec,
+    seed: int,
+    init_scale: float,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+) -> Params:
+    """Draw the initial weights of one run from its seed.
+
+    Directions come from ``seed`` alone (drawn in float64 on the CPU, then
+    cast), so runs that differ only in learning rate or ``init_scale`` start
+    from the same direction.
+
+    Returns:
+        Trained weights: N(0, init_scale²) under ``ntk`` and ``direct``,
+        N(0, init_scale²/fan_in) under ``standard``.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+    out = []
+    for fan_out, fan_in in spec.trained_shapes:
+        w = torch.randn(fan_out, fan_in, generator=gen, dtype=torch.float64)
+        std = init_scale / math.sqrt(fan_in) if spec.parametrization == "standard" else init_scale
+        out.append((w * std).to(dtype=dtype, device=device))
+    return tuple(out)
+
+
+def linear_predictor(params: Params, spec: ModelSpec, a: Tensor | None = None) -> Tensor | None:
+    """The end-to-end vector v with f(x) = ⟨v, x⟩ where one exists, shape ``(d,)``.
+
+    Deep linear nets: v = c_L W_L ⋯ c_1 W_1. Fixed-sign two-layer nets (any φ):
+    v = W₁ᵀa, the predictor whose sign Frei et al. 2023 show the network's
+    decision boundary matches. ``None`` for other nonlinear nets.
+    """
+    c = spec.multipliers()
+    if spec.last_layer == "fixed_sign" and spec.depth == 2:
+        assert a is not None
+        return (a @ params[0]).squeeze(0)
+    if spec.activation != "linear":
+        return None
+    if spec.last_layer == "fixed_sign":
+        assert a is not None
+        m = a
+    else:
+        m = params[-1] * c[-1]
+    hidden_layers = params[: spec.depth - 1]
+    for layer in reversed(range(len(hidden_layers))):
+        m = (m @ hidden_layers[layer]) * c[layer]
+    return m.squeeze(0)
