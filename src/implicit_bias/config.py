@@ -216,7 +216,10 @@ class ExperimentConfig(_Strict):
 
     def config_hash(self) -> str:
         """A short hash of the resolved config (what identifies a results folder)."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, default=str)
+        raw = self.model_dump(mode="json")
+        # the sweep's key order fixes the run order, so it is part of the identity
+        raw["sweep_order"] = list(self.sweep)
+        blob = json.dumps(raw, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -372,10 +375,6 @@ def expand_runs(cfg: ExperimentConfig) -> list[tuple[dict[str, Any], ExperimentC
     base = cfg.model_dump(mode="json")
     base.pop("sweep", None)
     keys = list(cfg.sweep)
-    for key in keys:
-        if key != "seed" and _get_dotted(base, key) is None and not _is_known_optional(key):
-            # unknown keys are caught by validation below; this catches typos in sections
-            pass
     runs: list[tuple[dict[str, Any], ExperimentConfig]] = []
     cache: dict[str, ExperimentConfig] = {}
     for values in itertools.product(*(cfg.sweep[k] for k in keys)):
@@ -388,10 +387,6 @@ def expand_runs(cfg: ExperimentConfig) -> list[tuple[dict[str, Any], ExperimentC
             cache[blob] = _validate(raw, prefix="")
         runs.append((coords, cache[blob]))
     return runs
-
-
-def _is_known_optional(key: str) -> bool:
-    return True
 
 
 def to_yaml(cfg: ExperimentConfig, extra: Mapping[str, Any] | None = None) -> str:

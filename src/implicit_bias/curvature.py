@@ -1,0 +1,371 @@
+"""Curvature toolbox batched over runs (SPEC §3): operators + Lanczos/Hutchinson/SLQ.
+
+In the style of curvlinops: each operator is a function mapping a batch of flat
+vectors ``(R, P)`` to ``(R, P)`` (or ``(R, n)`` for the NTK), built from
+``torch.func`` transforms vmapped over the leading run dimension R, so a whole
+sweep is measured in one pass with no Python loop over runs.
+
+Conventions: ``params`` is a tuple of tensors with a leading run dim R (the
+engine's batched weights); ``loss_fn``/``output_fn`` are written for **one**
+run. Data tensors are shared by all runs (in-dim ``None``, e.g. X ``(n, d)``)
+or per run (in-dim ``0``, e.g. X ``(R, n, d)``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+from torch.func import grad, jacrev, jvp, vjp, vmap
+
+with warnings.catch_warnings():
+    # The first forward-mode AD call imports torch's jvp decompositions, which
+    # torch.jit.script them and (torch >= 2.9) warn that jit.script is deprecated;
+    # under pytest's warnings-as-errors that aborts the import midway. Load them
+    # once here, quietly.
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=DeprecationWarning)
+    importlib.import_module("torch._decomp.decompositions_for_jvp")
+
+Params = tuple[Tensor, ...]
+MatVec = Callable[[Tensor], Tensor]
+
+
+def flatten(params: Sequence[Tensor]) -> Tensor:
+    """Batched params ``(R, *shape_i)`` → flat vectors ``(R, P)``, P = Σ numel."""
+    return torch.cat([p.reshape(p.shape[0], -1) for p in params], dim=1)
+
+
+def unflatten(flat: Tensor, like_params: Sequence[Tensor]) -> Params:
+    """Inverse of :func:`flatten`: ``(R, P)`` → tuple shaped like ``like_params``."""
+    sizes = [p[0].numel() for p in like_params]
+    chunks = torch.split(flat, sizes, dim=-1)
+    return tuple(
+        c.reshape(c.shape[:-1] + p.shape[1:]) for c, p in zip(chunks, like_params, strict=True)
+    )
+
+
+def _detach(params: Sequence[Tensor]) -> Params:
+    return tuple(p.detach() for p in params)
+
+
+def hessian_operator(
+    loss_fn: Callable[..., Tensor],
+    params: Sequence[Tensor],
+    data: Sequence[Tensor] = (),
+    data_in_dims: Sequence[int | None] | None = None,
+) -> MatVec:
+    """Hessian-vector products of a per-run loss, batched over runs.
+
+    Forward-over-reverse (``jvp`` of ``grad``; Pearlmutter 1994): one HVP costs
+    about two gradient evaluations and never forms the P×P matrix.
+
+    Args:
+        loss_fn: ``loss_fn(params_single, *data) -> scalar`` for ONE run.
+        params: batched parameters, tuple of ``(R, *shape_i)``.
+        data: data tensors passed after the params (e.g. ``(X, y)``).
+        data_in_dims: per data tensor, ``None`` (shared) or ``0`` (per run);
+            default all shared.
+
+    Returns:
+        ``matvec(v: (R, P)) -> (R, P)`` computing H_r v_r for every run r.
+    """
+    params, data = _detach(params), tuple(data)
+    in_dims = tuple(data_in_dims) if data_in_dims is not None else (None,) * len(data)
+
+    def hvp_one(p: Params, v: Params, *d: Tensor) -> Params:
+        return jvp(lambda q: grad(loss_fn)(q, *d), (p,), (v,))[1]
+
+    batched = vmap(hvp_one, in_dims=(0, 0, *in_dims))
+    return lambda v: flatten(batched(params, unflatten(v, params), *data))
+
+
+def _loss_curvature(f: Tensor, y: Tensor, loss_kind: str) -> Tensor:
+    """∂²ℓ/∂f² per sample for labels y ∈ {±1} (so y² = 1)."""
+    if loss_kind == "logistic":  # σ(yf)(1 − σ(yf)), in a form that never overflows
+        return torch.sigmoid(y * f) * torch.sigmoid(-y * f)
+    if loss_kind == "exponential":
+        return torch.exp(-y * f)
+    if loss_kind == "mse":
+        return torch.ones_like(f)
+    raise ValueError(f"unknown loss {loss_kind}")
+
+
+def gauss_newton_operator(
+    output_fn: Callable[[Params, Tensor], Tensor],
+    loss_kind: str,
+    params: Sequence[Tensor],
+    X: Tensor,
+    y: Tensor,
+    data_in_dims: tuple[int | None, int | None] = (None, None),
+) -> MatVec:
+    """Generalised Gauss–Newton products G v = Jᵀ diag(ℓ'') J v / n, batched over runs.
+
+    The positive semi-definite part of the Hessian of the mean loss (Schraudolph
+    2002; the `gn_sharpness` of SPEC §3): ℓ'' is σ(yf)(1−σ(yf)) for 'logistic',
+    e^{−yf} for 'exponential' and 1 for 'mse' (½(f−y)²).
+
+    Args:
+        output_fn: ``output_fn(params_single, X) -> f (n,)`` for ONE run.
+        loss_kind: ``'logistic'``, ``'exponential'`` or ``'mse'``.
+        params: batched parameters, tuple of ``(R, *shape_i)``.
+        X: inputs ``(n, d)`` or ``(R, n, d)``.
+        y: labels ±1, ``(n,)`` or ``(R, n)``.
+        data_in_dims: in-dims of ``(X, y)``: ``None`` shared, ``0`` per run.
+
+    Returns:
+        ``matvec(v: (R, P)) -> (R, P)``.
+    """
+    params = _detach(params)
+
+    def ggn_one(p: Params, v: Params, x: Tensor, yy: Tensor) -> Params:
+        f, jv = jvp(lambda q: output_fn(q, x), (p,), (v,))[:2]
+        pullback = vjp(lambda q: output_fn(q, x), p)[1]
+        return pullback(_loss_curvature(f, yy, loss_kind) * jv / f.shape[-1])[0]
+
+    batched = vmap(ggn_one, in_dims=(0, 0, *data_in_dims))
+    return lambda v: flatten(batched(params, unflatten(v, params), X, y))
+
+
+def ntk_operator(
+    output_fn: Callable[[Params, Tensor], Tensor],
+    params: Sequence[Tensor],
+    X: Tensor,
+    x_in_dim: int | None = None,
+) -> MatVec:
+    """Empirical NTK products Θ u = J (Jᵀ u) / n, batched over runs.
+
+    J = ∂f(xᵢ)/∂θ (n × P) (Jacot et al. 2018); its top eigenvalue is SPEC's
+    `ntk_max`. Applied as a vjp then a jvp, so the n × P Jacobian is never formed.
+
+    Args:
+        output_fn: ``output_fn(params_single, X) -> f (n,)`` for ONE run.
+        params: batched parameters, tuple of ``(R, *shape_i)``.
+        X: inputs ``(n, d)`` (``x_in_dim=None``) or ``(R, n, d)`` (``x_in_dim=0``).
+
+    Returns:
+        ``matvec(u: (R, n)) -> (R, n)``.
+    """
+    params = _detach(params)
+
+    def ntk_one(p: Params, u: Tensor, x: Tensor) -> Tensor:
+        pullback = vjp(lambda q: output_fn(q, x), p)[1]
+        return jvp(lambda q: output_fn(q, x), (p,), pullback(u))[1] / u.shape[-1]
+
+    batched = vmap(ntk_one, in_dims=(0, 0, x_in_dim))
+    return lambda u: batched(params, u, X)
+
+
+def ntk_gram(
+    output_fn: Callable[[Params, Tensor], Tensor],
+    params: Sequence[Tensor],
+    X: Tensor,
+    x_in_dim: int | None = None,
+) -> Tensor:
+    """Exact empirical NTK Gram matrices Θ = J Jᵀ / n, ``(R, n, n)`` (small n only:
+    materialises J, ``(n, P)`` per run)."""
+
+    def gram_one(p: Params, x: Tensor) -> Tensor:
+        jac = jacrev(output_fn)(p, x)
+        J = torch.cat([j.reshape(j.shape[0], -1) for j in jac], dim=1)
+        return J @ J.T / J.shape[0]
+
+    return vmap(gram_one, in_dims=(0, x_in_dim))(_detach(params), X)
+
+
+class LanczosResult(NamedTuple):
+    """Top-k Ritz pairs per run. NaN rows mark runs whose matvec was non-finite."""
+
+    eigenvalues: Tensor  # (R, k), descending: the k largest algebraic eigenvalues
+    eigenvectors: Tensor  # (R, k, P), unit Ritz vectors
+    residuals: Tensor  # (R, k), ‖A v − λ v‖ computed with an explicit matvec
+    converged: Tensor  # (R, k) bool, residual ≤ tol · max(|λ|, tiny)
+
+
+def _randn(shape: tuple[int, ...], like: Tensor, generator: torch.Generator | None) -> Tensor:
+    # Draw on the generator's own device so a CPU generator works for CUDA vectors.
+    dev = generator.device if generator is not None else like.device
+    return torch.randn(shape, generator=generator, dtype=like.dtype, device=dev).to(like.device)
+
+
+def _orthogonalize(w: Tensor, Q: Tensor) -> Tensor:
+    """w − Q Qᵀ w per run: one classical Gram–Schmidt pass; Q ``(R, j, P)``."""
+    return w - torch.einsum("rjp,rj->rp", Q, torch.einsum("rjp,rp->rj", Q, w))
+
+
+def _tridiagonalize(
+    matvec: MatVec, v0: Tensor, m: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """m Lanczos steps with full reorthogonalisation, all runs in lock-step.
+
+    Returns the basis Q ``(R, m, P)``, the tridiagonal T ``(R, m, m)`` (zeroed
+    for bad runs) and ``bad (R,)`` marking runs whose matvec gave non-finite values.
+    """
+    R, P = v0.shape
+    tiny = torch.finfo(v0.dtype).tiny
+    eps = torch.finfo(v0.dtype).eps
+    norm0 = v0.norm(dim=1, keepdim=True)
+    ok0 = torch.isfinite(v0).all(1, keepdim=True) & (norm0 > 0) & torch.isfinite(norm0)
+    v = torch.where(ok0, v0, _randn((R, P), v0, generator))
+    v = v / v.norm(dim=1, keepdim=True)
+    Q = v0.new_zeros(R, m, P)
+    alpha, beta = v0.new_zeros(R, m), v0.new_zeros(R, max(m - 1, 0))
+    bad = torch.zeros(R, dtype=torch.bool, device=v0.device)
+    anorm = v0.new_zeros(R)  # running max ‖A q_j‖: the scale of "numerically zero"
+    for j in range(m):
+        Q[:, j] = v
+        w = matvec(v)
+        alpha[:, j] = (w * v).sum(1)
+        anorm = torch.maximum(anorm, w.norm(dim=1))
+        bad |= ~torch.isfinite(alpha[:, j]) | ~torch.isfinite(anorm)
+        if j == m - 1:
+            break
+        # Project Av against the whole basis (this subsumes the α, β terms of the
+        # three-term recurrence, which alone loses orthogonality and makes ghost
+        # eigenvalues), twice: "twice is enough" (Parlett 1998).
+        Qj = Q[:, : j + 1]
+        w1 = _orthogonalize(w, Qj)
+        w2 = _orthogonalize(w1, Qj)
+        n1, n2 = w1.norm(dim=1), w2.norm(dim=1)
+        # Breakdown (invariant subspace found): the second pass still removed much
+        # (ARPACK's 0.717 test) or w is zero at the matrix's scale. Restart that
+        # run alone with a random vector ⟂ its basis and an exact 0 off-diagonal.
+        brk = (n2 <= 0.717 * n1) | (n2 <= eps * anorm)
+        r = _orthogonalize(_orthogonalize(_randn((R, P), v0, generator), Qj), Qj)
+        w = torch.where(brk[:, None], r, w2)
+        beta[:, j] = torch.where(brk, 0.0, n2)
+        v = w / w.norm(dim=1, keepdim=True).clamp_min(tiny)
+    T = torch.diag_embed(alpha) + torch.diag_embed(beta, 1) + torch.diag_embed(beta, -1)
+    # A NaN matrix could make batched eigh fail for everyone: zero it, mask later.
+    T = torch.where(bad[:, None, None], 0.0, T)
+    return Q, T, bad
+
+
+@torch.no_grad()
+def lanczos(
+    matvec: MatVec,
+    v0: Tensor,
+    iters: int,
+    k: int = 1,
+    generator: torch.Generator | None = None,
+    tol: float = 1e-3,
+) -> LanczosResult:
+    """The k largest *algebraic* eigenvalues of symmetric operators, batched over runs.
+
+    Lanczos (1950) with full reorthogonalisation; SPEC §3 `sharpness`. Unlike
+    power iteration it returns the top of the spectrum even when a negative
+    eigenvalue is larger in magnitude. Breakdown in one run (Krylov space
+    exhausted, e.g. iters ≥ rank) restarts that run only; runs whose matvec is
+    non-finite (diverged) get NaN results without touching the others.
+
+    Args:
+        matvec: ``(R, P) -> (R, P)`` symmetric operator per run.
+        v0: ``(R, P)`` start vectors (warm start); zero or non-finite rows are
+            replaced by random ones.
+        iters: Lanczos steps (capped at P; exact when ≥ P).
+        k: number of top eigenpairs, ``k ≤ min(iters, P)``.
+        generator: RNG for random start/restart vectors (one on v0's device
+            avoids a host-to-device copy per step).
+        tol: relative residual threshold for ``converged``.
+
+    Returns:
+        :class:`LanczosResult` with ``eigenvalues (R, k)`` (descending),
+        ``eigenvectors (R, k, P)``, ``residuals (R, k)``, ``converged (R, k)``.
+    """
+    P = v0.shape[1]
+    m = min(iters, P)
+    if not 1 <= k <= m:
+        raise ValueError(f"need 1 <= k <= min(iters, P) = {m}, got k={k}")
+    Q, T, bad = _tridiagonalize(matvec, v0, m, generator)
+    theta, S = torch.linalg.eigh(T)  # ascending
+    theta, S = theta[:, -k:].flip(-1), S[:, :, -k:].flip(-1)
+    vecs = torch.einsum("rmk,rmp->rkp", S, Q)
+    vecs = vecs / vecs.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v0.dtype).tiny)
+    # Explicit residuals: one extra batched matvec per Ritz vector (k is small).
+    res = torch.stack(
+        [(matvec(vecs[:, i]) - theta[:, i, None] * vecs[:, i]).norm(dim=1) for i in range(k)], 1
+    )
+    nan = torch.tensor(float("nan"), dtype=v0.dtype, device=v0.device)
+    theta = torch.where(bad[:, None], nan, theta)
+    vecs = torch.where(bad[:, None, None], nan, vecs)
+    res = torch.where(bad[:, None], nan, res)
+    scale = theta.abs().clamp_min(torch.finfo(v0.dtype).tiny)
+    return LanczosResult(theta, vecs, res, res <= tol * scale)
+
+
+def _rademacher(R: int, P: int, dtype, device, generator) -> Tensor:
+    dev = generator.device if generator is not None else device
+    z = torch.randint(0, 2, (R, P), generator=generator, device=dev)
+    return (2 * z - 1).to(dtype=dtype, device=device)
+
+
+@torch.no_grad()
+def hutchinson_trace(
+    matvec: MatVec,
+    R: int,
+    P: int,
+    probes: int = 100,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Hutchinson (1989) trace estimate mean_z zᵀ A z with Rademacher z, ``(R,)``.
+
+    Unbiased; variance per probe 2(‖A‖²_F − Σ A_ii²), so exact for diagonal A.
+
+    Args:
+        matvec: ``(R, P) -> (R, P)`` operator per run (e.g. :func:`hessian_operator`).
+        R, P: number of runs and vector length.
+        probes: number of Rademacher probes (one batched matvec each).
+        dtype, device: of the probes; ``generator`` may live on another device.
+
+    Returns:
+        ``(R,)`` trace estimates (non-finite for runs whose matvec is).
+    """
+    acc = torch.zeros(R, dtype=dtype, device=device)
+    for _ in range(probes):  # one batched matvec per probe, all runs at once
+        z = _rademacher(R, P, dtype, device, generator)
+        acc += (z * matvec(z)).sum(1)
+    return acc / probes
+
+
+@torch.no_grad()
+def spectral_density(
+    matvec: MatVec,
+    R: int,
+    P: int,
+    probes: int = 10,
+    iters: int = 50,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str = "cpu",
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Stochastic Lanczos quadrature of the spectral density, batched over runs.
+
+    Ubaru, Chen & Saad 2017; Ghorbani, Krishnan & Xiao 2019. For each Rademacher
+    probe, the Ritz values of an ``iters``-step Lanczos run are the nodes and the
+    squared first components of T's eigenvectors, divided by ``probes``, the
+    weights: ∫ g dμ ≈ Σ wᵢ g(θᵢ) approximates tr g(A) / P.
+
+    Args:
+        matvec: ``(R, P) -> (R, P)`` symmetric operator per run.
+        R, P: number of runs and vector length.
+        probes, iters: Rademacher probes and Lanczos steps per probe.
+        dtype, device, generator: as in :func:`hutchinson_trace`.
+
+    Returns:
+        ``nodes, weights``, each ``(R, probes * min(iters, P))``; weights sum to 1
+        per run. Runs with a non-finite matvec get NaN in both.
+    """
+    m = min(iters, P)
+    nodes, weights = [], []
+    for _ in range(probes):
+        z = _rademacher(R, P, dtype, device, generator)
+        _, T, bad = _tridiagonalize(matvec, z, m, generator)
+        theta, S = torch.linalg.eigh(T)
+        nodes.append(torch.where(bad[:, None], float("nan"), theta))
+        weights.append(torch.where(bad[:, None], float("nan"), S[:, 0, :] ** 2 / probes))
+    return torch.cat(nodes, 1), torch.cat(weights, 1)

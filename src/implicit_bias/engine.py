@@ -1,0 +1,294 @@
+"""The batched training engine: all runs of a chunk advance as one computation.
+
+The model and loss are written for one run (:mod:`implicit_bias.models`);
+here they are batched over a leading run dimension with ``torch.func.vmap``.
+Within a step there is no Python loop over runs and no host synchronisation:
+learning rates are a ``(runs, steps + 1)`` table, divergence is a mask, and
+traces are written into preallocated device tensors.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.func import grad_and_value, vmap
+
+from . import curvature, metrics
+from .config import ExperimentConfig
+from .data import Dataset
+from .losses import accuracy, mean_loss
+from .models import ModelSpec, Params, fixed_last_layer, forward, init_params
+from .schedules import multipliers
+
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class RunSpec:
+    """One run of a chunk: its index in the sweep, swept coordinates, resolved config, data."""
+
+    index: int
+    coords: dict[str, Any]
+    config: ExperimentConfig
+    data: Dataset
+
+
+@dataclass
+class ChunkResult:
+    """Raw numpy results of one chunk (the store turns them into xarray)."""
+
+    runs: list[RunSpec]
+    eval_steps: list[int]
+    per_iteration: dict[str, np.ndarray] = field(default_factory=dict)  # (R, steps+1)
+    per_step: dict[str, np.ndarray] = field(default_factory=dict)  # (R, S, ...)
+    per_run: dict[str, np.ndarray] = field(default_factory=dict)  # (R, ...)
+    weights: dict[str, np.ndarray] = field(default_factory=dict)  # (R, out, in)
+    fixed: dict[str, np.ndarray] = field(default_factory=dict)  # (out, in), shared
+
+
+def eval_steps_of(cfg: ExperimentConfig) -> list[int]:
+    """{0} ∪ {k·every} ∪ at ∪ {steps}, ascending, within 0…steps."""
+    steps = cfg.train.steps
+    s = set(range(0, steps + 1, cfg.metrics.every)) | {0, steps}
+    s |= {t for t in cfg.metrics.at if t <= steps}
+    return sorted(s)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        from ._errors import UserInputError
+
+        raise UserInputError("train.device: 'cuda' requested but no CUDA device is available")
+    return torch.device(name)
+
+
+def _stack(tensors: Sequence[Tensor]) -> Tensor:
+    return torch.stack(list(tensors), dim=0)
+
+
+def _shared_or_stacked(arrays: list[np.ndarray], dtype, device) -> tuple[Tensor, int | None]:
+    """One tensor for all runs when the arrays are identical, else stacked with a run dim."""
+    first = arrays[0]
+    if all(a is first or (a.shape == first.shape and np.array_equal(a, first)) for a in arrays):
+        return torch.as_tensor(first, dtype=dtype, device=device), None
+    return torch.as_tensor(np.stack(arrays), dtype=dtype, device=device), 0
+
+
+def _run_generator(seed: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed((int(seed) * 1_000_003 + salt) & 0x7FFF_FFFF_FFFF_FFFF)
+
+
+def minibatch_order(seed: int, n: int, epoch: int) -> Tensor:
+    """The sample order of one run's SGD epoch: a permutation drawn from (seed, epoch)."""
+    return torch.randperm(n, generator=_run_generator(seed, 7919 + epoch))
+
+
+class Trainer:
+    """Trains one chunk of runs that share a :class:`ModelSpec` and train settings."""
+
+    def __init__(self, runs: list[RunSpec], progress: Callable[[int], None] | None = None):
+        if not runs:
+            raise ValueError("a chunk needs at least one run")
+        self.runs = runs
+        self.cfg = cfg = runs[0].config
+        self.progress = progress
+        self.dtype = DTYPES[cfg.train.dtype]
+        self.device = resolve_device(cfg.train.device)
+        self.R = len(runs)
+        data = [r.data for r in runs]
+        self.X, self.x_dim = _shared_or_stacked([d.X_train for d in data], self.dtype, self.device)
+        self.y, y_dim = _shared_or_stacked([d.y_train for d in data], self.dtype, self.device)
+        if (self.x_dim is None) != (y_dim is None):  # keep X and y in the same layout
+            self.X = self.X.expand(self.R, *self.X.shape[-2:]) if self.x_dim is None else self.X
+            self.y = self.y.expand(self.R, self.y.shape[-1]) if y_dim is None else self.y
+            self.x_dim = 0
+        self.Xt, xt_dim = _shared_or_stacked([d.X_test for d in data], self.dtype, self.device)
+        self.yt, yt_dim = _shared_or_stacked([d.y_test for d in data], self.dtype, self.device)
+        if (xt_dim is None) != (yt_dim is None):
+            self.Xt = self.Xt.expand(self.R, *self.Xt.shape[-2:]) if xt_dim is None else self.Xt
+            self.yt = self.yt.expand(self.R, self.yt.shape[-1]) if yt_dim is None else self.yt
+            xt_dim = 0
+        self.xt_dim = xt_dim
+        self.n, self.d = self.X.shape[-2], self.X.shape[-1]
+        self.spec = ModelSpec.from_config(cfg.model, self.d)
+        self.a = fixed_last_layer(self.spec, self.dtype, self.device)
+        self.loss_kind = cfg.train.loss
+        self.eval_steps = eval_steps_of(cfg)
+
+    # ------------------------------------------------------------------ pieces
+    def loss_single(self, params: Params, X: Tensor, y: Tensor) -> Tensor:
+        """Mean training loss of one run (the function everything else batches)."""
+        return mean_loss(forward(params, X, self.spec, self.a), y, self.loss_kind)
+
+    def loss_and_output(self, params: Params, X: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        f = forward(params, X, self.spec, self.a)
+        return mean_loss(f, y, self.loss_kind), f
+
+    def output_single(self, params: Params, X: Tensor) -> Tensor:
+        return forward(params, X, self.spec, self.a)
+
+    def init(self) -> Params:
+        per_run = [
+            init_params(self.spec, r.config.seed, r.config.model.init_scale, self.dtype, self.device)
+            for r in self.runs
+        ]
+        return tuple(_stack([p[i] for p in per_run]) for i in range(len(per_run[0])))
+
+    def outputs(self, params: Params, X: Tensor, x_dim: int | None) -> Tensor:
+        """f on every run: ``(R, n)``."""
+        return vmap(self.output_single, in_dims=(0, x_dim))(params, X)
+
+    def start_vectors(self) -> Tensor:
+        P = self.spec.n_params
+        v = [torch.randn(P, generator=_run_generator(r.config.seed, 17), dtype=torch.float64) for r in self.runs]
+        return _stack(v).to(self.dtype).to(self.device)
+
+    # -------------------------------------------------------------------- train
+    def train(self) -> ChunkResult:
+        cfg, R, steps = self.cfg, self.R, self.cfg.train.steps
+        dev, dt = self.device, self.dtype
+        params = self.init()
+        init_weights = tuple(p.clone() for p in params)
+        batched_vg = vmap(
+            grad_and_value(self.loss_and_output, has_aux=True), in_dims=(0, self.x_dim, self.x_dim)
+        )
+
+        ctx = metrics.EvalContext(
+            trainer=self, params=params, state={"lanczos_v": self.start_vectors()}, step=0
+        )
+        # Sharpness at θ₀: reported always when on, and needed for lr_units=critical.
+        need_init_sharp = cfg.metrics.sharpness is not None or any(
+            r.config.train.lr_units == "critical" for r in self.runs
+        )
+        sharp0 = torch.full((R,), math.nan, dtype=dt, device=dev)
+        if need_init_sharp:
+            sharp0 = metrics.top_sharpness(ctx)[0][:, 0]
+
+        lr_base = torch.tensor([r.config.train.lr for r in self.runs], dtype=torch.float64)
+        critical = torch.tensor([r.config.train.lr_units == "critical" for r in self.runs])
+        s0 = sharp0.detach().to("cpu", torch.float64)
+        # η = lr × 2/λ₀ (Liu et al. 2023 critical units); λ₀ ≤ 0 has no critical rate → NaN (diverged).
+        s0 = torch.where(s0 > 0, s0, torch.nan)
+        lr_abs = torch.where(critical, lr_base * 2.0 / s0, lr_base)
+        mult = np.stack([multipliers(r.config.train.schedule, steps) for r in self.runs])
+        lr_table = (lr_abs[:, None] * torch.as_tensor(mult)).to(dt).to(dev)  # (R, steps+1)
+
+        loss_tr = torch.full((steps + 1, R), math.nan, dtype=dt, device=dev)
+        acc_tr = torch.full((steps + 1, R), math.nan, dtype=dt, device=dev)
+        active = torch.ones(R, dtype=torch.bool, device=dev)
+        div_step = torch.full((R,), -1, dtype=torch.long, device=dev)
+        pending = torch.zeros(R, dtype=torch.bool, device=dev)  # update went non-finite
+        factor = torch.tensor([r.config.metrics.phase.diverge_factor for r in self.runs], dtype=dt, device=dev)
+        step_vals: dict[str, list[Tensor]] = {}
+        eval_set = set(self.eval_steps)
+        L0: Tensor | None = None
+
+        sgd = cfg.train.batch_size is not None and cfg.train.batch_size < self.n
+        bs = cfg.train.batch_size or self.n
+        per_epoch = self.n // bs if sgd else 1
+        order: Tensor | None = None
+        ar = torch.arange(R, device=dev)[:, None]
+
+        for t in range(steps + 1):
+            if sgd:
+                full_f = self.outputs(params, self.X, self.x_dim)
+                loss_t = mean_loss(full_f, self.y, self.loss_kind)
+                acc_t = accuracy(full_f, self.y)
+            else:
+                grads, (loss_t, f_t) = batched_vg(params, self.X, self.y)
+                acc_t = accuracy(f_t, self.y)
+            if L0 is None:
+                L0 = loss_t.detach().clone()
+            # Divergence: a non-finite loss, a loss above diverge_factor × L₀, or an update gone non-finite.
+            bad = active & (pending | ~torch.isfinite(loss_t) | (loss_t > factor * L0))
+            div_step = torch.where(bad, torch.full_like(div_step, t), div_step)
+            active = active & ~bad
+            loss_tr[t] = torch.where(active | bad, loss_t, torch.nan)
+            acc_tr[t] = torch.where(active | bad, acc_t, torch.nan)
+
+            if t in eval_set:
+                ctx.params, ctx.step, ctx.active = params, t, active
+                for name, val in metrics.step_metrics(ctx).items():
+                    mask = active.reshape(-1, *([1] * (val.dim() - 1)))
+                    if val.dtype == torch.bool:
+                        val = val & mask
+                    else:
+                        val = torch.where(mask, val, torch.nan)
+                    step_vals.setdefault(name, []).append(val)
+            if t == steps:
+                break
+            if sgd:
+                epoch, pos = divmod(t, per_epoch)
+                if pos == 0:
+                    order = _stack([minibatch_order(r.config.seed, self.n, epoch) for r in self.runs]).to(dev)
+                assert order is not None
+                idx = order[:, pos * bs : (pos + 1) * bs]
+                Xb = self.X[idx] if self.x_dim is None else self.X[ar, idx]
+                yb = self.y[idx] if self.x_dim is None else self.y[ar, idx]
+                grads, _ = vmap(grad_and_value(self.loss_single))(params, Xb, yb)
+            lr_t = lr_table[:, t]
+            new = tuple(p - lr_t.view(-1, 1, 1) * g for p, g in zip(params, grads, strict=True))
+            finite = torch.stack([torch.isfinite(p).flatten(1).all(1) for p in new]).all(0)
+            ok = active & finite
+            pending = active & ~finite
+            params = tuple(torch.where(ok.view(-1, 1, 1), n_, p) for n_, p in zip(new, params, strict=True))
+            if self.progress is not None and (t + 1) % 50 == 0:
+                self.progress(50)
+        if self.progress is not None:
+            self.progress(steps % 50 + 1)
+
+        ctx.params, ctx.active = params, active
+        final_vals = metrics.final_metrics(ctx)
+        return self._collect(
+            loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, active, sharp0,
+            lr_abs, init_weights, params,
+        )
+
+    # ------------------------------------------------------------------ collect
+    def _collect(self, loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, active, sharp0,
+                 lr_abs, init_weights, params) -> ChunkResult:
+        def np_(x: Tensor) -> np.ndarray:
+            return x.detach().to("cpu").numpy()
+
+        res = ChunkResult(runs=self.runs, eval_steps=self.eval_steps)
+        loss = np_(loss_tr).T.astype(np.float64)
+        res.per_iteration = {
+            "loss": loss,
+            "train_acc": np_(acc_tr).T.astype(np.float64),
+            "lr_t": np_(lr_table).astype(np.float64),
+        }
+        for name, vals in step_vals.items():
+            arr = np_(torch.stack(vals, dim=1))
+            res.per_step[name] = arr if arr.dtype == np.bool_ else arr.astype(np.float64)
+        diverged = np_(div_step) >= 0
+        res.per_run = metrics.summaries(
+            loss=loss, diverged=diverged, per_step=res.per_step, runs=self.runs
+        )
+        res.per_run["divergence_step"] = np_(div_step)
+        res.per_run["sharpness_init"] = np_(sharp0).astype(np.float64)
+        res.per_run["lr"] = np_(lr_abs).astype(np.float64)
+        for name, val in final_vals.items():
+            arr = np_(val)
+            res.per_run[name] = arr if arr.dtype == np.bool_ else arr.astype(np.float64)
+        keep = set(self.cfg.store.weights)
+        for i, (w0, w1) in enumerate(zip(init_weights, params, strict=True)):
+            if "init" in keep:
+                res.weights[f"init_W{i + 1}"] = np_(w0)
+            if "final" in keep:
+                res.weights[f"final_W{i + 1}"] = np_(w1)
+        if self.a is not None:
+            res.fixed["a"] = np_(self.a)
+        return res
+
+
+def hessian_operator(trainer: Trainer, params: Params) -> Callable[[Tensor], Tensor]:
+    """Batched Hessian-vector product of the full-batch training loss, ``(R,P) → (R,P)``."""
+    return curvature.hessian_operator(
+        trainer.loss_single, params, (trainer.X, trainer.y), (trainer.x_dim, trainer.x_dim)
+    )

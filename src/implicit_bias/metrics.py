@@ -1,0 +1,244 @@
+"""Measurements at eval steps, per-run summaries and phases (SPEC §3).
+
+A metric is a small function of an :class:`EvalContext` returning per-run
+tensors (shape ``(R,)`` or ``(R, k)``); it is listed once in :data:`STEP_METRICS`
+with the config switch that turns it on. Adding a metric is adding one entry.
+Values at the last eval step (θ_steps) are also reported as ``final_<name>``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from . import curvature
+from .config import MetricsConfig
+from .losses import accuracy, mean_loss
+
+if TYPE_CHECKING:
+    from .engine import Trainer
+    from .models import Params
+
+
+@dataclass
+class EvalContext:
+    """What a metric may look at: the trainer (data, spec), the batched params, state."""
+
+    trainer: Trainer
+    params: Params
+    state: dict[str, Any] = field(default_factory=dict)
+    step: int = 0
+    active: Tensor | None = None
+
+    @property
+    def cfg(self) -> MetricsConfig:
+        return self.trainer.cfg.metrics
+
+
+# ----------------------------------------------------------------- curvature
+def top_sharpness(ctx: EvalContext, k: int | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Top-k Hessian eigenvalues of the training loss by batched Lanczos.
+
+    Warm-started from the previous eval step's top Ritz vector (stored in
+    ``ctx.state``). Returns eigenvalues ``(R, k)`` (largest algebraic first),
+    residuals ‖Hv − λv‖ ``(R, k)`` and converged flags ``(R, k)``.
+    """
+    tr = ctx.trainer
+    sc = ctx.cfg.sharpness
+    iters = sc.iters if sc is not None else 20
+    k = k or (sc.top_k if sc is not None else 1)
+    tol = sc.tol if sc is not None else 1e-3
+    op = curvature.hessian_operator(tr.loss_single, ctx.params, (tr.X, tr.y), (tr.x_dim, tr.x_dim))
+    res = curvature.lanczos(op, ctx.state["lanczos_v"], iters=iters, k=k, tol=tol)
+    v = res.eigenvectors[:, 0]
+    ok = torch.isfinite(v).all(-1, keepdim=True)
+    ctx.state["lanczos_v"] = torch.where(ok, v, ctx.state["lanczos_v"])
+    return res.eigenvalues, res.residuals, res.converged
+
+
+def _sharpness(ctx: EvalContext) -> dict[str, Tensor]:
+    vals, resid, conv = top_sharpness(ctx)
+    out = {
+        "sharpness": vals[:, 0],
+        "sharpness_residual": resid[:, 0],
+        "sharpness_converged": conv[:, 0],
+    }
+    if vals.shape[1] > 1:
+        out["sharpness_topk"] = vals
+    return out
+
+
+def _gn_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
+    tr = ctx.trainer
+    op = curvature.gauss_newton_operator(
+        tr.output_single, tr.loss_kind, ctx.params, tr.X, tr.y, (tr.x_dim, tr.x_dim)
+    )
+    v0 = ctx.state.setdefault("gn_v", tr.start_vectors())
+    res = curvature.lanczos(op, v0, iters=ctx.cfg.sharpness.iters if ctx.cfg.sharpness else 20, k=1)
+    ctx.state["gn_v"] = torch.where(torch.isfinite(res.eigenvectors[:, 0]), res.eigenvectors[:, 0], v0)
+    return {"gn_sharpness": res.eigenvalues[:, 0]}
+
+
+def _ntk(ctx: EvalContext) -> dict[str, Tensor]:
+    tr = ctx.trainer
+    if tr.n <= 256:
+        gram = curvature.ntk_gram(tr.output_single, ctx.params, tr.X, tr.x_dim)
+        out = {"ntk_max": torch.linalg.eigvalsh(gram)[:, -1]}
+        if ctx.step in ctx.cfg.ntk_gram_at:
+            ctx.state.setdefault("ntk_gram", {})[ctx.step] = gram
+        return out
+    op = curvature.ntk_operator(tr.output_single, ctx.params, tr.X, tr.x_dim)
+    v0 = ctx.state.setdefault(
+        "ntk_v", torch.ones(tr.R, tr.n, dtype=tr.dtype, device=tr.device) / tr.n**0.5
+    )
+    res = curvature.lanczos(op, v0, iters=30, k=1)
+    ctx.state["ntk_v"] = torch.where(torch.isfinite(res.eigenvectors[:, 0]), res.eigenvectors[:, 0], v0)
+    return {"ntk_max": res.eigenvalues[:, 0]}
+
+
+def _trace(ctx: EvalContext) -> dict[str, Tensor]:
+    tr = ctx.trainer
+    tc = ctx.cfg.trace
+    assert tc is not None
+    op = curvature.hessian_operator(tr.loss_single, ctx.params, (tr.X, tr.y), (tr.x_dim, tr.x_dim))
+    gen = torch.Generator(device="cpu").manual_seed(1234 + ctx.step)
+    out = {
+        "hessian_trace": curvature.hutchinson_trace(
+            op, tr.R, tr.spec.n_params, tc.probes, tr.dtype, tr.device, gen
+        )
+    }
+    if tc.density:
+        nodes, weights = curvature.spectral_density(
+            op, tr.R, tr.spec.n_params, tc.probes, tc.iters, tr.dtype, tr.device, gen
+        )
+        out["density_nodes"], out["density_weights"] = nodes, weights
+    return out
+
+
+# ------------------------------------------------------------------ evaluation
+def _test(ctx: EvalContext) -> dict[str, Tensor]:
+    tr = ctx.trainer
+    f = tr.outputs(ctx.params, tr.Xt, tr.xt_dim)
+    return {"test_loss": mean_loss(f, tr.yt, tr.loss_kind), "test_acc": accuracy(f, tr.yt)}
+
+
+def _stable_rank(ctx: EvalContext) -> dict[str, Tensor]:
+    from . import diagnostics
+
+    out = {}
+    for i, W in enumerate(ctx.params):
+        out[f"stable_rank_W{i + 1}"] = diagnostics.stable_rank(W)
+        out[f"numerical_rank_W{i + 1}"] = diagnostics.numerical_rank(W, ctx.cfg.rank_tol).to(W.dtype)
+    return out
+
+
+def _margins(ctx: EvalContext) -> dict[str, Tensor]:
+    from . import diagnostics
+
+    tr = ctx.trainer
+    return diagnostics.margins(ctx.params, tr.X, tr.y, tr.spec, tr.a)
+
+
+def _kkt(ctx: EvalContext) -> dict[str, Tensor]:
+    from . import diagnostics
+
+    tr = ctx.trainer
+    return diagnostics.kkt_residuals(ctx.params, tr.X, tr.y, tr.spec, tr.a)
+
+
+MetricFn = Callable[[EvalContext], dict[str, Tensor]]
+
+#: (enabled?, metric) pairs evaluated at every eval step, in this order.
+STEP_METRICS: list[tuple[Callable[[EvalContext], bool], MetricFn]] = [
+    (lambda c: c.cfg.sharpness is not None, _sharpness),
+    (lambda c: c.cfg.gn_sharpness, _gn_sharpness),
+    (lambda c: c.trainer.Xt.shape[-2] > 0, _test),
+    (lambda c: c.cfg.ntk, _ntk),
+    (lambda c: c.cfg.stable_rank, _stable_rank),
+    (lambda c: c.cfg.margins, _margins),
+    (lambda c: c.cfg.kkt, _kkt),
+    (lambda c: c.cfg.trace is not None, _trace),
+]
+
+#: step metrics also reported at θ_steps as ``final_<name>``.
+FINAL_FROM_STEP = (
+    "sharpness", "gn_sharpness", "test_loss", "test_acc", "ntk_max", "margin",
+    "normalized_margin", "kkt_stationarity", "kkt_slackness", "hessian_trace",
+)
+
+
+def step_metrics(ctx: EvalContext) -> dict[str, Tensor]:
+    out: dict[str, Tensor] = {}
+    with torch.no_grad():
+        for enabled, fn in STEP_METRICS:
+            if enabled(ctx):
+                out.update(fn(ctx))
+    return out
+
+
+def final_metrics(ctx: EvalContext) -> dict[str, Tensor]:
+    """Run-level measurements at θ_steps that have no per-step trace."""
+    tr = ctx.trainer
+    out: dict[str, Tensor] = {}
+    if not (ctx.cfg.stable_rank or ctx.cfg.margins):
+        return out
+    from . import diagnostics
+
+    if ctx.cfg.stable_rank:
+        for i, W in enumerate(ctx.params):
+            out[f"singular_values_W{i + 1}"] = diagnostics.singular_values(W)
+    if ctx.cfg.margins:
+        v = diagnostics.linear_predictor_batched(ctx.params, tr.spec, tr.a)
+        if v is not None:
+            out["linear_predictor"] = v
+            out["linear_margin"] = diagnostics.geometric_margin(v, tr.X, tr.y)
+            svm = ctx.state.get("svm")
+            if svm is not None:
+                out.update(diagnostics.svm_metrics(v, svm))
+            if tr.Xt.shape[-2] > 0:
+                out["boundary_agreement"] = diagnostics.boundary_agreement(
+                    ctx.params, v, tr.Xt, tr.spec, tr.a
+                )
+    if "ntk_gram" in ctx.state:
+        for step, gram in ctx.state["ntk_gram"].items():
+            out[f"ntk_gram_{step}"] = gram
+    return out
+
+
+# ------------------------------------------------------------------ summaries
+PHASES = ("lazy", "catapult", "diverged")
+
+
+def phases(loss: np.ndarray, diverged: np.ndarray, catapult_rise: np.ndarray) -> np.ndarray:
+    """SPEC §3 phase per run from its loss trace ``(R, T)``.
+
+    ``diverged`` if flagged by the engine; ``catapult`` if
+    max_t (L_t − min_{s≤t} L_s) > catapult_rise · L₀ (the loss rose above its
+    running minimum: the spike of Lewkowycz et al. 2020); ``lazy`` otherwise.
+    """
+    filled = np.where(np.isfinite(loss), loss, -np.inf)
+    run_min = np.minimum.accumulate(np.where(np.isfinite(loss), loss, np.inf), axis=1)
+    rise = np.max(filled - run_min, axis=1)
+    catapult = rise > catapult_rise * loss[:, 0]
+    return np.where(diverged, "diverged", np.where(catapult, "catapult", "lazy")).astype("<U8")
+
+
+def summaries(loss: np.ndarray, diverged: np.ndarray, per_step: dict[str, np.ndarray], runs) -> dict[str, np.ndarray]:
+    rise = np.array([r.config.metrics.phase.catapult_rise for r in runs], dtype=np.float64)
+    out: dict[str, np.ndarray] = {"phase": phases(loss, diverged, rise)}
+    out["final_loss"] = np.where(diverged, np.nan, loss[:, -1])
+    out["final_train_acc"] = np.full(len(runs), np.nan)
+    for name, arr in per_step.items():
+        base = name
+        if base in FINAL_FROM_STEP or base.startswith(("stable_rank_W", "numerical_rank_W")):
+            last = arr[:, -1].astype(np.float64)
+            if base in ("sharpness",):
+                last = np.where(diverged, np.nan, last)
+            out[f"final_{base}"] = last
+    out.pop("final_train_acc")
+    return out

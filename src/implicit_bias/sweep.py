@@ -1,0 +1,238 @@
+"""Plan a sweep into groups and chunks, and execute it locally or on Dask.
+
+Runs that share everything fixing shapes and code (architecture, loss, steps,
+batch size, dtype, metrics, data sizes) form a *group* and are batched
+together; seeds, learning rates, init scales, schedules, phase thresholds and
+data content vary freely inside a group. A group is cut into chunks of
+``store.chunk_runs`` runs; a chunk is the unit of work, of batching and of
+storage.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ._errors import UserInputError
+from .config import ExperimentConfig, expand_runs, load_config
+from .data import Dataset, make_dataset, save_dataset
+from .engine import RunSpec, Trainer, eval_steps_of
+from .store import ChunkPlan, chunk_to_dataset, done_chunks, prepare_folder, write_chunk
+
+# Keys that may differ between the runs of one batched group.
+_PER_RUN_KEYS = {
+    ("name",),
+    ("seed",),
+    ("data",),
+    ("train", "lr"),
+    ("train", "lr_units"),
+    ("train", "schedule"),
+    ("model", "init_scale"),
+    ("metrics", "phase"),
+    ("store",),
+}
+
+#: memory budget per chunk used to choose ``store.chunk_runs`` automatically
+CHUNK_BYTES = int(os.environ.get("IMPLICIT_BIAS_CHUNK_BYTES", 1 << 30))
+MAX_CHUNK_RUNS = 512
+
+
+@dataclass
+class Plan:
+    config: ExperimentConfig
+    runs: list[RunSpec]
+    groups: list[dict[str, Any]]
+    chunks: list[ChunkPlan]
+
+
+def _group_key(cfg: ExperimentConfig, data: Dataset) -> str:
+    raw = cfg.model_dump(mode="json")
+    raw.pop("sweep", None)
+    for path in _PER_RUN_KEYS:
+        node = raw
+        for p in path[:-1]:
+            node = node[p]
+        node.pop(path[-1], None)
+    raw["shapes"] = [data.X_train.shape, data.X_test.shape[0]]
+    return json.dumps(raw, sort_keys=True)
+
+
+def estimate_run_bytes(cfg: ExperimentConfig, n: int, d: int, m: int) -> int:
+    """Rough peak bytes one run adds to a chunk (params, Lanczos basis, activations, traces)."""
+    from .models import ModelSpec
+
+    spec = ModelSpec.from_config(cfg.model, d)
+    P = spec.n_params
+    item = 4 if cfg.train.dtype == "float32" else 8
+    iters = cfg.metrics.sharpness.iters if cfg.metrics.sharpness else 20
+    act = (n + m) * max(spec.width, 1) * spec.depth
+    per = item * (P * (10 + iters) + 8 * act + n * d) + 8 * 3 * (cfg.train.steps + 1)
+    if cfg.metrics.kkt:
+        per += item * n * P * 3
+    return int(per)
+
+
+def auto_chunk_runs(cfg: ExperimentConfig, n: int, d: int, m: int, group_size: int) -> int:
+    if cfg.store.chunk_runs is not None:
+        return cfg.store.chunk_runs
+    fit = max(1, CHUNK_BYTES // max(estimate_run_bytes(cfg, n, d, m), 1))
+    k = min(fit, MAX_CHUNK_RUNS, group_size)
+    # equal-sized chunks rather than one full and one small
+    n_chunks = math.ceil(group_size / k)
+    return math.ceil(group_size / n_chunks)
+
+
+def make_plan(cfg: ExperimentConfig, base_dir: Path | None = None) -> Plan:
+    """Expand the sweep, build each distinct data set once, and cut groups into chunks."""
+    expanded = expand_runs(cfg)
+    datasets: dict[str, Dataset] = {}
+    runs: list[RunSpec] = []
+    for i, (coords, rc) in enumerate(expanded):
+        if "seed" in coords:
+            rc = rc.model_copy(update={"seed": int(coords["seed"])})
+        key = json.dumps(rc.data.model_dump(mode="json"), sort_keys=True)
+        if key not in datasets:
+            datasets[key] = make_dataset(rc.data, base_dir)
+        runs.append(RunSpec(index=i, coords=coords, config=rc, data=datasets[key]))
+    group_of: dict[str, int] = {}
+    members: list[list[int]] = []
+    groups: list[dict[str, Any]] = []
+    for r in runs:
+        gk = _group_key(r.config, r.data)
+        if gk not in group_of:
+            group_of[gk] = len(members)
+            members.append([])
+            groups.append(json.loads(gk))
+        members[group_of[gk]].append(r.index)
+    chunks: list[ChunkPlan] = []
+    for g, idx in enumerate(members):
+        first = runs[idx[0]]
+        n, d = first.data.X_train.shape
+        m = first.data.X_test.shape[0]
+        size = auto_chunk_runs(first.config, n, d, m, len(idx))
+        for c, start in enumerate(range(0, len(idx), size)):
+            chunks.append(ChunkPlan(group=g, chunk=c, runs=tuple(idx[start : start + size])))
+    return Plan(config=cfg, runs=runs, groups=groups, chunks=chunks)
+
+
+def execute_chunk(plan: Plan, chunk: ChunkPlan, out: Path, progress=None) -> Path:
+    """Train one chunk and write it atomically."""
+    runs = [plan.runs[i] for i in chunk.runs]
+    res = Trainer(runs, progress=progress).train()
+    ds = chunk_to_dataset(res, chunk, plan.groups[chunk.group])
+    return write_chunk(out, chunk, ds)
+
+
+def _dask_task(cfg_json: dict, base_dir: str | None, out: str, chunk: ChunkPlan) -> str:
+    # Runs on a worker: rebuild the (deterministic) plan and train this chunk.
+    cfg = load_config(cfg_json)
+    plan = make_plan(cfg, Path(base_dir) if base_dir else None)
+    return str(execute_chunk(plan, chunk, Path(out)))
+
+
+def run_sweep(
+    config: str | Path | Mapping[str, Any] | ExperimentConfig,
+    out: str | Path | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+    device: str | None = None,
+    workers: int | None = None,
+    scheduler: str | None = None,
+    progress: bool = False,
+):
+    """Run every missing chunk of a config; return the results as a DataTree.
+
+    This is :func:`implicit_bias.run`; the CLI's ``run`` verb calls it too.
+    """
+    from .store import open_results
+
+    if device is not None:
+        overrides = _with(overrides, "train.device", device)
+    cfg = load_config(config, overrides)
+    base_dir = Path(config).resolve().parent if isinstance(config, str | Path) else Path.cwd()
+    plan = make_plan(cfg, base_dir)  # all input errors surface here, before any folder exists
+    if cfg.train.device == "cuda":
+        from .engine import resolve_device
+
+        resolve_device("cuda")
+    out = Path(out) if out is not None else Path("results") / cfg.name
+    prepare_folder(out, cfg, overwrite)
+    for ds in {id(r.data): r.data for r in plan.runs}.values():
+        save_dataset(ds, out / "data" / f"{ds.fingerprint()}.npz")
+    have = done_chunks(out)
+    todo = [c for c in plan.chunks if c.filename not in have]
+    steps = cfg.train.steps
+    if todo and (workers or scheduler):
+        _run_dask(plan, todo, out, base_dir, workers, scheduler, progress)
+    elif todo:
+        total = sum(len(c.runs) for c in todo) * (steps + 1)
+        with _progress(progress, total, f"{cfg.name}: {len(plan.runs)} runs") as advance:
+            for c in todo:
+                R = len(c.runs)
+                execute_chunk(plan, c, out, progress=lambda k, R=R: advance(k * R))
+    return open_results(out)
+
+
+def _with(overrides, key: str, value: Any):
+    if overrides is None:
+        return {key: value}
+    if isinstance(overrides, Mapping):
+        return {**overrides, key: value}
+    return [*overrides, f"{key}={value}"]
+
+
+class _progress:
+    """A rich progress bar over run-steps (no-op when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, label: str):
+        self.enabled, self.total, self.label = enabled, total, label
+
+    def __enter__(self):
+        if not self.enabled:
+            return lambda k: None
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+        )
+        self.bar.__enter__()
+        task = self.bar.add_task(self.label, total=self.total)
+        return lambda k: self.bar.advance(task, k)
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.bar.__exit__(*exc)
+        return False
+
+
+def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, base_dir: Path, workers, scheduler, progress):
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise UserInputError("--workers/--scheduler need dask: pip install 'implicit-bias[dask]'") from None
+    cfg_json = plan.config.model_dump(mode="json")
+    if scheduler:
+        client = Client(scheduler)
+        cluster = None
+    else:
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                               dashboard_address=None)
+        client = Client(cluster)
+    try:
+        futures = [client.submit(_dask_task, cfg_json, str(base_dir), str(out.resolve()), c, pure=False)
+                   for c in todo]
+        with _progress(progress, len(todo), f"{plan.config.name}: {len(todo)} chunks on dask") as adv:
+            for fut in as_completed(futures):
+                fut.result()
+                adv(1)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
