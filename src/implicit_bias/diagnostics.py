@@ -71,7 +71,7 @@ def singular_values(W: Tensor) -> Tensor:
 
 
 def stable_rank(W: Tensor) -> Tensor:
-    """Stable rank ‖W‖_F² / ‖W‖₂² = Σσ_k² / σ_1² per run (Frei et al. 2023, §4).
+    """Stable rank ‖W‖_F² / ‖W‖₂² = Σσ_k² / σ_1² per run (as in Frei et al. 2023).
 
     Args:
         W: ``(R, out, in)``.
@@ -169,24 +169,40 @@ def _as_np(A) -> np.ndarray:
 
 
 def _eps(dtype) -> float:
-    """Machine epsilon of a torch or numpy float dtype (float64 for anything else)."""
-    if isinstance(dtype, torch.dtype):
-        return torch.finfo(dtype).eps if dtype.is_floating_point else float(np.finfo(np.float64).eps)
-    return float(np.finfo(dtype).eps) if np.issubdtype(dtype, np.floating) else float(np.finfo(np.float64).eps)
+    """Machine epsilon of a torch or numpy float dtype (float64's for anything else)."""
+    try:
+        return float(
+            torch.finfo(dtype).eps if isinstance(dtype, torch.dtype) else np.finfo(dtype).eps
+        )
+    except (TypeError, ValueError):  # integer dtypes
+        return float(np.finfo(np.float64).eps)
 
 
-def _reduce_rows(Z: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """For d > n write Z = Z_r Qᵀ with Q (d, n) orthonormal (QR of Zᵀ).
+def _gram_root(K: Tensor) -> Tensor:
+    """W with W Wᵀ = K for symmetric PSD K ``(..., m, m)`` (eigh; negative round-off clipped).
 
-    Only Z w matters in both the LP and the SVM, and the optimal w lies in the
-    row space, so the problems shrink from d to n unknowns (Frei-type data has
-    d ≫ n).
+    The rows of W are coordinates of the vectors whose Gram matrix K is, in an
+    orthonormal basis of their span: least-squares problems that only involve
+    their inner products shrink from the ambient dimension to m. Built from a
+    matrix product and an m × m eigh, which is several times faster than a
+    Householder QR of the tall matrix on CPU.
+    """
+    s, V = torch.linalg.eigh(K)
+    return V * s.clamp_min(0).sqrt().unsqueeze(-2)
+
+
+def _reduce_rows(Z: np.ndarray) -> np.ndarray:
+    """Z_r ``(n, min(n, d))`` with Z_r Z_rᵀ = Z Zᵀ.
+
+    The LP and the SVM dual only see Z through Z Zᵀ (the optimal w lies in the
+    row space), so for d > n they shrink from d to n unknowns (Frei-type data
+    has d ≫ n).
     """
     n, d = Z.shape
     if d <= n:
-        return Z, None
-    Q, R = np.linalg.qr(Z.T)
-    return R.T, Q
+        return Z
+    Zt = torch.from_numpy(Z)
+    return _gram_root(Zt @ Zt.T).numpy()
 
 
 def svm_direction(X, y, sep_tol: float = 1e-10) -> SVMResult:
@@ -197,10 +213,11 @@ def svm_direction(X, y, sep_tol: float = 1e-10) -> SVMResult:
     Alg. LDP): NNLS  min_{u ≥ 0} ‖E u − e‖ with E = [Zᵀ; 1ᵀ] ((d+1) × n) and
     e = (0, …, 0, 1). The residual r = E u − e is zero iff the constraints are
     infeasible, i.e. the data is not separable through the origin; otherwise
-    w = −r_{1:d} / r_{d+1} is the SVM solution and u its dual variables (so this
-    *is* the dual, n-dimensional, QP min ½αᵀZZᵀα − 1ᵀα, α ≥ 0). NNLS is
-    scipy's Lawson–Hanson active-set solver. For d > n the problem is first
-    reduced to n unknowns by a QR of Zᵀ, and Z is scaled to max‖z_i‖ = 1 for
+    w = −Zᵀu / r_{d+1} is the SVM solution and u its dual variables, up to
+    scale (this *is* the n-dimensional dual QP min ½αᵀZZᵀα − 1ᵀα, α ≥ 0).
+    NNLS is scipy's Lawson–Hanson active-set solver. The objective only
+    involves Z Zᵀ, so for d > n Zᵀ is replaced by an n × n root of the Gram
+    matrix (:func:`_reduce_rows`); Z is scaled to max‖z_i‖ = 1 for
     conditioning. Separability is decided by the returned w itself — a
     certificate: the data is separable iff min_i ⟨w, z_i⟩ > sep_tol · max‖z_i‖
     (for non-separable data *every* w has min_i ⟨w, z_i⟩ ≤ 0). The LP of
@@ -219,21 +236,19 @@ def svm_direction(X, y, sep_tol: float = 1e-10) -> SVMResult:
     X, y = _as_np(X), _as_np(y)
     n, d = X.shape
     Z = y[:, None] * X
-    scale = np.linalg.norm(Z, axis=1).max()
+    scale = np.linalg.norm(Z, axis=1).max(initial=0.0)
     nan = SVMResult(False, np.full(d, np.nan), float("nan"))
-    if n == 0 or not scale > 0:
+    if not scale > 0:
         return nan
-    Zr, Q = _reduce_rows(Z / scale)
-    k = Zr.shape[1]
-    E = np.vstack([Zr.T, np.ones((1, n))])
-    e = np.zeros(k + 1)
+    Zs = Z / scale
+    E = np.vstack([_reduce_rows(Zs).T, np.ones((1, n))])
+    e = np.zeros(E.shape[0])
     e[-1] = 1.0
     u, _ = nnls(E, e, maxiter=50 * max(n, 10))
-    r = E @ u - e
-    if not r[-1] < 0:  # r = 0 (infeasible) or a degenerate solve
+    slack = u.sum() - 1.0  # last entry of the residual E u − e
+    if not slack < 0:  # residual 0: infeasible, not separable
         return nan
-    w = -r[:k] / r[-1]
-    w = Q @ w if Q is not None else w
+    w = -(Zs.T @ u) / slack
     w /= np.linalg.norm(w)
     margin = float((Z @ w).min())
     if not margin > sep_tol * scale:
@@ -253,7 +268,7 @@ def separable_lp(X, y) -> bool:
     norms = np.linalg.norm(X, axis=1)
     if np.any(norms == 0):  # a point at the origin is never strictly classified
         return False
-    Zr, _ = _reduce_rows(y[:, None] * X / norms[:, None])
+    Zr = _reduce_rows(y[:, None] * X / norms[:, None])
     res = linprog(
         np.zeros(Zr.shape[1]), A_ub=-Zr, b_ub=-np.ones(len(y)), bounds=(None, None), method="highs"
     )
@@ -282,7 +297,12 @@ def svm_metrics(v: Tensor, svm, X: Tensor, y: Tensor) -> dict[str, Tensor]:
 
 
 def boundary_agreement(
-    params, v: Tensor, X_test: Tensor, spec: ModelSpec, a: Tensor | None = None, x_in_dim: XDim = "auto"
+    params,
+    v: Tensor,
+    X_test: Tensor,
+    spec: ModelSpec,
+    a: Tensor | None = None,
+    x_in_dim: XDim = "auto",
 ) -> Tensor:
     """Fraction of test points with sign f(x) = sign⟨v, x⟩ (Frei et al. 2023, Thm 3.1).
 
@@ -317,7 +337,7 @@ def per_sample_gradients(
     return torch.cat([j.reshape(j.shape[0], j.shape[1], -1) for j in jac], dim=2)
 
 
-_KKT_TIE_BREAK = 1e-4
+_KKT_TIE_BREAK = 1e-3
 
 
 def kkt_residuals(
@@ -346,7 +366,7 @@ def kkt_residuals(
     directions; n > P), and slackness would then depend on which one NNLS
     returns. Ties are broken towards complementary slackness by appending the
     rows ε·w_i·‖G_i‖, w_i = |s_i|/(1 + |s_i|), s_i = y_i f(x_i; θ̃) − 1,
-    ε = 1e-4, to the NNLS system: if some minimiser has zero slackness it is
+    ε = 1e-3, to the NNLS system: if some minimiser has zero slackness it is
     returned exactly (same stationarity); otherwise stationarity moves by
     O(ε) at most. NaN for runs with margin ≤ 0 or non-finite
     weights (no rescaling exists), and slackness NaN when λ = 0. The smoothed
@@ -354,8 +374,10 @@ def kkt_residuals(
     f(cθ) = c^L f(θ)), so there θ̃ has margin only ≈ 1 and the residuals are
     approximate; slackness uses the actual f(x_i; θ̃).
 
-    Linear algebra in float64: G is QR-factored per run (batched), reducing the
-    NNLS from P rows to min(P, n); the residual is then evaluated in full.
+    Linear algebra in float64, batched: the NNLS runs on coordinates of
+    G_1..G_n, θ̃ taken from their (n+1) × (n+1) Gram matrix (so n+1 rows instead
+    of P); the stationarity residual is then evaluated in full. Forming the
+    Gram matrix limits the attainable stationarity to ≈ √eps ≈ 1e-8.
 
     Args:
         max_elements: runs are processed in chunks of at most this many
@@ -387,20 +409,27 @@ def _kkt_chunk(params, X, y, spec, a, xd) -> dict[str, Tensor]:
     margin = (y * _outputs(params, X, spec, a, xd)).min(-1).values
     ok = (margin > 0) & torch.isfinite(_flat(params)).all(1)
     scale = torch.where(ok, margin, 1.0) ** (-1.0 / L)
-    # runs without a rescaling get θ̃ = 0 (masked to NaN below) so no NaN reaches the QR
+    # runs without a rescaling get θ̃ = 0 (masked to NaN below) so no NaN reaches the eigh
     params_t = tuple(torch.where(ok.view(-1, 1, 1), p * scale.view(-1, 1, 1), 0.0) for p in params)
 
     yf = (y * _outputs(params_t, X, spec, a, xd)).double()
     G = (y[..., None] * per_sample_gradients(params_t, X, spec, a, xd)).double()  # (R, n, P)
     theta = _flat(params_t).double()
     n = G.shape[1]
-    Q, Rm = torch.linalg.qr(G.transpose(1, 2))  # Gᵀ = Q Rm: ‖θ̃ − Gᵀλ‖² = ‖Qᵀθ̃ − Rm λ‖² + const
-    b = torch.einsum("rpk,rp->rk", Q, theta)
+    # ‖θ̃ − Gᵀλ‖ only involves inner products of G_1..G_n, θ̃: NNLS on their
+    # coordinates in an (n+1)-dim orthonormal basis, from the Gram matrix
+    K = G @ G.transpose(1, 2)
+    c = (G @ theta.unsqueeze(-1)).squeeze(-1)
+    M = torch.cat(
+        [torch.cat([K, c[:, :, None]], 2), torch.cat([c, theta.square().sum(1, True)], 1)[:, None]],
+        1,
+    )
+    coords = _gram_root(M)  # (R, n+1, n+1), row i = coordinates of G_i, row n = of θ̃
     # tie-break rows ε·w(s_i)·‖G_i‖ (see docstring)
     slack_w = (yf - 1).abs() / (1 + (yf - 1).abs())
-    tie = torch.diag_embed(_KKT_TIE_BREAK * slack_w * Rm.norm(dim=1))
-    A_np = torch.cat([Rm, tie], dim=1).cpu().numpy()
-    b_np = torch.cat([b, torch.zeros_like(yf)], dim=1).cpu().numpy()
+    tie = torch.diag_embed(_KKT_TIE_BREAK * slack_w * K.diagonal(dim1=1, dim2=2).sqrt())
+    A_np = torch.cat([coords[:, :n].transpose(1, 2), tie], dim=1).cpu().numpy()
+    b_np = torch.cat([coords[:, n], torch.zeros_like(yf)], dim=1).cpu().numpy()
     lam = torch.zeros(R, n, dtype=torch.float64)
     for r in range(R):  # scipy NNLS has no batched form
         if ok[r]:
@@ -415,8 +444,8 @@ def _kkt_chunk(params, X, y, spec, a, xd) -> dict[str, Tensor]:
     slack = torch.where(tot > 0, slack, torch.nan)
     out_dtype = params[0].dtype
     return {
-        "kkt_stationarity": torch.where(ok.to(G.device), stat, torch.nan).to(out_dtype),
-        "kkt_slackness": torch.where(ok.to(G.device), slack, torch.nan).to(out_dtype),
+        "kkt_stationarity": torch.where(ok, stat, torch.nan).to(out_dtype),
+        "kkt_slackness": torch.where(ok, slack, torch.nan).to(out_dtype),
     }
 
 
@@ -427,7 +456,7 @@ def data_geometry(X, y, svm: SVMResult | None = None, rank_tol: float | None = N
     - ``separable`` / ``svm_margin``: from :func:`svm_direction` (or ``svm`` if given).
     - ``near_orthogonality``: min_i ‖x_i‖² / (n · max_{k≠i} |⟨x_i, x_k⟩|), the
       largest C in the condition ‖x_i‖² ≥ C n max_{k≠i}|⟨x_i, x_k⟩| of Frei et
-      al. 2023 (C ≥ 1 up to constants is their regime); ``inf`` for exactly
+      al. 2023 (their theory needs C above a constant); ``inf`` for exactly
       orthogonal data or n < 2.
     - ``rank``: number of singular values of X above rank_tol · σ_max
       (default max(n, d) · eps of X's dtype); ``degenerate``: rank == 1 (all
@@ -451,23 +480,31 @@ def data_geometry(X, y, svm: SVMResult | None = None, rank_tol: float | None = N
     X, y = _as_np(X), _as_np(y)
     n, d = X.shape
     svm = svm_direction(X, y) if svm is None else svm
+    Xt, yt = torch.from_numpy(X), torch.from_numpy(y)
 
-    gram = X @ X.T
-    sq = np.diag(gram).copy()
-    np.fill_diagonal(gram, 0.0)
-    off = np.abs(gram).max(1) if n > 1 else np.zeros(n)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(off > 0, sq / (n * off), np.inf)
+    gram = Xt @ Xt.T
+    sq = gram.diagonal().clone()
+    off = (gram - torch.diag(sq)).abs().amax(1) if n > 1 else torch.zeros(n, dtype=Xt.dtype)
+    ratio = torch.where(off > 0, sq / (n * off), torch.inf)
     near_orth = float(ratio.min()) if n > 0 else float("inf")
 
-    s = np.linalg.svd(X, compute_uv=False)
+    s = torch.linalg.svdvals(Xt)  # accurate small singular values (a Gram eigh is not)
     tol = (max(n, d) * eps) if rank_tol is None else rank_tol
-    rank = int((s > tol * s[0]).sum()) if s.size and s[0] > 0 else 0
+    rank = int((s > tol * s[0]).sum()) if s.numel() and s[0] > 0 else 0
 
+    # least-squares predictions X X⁺y: projection of y on the top-`rank` left
+    # singular vectors, via an eigh of the smaller Gram matrix
+    if n <= d:
+        U = torch.linalg.eigh(gram)[1][:, n - rank :]
+        ls = U @ (U.T @ yt)
+    else:
+        ev, V = torch.linalg.eigh(Xt.T @ Xt)
+        ev, V = ev[d - rank :], V[:, d - rank :]
+        ls = Xt @ (V @ ((V.T @ (Xt.T @ yt)) / ev))
     errors = [0.0] if svm.separable else []
-    for w in (np.linalg.lstsq(X, y, rcond=None)[0], X.T @ y):
-        yf = y * (X @ w)
-        errors += [float(np.mean(yf <= 0)), float(np.mean(yf >= 0))]  # w and −w
+    for f in (ls, Xt @ (Xt.T @ yt)):  # least squares, class-mean difference
+        yf = yt * f
+        errors += [float((yf <= 0).double().mean()), float((yf >= 0).double().mean())]  # w and −w
     return {
         "separable": bool(svm.separable),
         "svm_margin": float(svm.margin),

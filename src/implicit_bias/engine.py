@@ -17,12 +17,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import grad_and_value, vmap
+from torch.func import vmap
 
 from . import curvature, metrics
 from .config import ExperimentConfig
 from .data import Dataset
 from .losses import accuracy, mean_loss
+from . import batched
 from .models import ModelSpec, Params, fixed_last_layer, forward, init_params
 from .schedules import multipliers
 
@@ -133,6 +134,23 @@ class Trainer:
     def output_single(self, params: Params, X: Tensor) -> Tensor:
         return forward(params, X, self.spec, self.a)
 
+    def value_and_grad(self, params: Params, X: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Params]:
+        """Loss ``(R,)``, outputs ``(R, n)`` and gradients of every run (hand-written backward)."""
+        return batched.value_and_grad(params, X, y, self.spec, self.a, self.loss_kind)
+
+    def hessian_operator(self, params: Params) -> Callable[[Tensor], Tensor]:
+        """Batched Hessian-vector product of the full-batch loss, ``(R, P) → (R, P)``.
+
+        Forward-over-reverse by hand (:func:`batched.hvp_operator`), the
+        primal pass cached once per eval step.
+        """
+        hvp = batched.hvp_operator(params, self.X, self.y, self.spec, self.a, self.loss_kind)
+
+        def mv(v: Tensor) -> Tensor:
+            return curvature.flatten(hvp(curvature.unflatten(v, params)))
+
+        return mv
+
     def init(self) -> Params:
         per_run = [
             init_params(self.spec, r.config.seed, r.config.model.init_scale, self.dtype, self.device)
@@ -151,13 +169,19 @@ class Trainer:
 
     # -------------------------------------------------------------------- train
     def train(self) -> ChunkResult:
+        # Logistic gradients decay into float32 subnormals late in training; on
+        # CPUs those are ~100× slower, and flushing them changes nothing we measure.
+        torch.set_flush_denormal(True)
+        try:
+            return self._train()
+        finally:
+            torch.set_flush_denormal(False)
+
+    def _train(self) -> ChunkResult:
         cfg, R, steps = self.cfg, self.R, self.cfg.train.steps
         dev, dt = self.device, self.dtype
         params = self.init()
         init_weights = tuple(p.clone() for p in params)
-        batched_vg = vmap(
-            grad_and_value(self.loss_and_output, has_aux=True), in_dims=(0, self.x_dim, self.x_dim)
-        )
 
         ctx = metrics.EvalContext(
             trainer=self, params=params, state={"lanczos_v": self.start_vectors()}, step=0
@@ -201,7 +225,7 @@ class Trainer:
                 loss_t = mean_loss(full_f, self.y, self.loss_kind)
                 acc_t = accuracy(full_f, self.y)
             else:
-                grads, (loss_t, f_t) = batched_vg(params, self.X, self.y)
+                loss_t, f_t, grads = self.value_and_grad(params, self.X, self.y)
                 acc_t = accuracy(f_t, self.y)
             if L0 is None:
                 L0 = loss_t.detach().clone()
@@ -231,7 +255,7 @@ class Trainer:
                 idx = order[:, pos * bs : (pos + 1) * bs]
                 Xb = self.X[idx] if self.x_dim is None else self.X[ar, idx]
                 yb = self.y[idx] if self.x_dim is None else self.y[ar, idx]
-                grads, _ = vmap(grad_and_value(self.loss_single))(params, Xb, yb)
+                _, _, grads = self.value_and_grad(params, Xb, yb)
             lr_t = lr_table[:, t]
             new = tuple(p - lr_t.view(-1, 1, 1) * g for p, g in zip(params, grads, strict=True))
             finite = torch.stack([torch.isfinite(p).flatten(1).all(1) for p in new]).all(0)
@@ -287,8 +311,3 @@ class Trainer:
         return res
 
 
-def hessian_operator(trainer: Trainer, params: Params) -> Callable[[Tensor], Tensor]:
-    """Batched Hessian-vector product of the full-batch training loss, ``(R,P) → (R,P)``."""
-    return curvature.hessian_operator(
-        trainer.loss_single, params, (trainer.X, trainer.y), (trainer.x_dim, trainer.x_dim)
-    )

@@ -23,6 +23,28 @@ def per_sample(f: Tensor, y: Tensor, kind: LossName) -> Tensor:
     raise ValueError(f"unknown loss {kind}")
 
 
+def loss_grad(f: Tensor, y: Tensor, kind: LossName) -> Tensor:
+    """∂ℓ/∂f per sample: −y·σ(−yf), −y·e^{−yf}, f − y."""
+    if kind == "logistic":
+        return -y * torch.sigmoid(-y * f)
+    if kind == "exponential":
+        return -y * torch.exp(-y * f)
+    if kind == "mse":
+        return f - y
+    raise ValueError(f"unknown loss {kind}")
+
+
+def loss_hess(f: Tensor, y: Tensor, kind: LossName) -> Tensor:
+    """∂²ℓ/∂f² per sample (y² = 1): σ(yf)σ(−yf), e^{−yf}, 1."""
+    if kind == "logistic":
+        return torch.sigmoid(y * f) * torch.sigmoid(-y * f)
+    if kind == "exponential":
+        return torch.exp(-y * f)
+    if kind == "mse":
+        return torch.ones_like(f)
+    raise ValueError(f"unknown loss {kind}")
+
+
 def mean_loss(f: Tensor, y: Tensor, kind: LossName) -> Tensor:
     """Mean of :func:`per_sample` over the last dimension."""
     return per_sample(f, y, kind).mean(-1)

@@ -53,8 +53,8 @@ def top_sharpness(ctx: EvalContext, k: int | None = None) -> tuple[Tensor, Tenso
     iters = sc.iters if sc is not None else 20
     k = k or (sc.top_k if sc is not None else 1)
     tol = sc.tol if sc is not None else 1e-3
-    op = curvature.hessian_operator(tr.loss_single, ctx.params, (tr.X, tr.y), (tr.x_dim, tr.x_dim))
-    res = curvature.lanczos(op, ctx.state["lanczos_v"], iters=iters, k=k, tol=tol)
+    op = tr.hessian_operator(ctx.params)
+    res = curvature.lanczos(op, ctx.state["lanczos_v"], iters=iters, k=k, tol=tol, early_stop=True)
     v = res.eigenvectors[:, 0]
     ok = torch.isfinite(v).all(-1, keepdim=True)
     ctx.state["lanczos_v"] = torch.where(ok, v, ctx.state["lanczos_v"])
@@ -105,7 +105,7 @@ def _trace(ctx: EvalContext) -> dict[str, Tensor]:
     tr = ctx.trainer
     tc = ctx.cfg.trace
     assert tc is not None
-    op = curvature.hessian_operator(tr.loss_single, ctx.params, (tr.X, tr.y), (tr.x_dim, tr.x_dim))
+    op = tr.hessian_operator(ctx.params)
     gen = torch.Generator(device="cpu").manual_seed(1234 + ctx.step)
     out = {
         "hessian_trace": curvature.hutchinson_trace(
@@ -199,7 +199,7 @@ def final_metrics(ctx: EvalContext) -> dict[str, Tensor]:
             out["linear_margin"] = diagnostics.geometric_margin(v, tr.X, tr.y)
             svm = ctx.state.get("svm")
             if svm is not None:
-                out.update(diagnostics.svm_metrics(v, svm))
+                out.update(diagnostics.svm_metrics(v, svm, tr.X, tr.y))
             if tr.Xt.shape[-2] > 0:
                 out["boundary_agreement"] = diagnostics.boundary_agreement(
                     ctx.params, v, tr.Xt, tr.spec, tr.a

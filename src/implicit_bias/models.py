@@ -92,7 +92,8 @@ def activate(z: Tensor, spec: ModelSpec) -> Tensor:
     if kind == "relu":
         return torch.relu(z)
     if kind == "leaky_relu":
-        return torch.maximum(z, spec.leak * z)
+        # where(z > 0, …) rather than maximum: its derivative at 0 is γ, as in activation_grad
+        return torch.where(z > 0, z, spec.leak * z)
     if kind == "smooth_leaky_relu":
         g, h = spec.leak, spec.smoothing
         lin_hi = z - (1 - g) / (4 * h)
@@ -100,6 +101,33 @@ def activate(z: Tensor, spec: ModelSpec) -> Tensor:
         quad = (1 - g) * h * z * z / 4 + (1 + g) * z / 2
         return torch.where(z >= 1 / h, lin_hi, torch.where(z <= -1 / h, lin_lo, quad))
     raise ValueError(f"unknown activation {kind}")
+
+
+def activation_grad(z: Tensor, spec: ModelSpec) -> Tensor | None:
+    """φ'(z) elementwise (the one-sided derivative z > 0 at kinks, as autograd takes it);
+    ``None`` for the identity, so callers skip a multiplication by ones."""
+    kind = spec.activation
+    if kind == "linear":
+        return None
+    if kind == "relu":
+        return (z > 0).to(z.dtype)
+    if kind == "leaky_relu":
+        # (python scalars in torch.where would round γ to float32)
+        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, spec.leak))
+    if kind == "smooth_leaky_relu":
+        g, h = spec.leak, spec.smoothing
+        quad = (1 - g) * h * z / 2 + (1 + g) / 2
+        return torch.where(z >= 1 / h, torch.ones_like(z), torch.where(z <= -1 / h, torch.full_like(z, g), quad))
+    raise ValueError(f"unknown activation {kind}")
+
+
+def activation_grad2(z: Tensor, spec: ModelSpec) -> Tensor | None:
+    """φ''(z) elementwise, or ``None`` where it vanishes almost everywhere (piecewise-linear φ)."""
+    if spec.activation != "smooth_leaky_relu":
+        return None
+    g, h = spec.leak, spec.smoothing
+    inside = (z < 1 / h) & (z > -1 / h)
+    return torch.where(inside, torch.full_like(z, (1 - g) * h / 2), torch.zeros_like(z))
 
 
 def fixed_last_layer(spec: ModelSpec, dtype: torch.dtype, device: torch.device | str) -> Tensor | None:
@@ -177,7 +205,7 @@ def linear_predictor(params: Params, spec: ModelSpec, a: Tensor | None = None) -
     c = spec.multipliers()
     if spec.last_layer == "fixed_sign" and spec.depth == 2:
         assert a is not None
-        return (a @ params[0]).squeeze(0)
+        return (a @ params[0]).squeeze(0) * c[0]
     if spec.activation != "linear":
         return None
     if spec.last_layer == "fixed_sign":

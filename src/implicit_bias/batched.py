@@ -1,0 +1,166 @@
+"""Hand-written batched forward, backward and Hessian-vector products of the MLP family.
+
+:func:`implicit_bias.models.forward` is the model for one run; ``vmap`` of
+``grad`` of it is the reference. Here the same computation is written once
+for R runs with batched matmuls (tests check both against ``torch.func`` per
+run in float64): a training step is a handful of kernels with no autograd
+graph, and the Hessian-vector product is forward-over-reverse by hand — the
+R-operator of Pearlmutter (1994) applied to the backward pass — with the
+primal pass cached once per eval step.
+
+Layer scales c_l (``ntk``) are folded into the small weight matrices rather
+than the large activations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from .losses import loss_grad, loss_hess, mean_loss
+from .models import ModelSpec, Params, activate, activation_grad, activation_grad2
+
+
+def _mT(t: Tensor) -> Tensor:
+    return t.transpose(-1, -2)
+
+
+@dataclass
+class _Pass:
+    """Intermediates of one forward/backward pass, reused by the HVP."""
+
+    ws: list[Tensor]  # scaled weights c_l W_l (the fixed last layer included)
+    hs: list[Tensor]  # layer inputs h_0 = X, …, h_{L-1}
+    zs: list[Tensor]  # pre-activations of the hidden layers
+    f: Tensor  # (R, n)
+    delta: Tensor  # ∂loss/∂f, (R, n, 1)
+
+
+def _forward(params: Params, X: Tensor, spec: ModelSpec, a: Tensor | None) -> _Pass:
+    c = spec.multipliers()
+    ws = [p * c[i] for i, p in enumerate(params)]
+    if spec.last_layer == "fixed_sign":
+        assert a is not None
+        ws.append(a)
+    hs, zs = [X], []
+    h = X
+    for layer in range(spec.depth - 1):
+        z = h @ _mT(ws[layer])
+        zs.append(z)
+        h = activate(z, spec)
+        hs.append(h)
+    f = (h @ _mT(ws[-1])).squeeze(-1)
+    return _Pass(ws, hs, zs, f, f)
+
+
+def value_and_grad(
+    params: Params, X: Tensor, y: Tensor, spec: ModelSpec, a: Tensor | None, loss_kind: str
+) -> tuple[Tensor, Tensor, Params]:
+    """Loss, outputs and gradients of R runs at once.
+
+    Args:
+        params: batched trained weights, ``(R, out, in)`` each.
+        X: inputs ``(n, d)`` shared by all runs or ``(R, n, d)`` per run.
+        y: labels ±1, ``(n,)`` or ``(R, n)``.
+
+    Returns:
+        loss ``(R,)``, f ``(R, n)``, grads (same shapes as ``params``).
+    """
+    loss, pas, grads = _value_and_grad(params, X, y, spec, a, loss_kind)
+    return loss, pas.f, grads
+
+
+def _value_and_grad(params, X, y, spec, a, loss_kind):
+    c = spec.multipliers()
+    pas = _forward(params, X, spec, a)
+    f = pas.f
+    loss = mean_loss(f, y, loss_kind)
+    delta = (loss_grad(f, y, loss_kind) / f.shape[-1]).unsqueeze(-1)  # (R, n, 1)
+    pas.delta = delta
+    n_hidden = spec.depth - 1
+    grads: list[Tensor] = []
+    if spec.last_layer == "trained":
+        grads.append((_mT(delta) @ pas.hs[-1]) * c[-1])
+    back = delta @ pas.ws[-1]  # ∂loss/∂h_{L-1}
+    for layer in reversed(range(n_hidden)):
+        d1 = activation_grad(pas.zs[layer], spec)
+        dz = back if d1 is None else back * d1
+        grads.append((_mT(dz) @ pas.hs[layer]) * c[layer])
+        if layer > 0:
+            back = dz @ pas.ws[layer]
+    grads.reverse()
+    return loss, pas, tuple(grads)
+
+
+def hvp_operator(
+    params: Params, X: Tensor, y: Tensor, spec: ModelSpec, a: Tensor | None, loss_kind: str
+) -> Callable[[Params], Params]:
+    """``V ↦ H V`` for the mean training loss of R runs (H the Hessian per run).
+
+    Returns:
+        A function from directions shaped like ``params`` to H·V of the same shapes.
+    """
+    params = tuple(p.detach() for p in params)
+    _, pas, _ = _value_and_grad(params, X, y, spec, a, loss_kind)
+    c = spec.multipliers()
+    hs, zs, ws, delta, f = pas.hs, pas.zs, pas.ws, pas.delta, pas.f
+    n_hidden = spec.depth - 1
+    trained_last = spec.last_layer == "trained"
+    d1 = [activation_grad(z, spec) for z in zs]
+    d2 = [activation_grad2(z, spec) for z in zs]
+    ell2 = (loss_hess(f, y, loss_kind) / f.shape[-1]).unsqueeze(-1)  # ℓ''(f)/n, (R, n, 1)
+    backs: list[Tensor] = [delta] * n_hidden  # ∂loss/∂h_l and ∂loss/∂z_l of the primal
+    dzs: list[Tensor] = [delta] * n_hidden
+    back = delta @ ws[-1]
+    for layer in reversed(range(n_hidden)):
+        backs[layer] = back
+        dzs[layer] = back if d1[layer] is None else back * d1[layer]
+        if layer > 0:
+            back = dzs[layer] @ ws[layer]
+
+    def hvp(V: Params) -> Params:
+        vs = [v * c[i] for i, v in enumerate(V)]  # scaled directions
+        # tangent forward: R{z_l}, R{h_l}
+        Rzs: list[Tensor] = []
+        Rhs: list[Tensor | None] = [None]
+        Rh: Tensor | None = None
+        for layer in range(n_hidden):
+            Rz = hs[layer] @ _mT(vs[layer])
+            if Rh is not None:
+                Rz = Rz + Rh @ _mT(ws[layer])
+            Rzs.append(Rz)
+            Rh = Rz if d1[layer] is None else d1[layer] * Rz
+            Rhs.append(Rh)
+        h = hs[-1]
+        Rf = Rh @ _mT(ws[-1]) if Rh is not None else None
+        if trained_last:
+            Rf_w = h @ _mT(vs[-1])
+            Rf = Rf_w if Rf is None else Rf + Rf_w
+        assert Rf is not None
+        Rdelta = ell2 * Rf  # (R, n, 1)
+        out: list[Tensor] = []
+        if trained_last:
+            g = _mT(Rdelta) @ h
+            if Rh is not None:
+                g = g + _mT(delta) @ Rh
+            out.append(g * c[-1])
+        Rback = Rdelta @ ws[-1]
+        if trained_last and n_hidden:
+            Rback = Rback + delta @ vs[-1]
+        for layer in reversed(range(n_hidden)):
+            Rdz = Rback if d1[layer] is None else Rback * d1[layer]
+            if d2[layer] is not None:
+                Rdz = Rdz + backs[layer] * d2[layer] * Rzs[layer]
+            g = _mT(Rdz) @ hs[layer]
+            Rh_in = Rhs[layer]
+            if Rh_in is not None:
+                g = g + _mT(dzs[layer]) @ Rh_in
+            out.append(g * c[layer])
+            if layer > 0:
+                Rback = Rdz @ ws[layer] + dzs[layer] @ vs[layer]
+        out.reverse()
+        return tuple(out)
+
+    return hvp
