@@ -177,3 +177,24 @@ def test_hand_written_grad_and_hvp_match_autograd(model, loss, per_run_data):
         torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
         H = torch.func.hessian(loss_flat)(flat)
         torch.testing.assert_close(HV[r], H @ V[r], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("model", MODEL_CASES, ids=lambda c: str(c)[:50])
+@pytest.mark.parametrize("per_run_data", [False, True])
+def test_jacobian_gram_matches_jacrev(model, per_run_data):
+    """J Jᵀ and J θ formed layer-wise equal the dense per-sample Jacobian (float64)."""
+    from implicit_bias.batched import jacobian_gram
+    from implicit_bias.diagnostics import per_sample_gradients
+
+    sweep = {"seed": [0, 1, 2]}
+    if per_run_data:
+        sweep["data.seed"] = [4, 5]
+    cfg = _cfg(model={**BASE["model"], **model}, sweep=sweep)
+    tr = Trainer(make_plan(cfg).runs)
+    params = tr.init()
+    K, dots, f = jacobian_gram(params, tr.X, tr.spec, tr.a)
+    J = per_sample_gradients(params, tr.X, tr.spec, tr.a, tr.x_dim)  # (R, n, P), jacrev
+    theta = torch.cat([p.flatten(1) for p in params], 1)
+    torch.testing.assert_close(K, J @ J.transpose(1, 2), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(dots, (J @ theta[:, :, None]).squeeze(-1), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(f, tr.outputs(params, tr.X, tr.x_dim), rtol=1e-12, atol=1e-14)

@@ -180,7 +180,7 @@ class Trainer:
     def _train(self) -> ChunkResult:
         cfg, R, steps = self.cfg, self.R, self.cfg.train.steps
         dev, dt = self.device, self.dtype
-        params = self.init()
+        params = self.init()  # updated in place below
         init_weights = tuple(p.clone() for p in params)
 
         ctx = metrics.EvalContext(
@@ -257,11 +257,18 @@ class Trainer:
                 yb = self.y[idx] if self.x_dim is None else self.y[ar, idx]
                 _, _, grads = self.value_and_grad(params, Xb, yb)
             lr_t = lr_table[:, t]
-            new = tuple(p - lr_t.view(-1, 1, 1) * g for p, g in zip(params, grads, strict=True))
-            finite = torch.stack([torch.isfinite(p).flatten(1).all(1) for p in new]).all(0)
-            ok = active & finite
+            # A non-finite gradient (or rate) stops the run before it poisons its weights:
+            # it is flagged diverged at t + 1, its weights stay the last finite ones.
+            gsum = torch.stack([g.sum(dim=(1, 2)) for g in grads]).sum(0)
+            finite = torch.isfinite(gsum) & torch.isfinite(lr_t)
             pending = active & ~finite
-            params = tuple(torch.where(ok.view(-1, 1, 1), n_, p) for n_, p in zip(new, params, strict=True))
+            step_ok = active & finite
+            neg_lr = torch.where(step_ok, -lr_t, 0.0).view(-1, 1, 1)
+            # On the CPU a host check is free and lets the common case update in place
+            # in one pass; elsewhere mask without syncing.
+            all_ok = dev.type == "cpu" and bool(step_ok.all())
+            for p, g in zip(params, grads, strict=True):
+                p.addcmul_(g if all_ok else torch.where(step_ok.view(-1, 1, 1), g, 0.0), neg_lr)
             if self.progress is not None and (t + 1) % 50 == 0:
                 self.progress(50)
         if self.progress is not None:
@@ -295,6 +302,7 @@ class Trainer:
             loss=loss, diverged=diverged, per_step=res.per_step, runs=self.runs
         )
         res.per_run["divergence_step"] = np_(div_step)
+        res.per_run.update(metrics.geometry_per_run(self.runs))
         res.per_run["sharpness_init"] = np_(sharp0).astype(np.float64)
         res.per_run["lr"] = np_(lr_abs).astype(np.float64)
         for name, val in final_vals.items():

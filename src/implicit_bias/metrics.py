@@ -86,8 +86,10 @@ def _gn_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
 
 def _ntk(ctx: EvalContext) -> dict[str, Tensor]:
     tr = ctx.trainer
-    if tr.n <= 256:
-        gram = curvature.ntk_gram(tr.output_single, ctx.params, tr.X, tr.x_dim)
+    if tr.n <= 2048:
+        from .batched import jacobian_gram
+
+        gram = jacobian_gram(ctx.params, tr.X, tr.spec, tr.a)[0] / tr.n
         out = {"ntk_max": torch.linalg.eigvalsh(gram)[:, -1]}
         if ctx.step in ctx.cfg.ntk_gram_at:
             ctx.state.setdefault("ntk_gram", {})[ctx.step] = gram
@@ -197,9 +199,9 @@ def final_metrics(ctx: EvalContext) -> dict[str, Tensor]:
         if v is not None:
             out["linear_predictor"] = v
             out["linear_margin"] = diagnostics.geometric_margin(v, tr.X, tr.y)
-            svm = ctx.state.get("svm")
-            if svm is not None:
-                out.update(diagnostics.svm_metrics(v, svm, tr.X, tr.y))
+            svms = [data_geometry(r.data)[0] for r in tr.runs]
+            svm = svms[0] if tr.x_dim is None else svms
+            out.update(diagnostics.svm_metrics(v, svm, tr.X, tr.y))
             if tr.Xt.shape[-2] > 0:
                 out["boundary_agreement"] = diagnostics.boundary_agreement(
                     ctx.params, v, tr.Xt, tr.spec, tr.a
@@ -207,6 +209,43 @@ def final_metrics(ctx: EvalContext) -> dict[str, Tensor]:
     if "ntk_gram" in ctx.state:
         for step, gram in ctx.state["ntk_gram"].items():
             out[f"ntk_gram_{step}"] = gram
+    return out
+
+
+# --------------------------------------------------------------- data geometry
+_GEOMETRY_CACHE: dict[str, tuple[Any, dict[str, Any]]] = {}
+
+
+def data_geometry(data) -> tuple[Any, dict[str, Any]]:
+    """SVM and geometry of a training set, computed once per data fingerprint.
+
+    Returns:
+        ``(svm, geometry)``: a :class:`diagnostics.SVMResult` and the dict of
+        :func:`diagnostics.data_geometry` (separable, svm_margin,
+        near_orthogonality, rank, degenerate, class_overlap).
+    """
+    from . import diagnostics
+
+    key = data.fingerprint()
+    if key not in _GEOMETRY_CACHE:
+        svm = diagnostics.svm_direction(data.X_train, data.y_train)
+        geo = diagnostics.data_geometry(data.X_train, data.y_train, svm=svm)
+        if len(_GEOMETRY_CACHE) > 64:
+            _GEOMETRY_CACHE.clear()
+        _GEOMETRY_CACHE[key] = (svm, geo)
+    return _GEOMETRY_CACHE[key]
+
+
+GEOMETRY_KEYS = ("separable", "svm_margin", "near_orthogonality", "rank", "degenerate", "class_overlap")
+
+
+def geometry_per_run(runs) -> dict[str, np.ndarray]:
+    """``data_<key>`` per run (the run summary of SPEC §3 data diagnostics)."""
+    geos = [data_geometry(r.data)[1] for r in runs]
+    out = {}
+    for key in GEOMETRY_KEYS:
+        vals = np.array([g[key] for g in geos])
+        out[f"data_{key}"] = vals.astype(np.bool_ if key in ("separable", "degenerate") else np.float64)
     return out
 
 

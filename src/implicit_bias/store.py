@@ -165,6 +165,11 @@ def chunk_to_dataset(res: ChunkResult, plan: ChunkPlan, group_attrs: dict[str, A
         "group_config": json.dumps(group_attrs, sort_keys=True, default=str),
         "n_runs": R,
     }
+    if shared:  # data geometry (SPEC §3) as attributes; per run as data_* variables too
+        from .metrics import data_geometry
+
+        for key, val in data_geometry(runs[0].data)[1].items():
+            ds.attrs[f"data_{key}"] = int(val) if isinstance(val, bool | np.bool_) else float(val)
     return ds
 
 

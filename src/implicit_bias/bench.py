@@ -1,0 +1,507 @@
+"""``implicit-bias bench``: the engine against a hand-written per-run loop (issue 5).
+
+Everything is timed as separate processes so that start-up is taken out the
+same way on both sides:
+
+- **ours** = wall time of ``implicit-bias run CONFIG --out TMP -q`` minus that
+  of ``implicit-bias validate CONFIG`` (imports, config, data);
+- **baseline** = wall time of ``python benchmarks/baseline.py CONFIG`` minus
+  that of ``python -c "import torch"``.
+
+Besides the speed-up it reports the achieved GFLOP/s of our run (FLOPs counted
+analytically by :func:`workload_flops`) as a percentage of a measured fp32
+matmul rate (:func:`matmul_peak`), the compute-bound case of the issue (a
+two-layer net on n = 100, d = 10 000, width 512), and the peak resident memory
+of ``run`` for several numbers of runs and chunk sizes.
+
+Heavy modules (torch, yaml, rich) are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+#: learning rates and seeds of the reference workload (64 runs)
+REF_LRS = [0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0]
+REF_SEEDS = list(range(8))
+BASELINE_SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "baseline.py"
+
+
+# ------------------------------------------------------------------- workloads
+def reference_config(runs: int = 64, steps: int = 1000, every: int = 50) -> dict[str, Any]:
+    """The reference workload of issue 5 (``benchmarks/reference.yaml`` at the defaults).
+
+    Args:
+        runs: number of runs; the learning rates come first (up to all 8), then
+            seeds 0, 1, … (``runs`` is rounded down to a multiple of the rates used).
+        steps: full-batch GD steps.
+        every: eval (sharpness) interval.
+
+    Returns:
+        A config mapping for :func:`implicit_bias.config.load_config`.
+    """
+    lrs = REF_LRS[: max(1, min(len(REF_LRS), runs))]
+    seeds = list(range(max(1, runs // len(lrs))))
+    return {
+        "name": "bench-reference",
+        "data": {"kind": "overlap", "n_train": 128, "n_test": 0, "d": 16, "normalize": "unit"},
+        "model": {"depth": 3, "width": 64, "parametrization": "standard", "activation": "linear"},
+        "train": {"loss": "logistic", "steps": steps, "dtype": "float32"},
+        "metrics": {"every": every, "sharpness": {"iters": 20}},
+        "sweep": {"train.lr": lrs, "seed": seeds},
+    }
+
+
+def compute_bound_config(runs: int = 8, steps: int = 100) -> dict[str, Any]:
+    """The compute-bound case: Frei et al.'s two-layer net, n = 100, d = 10 000, width 512.
+
+    Sharpness off and no weights stored, so the time is the training itself.
+    """
+    return {
+        "name": "bench-compute-bound",
+        "data": {"kind": "gaussian_mixture", "n_train": 100, "n_test": 0, "d": 10_000},
+        "model": {
+            "depth": 2,
+            "width": 512,
+            "activation": "leaky_relu",
+            "parametrization": "direct",
+            "last_layer": "fixed_sign",
+            "init_scale": 1e-3,
+        },
+        "train": {"loss": "logistic", "steps": steps, "lr": 0.1, "dtype": "float32"},
+        "metrics": {"every": steps, "sharpness": False},
+        "store": {"weights": []},
+        "sweep": {"seed": list(range(runs))},
+    }
+
+
+# ----------------------------------------------------------------------- FLOPs
+def pass_flops(
+    shapes: list[tuple[int, int]], n: int, trained: int | None = None
+) -> tuple[int, int]:
+    """Matmul FLOPs of one forward and one backward pass of a bias-free MLP over n samples.
+
+    With layer shapes (out_l, in_l) and the first ``trained`` layers trained:
+    forward 2·n·Σ_l out_l·in_l; backward 2·n·Σ_{l trained} out_l·in_l (weight
+    gradients) + 2·n·Σ_{l≥2} out_l·in_l (gradients w.r.t. the layer inputs;
+    none is needed for the data). Elementwise work is not counted.
+
+    Returns:
+        ``(forward, backward)``.
+    """
+    trained = len(shapes) if trained is None else trained
+    mac = [o * i for o, i in shapes]
+    return 2 * n * sum(mac), 2 * n * (sum(mac[:trained]) + sum(mac[1:]))
+
+
+def workload_flops(cfg: dict[str, Any]) -> float:
+    """Analytic matmul FLOPs of a bench config (all runs).
+
+    Per run: (steps + 1) forward passes and ``steps`` backward passes, plus
+    ``iters`` Hessian-vector products at each eval step ({0, every, 2·every, …}
+    ∪ {steps}), each HVP counted as 2 × (forward + backward) — the R-operator
+    (or double backward) doubles both passes. That is, with F, B from
+    :func:`pass_flops`::
+
+        runs × [(steps+1)·F + steps·B + n_eval·iters·2·(F + B)]
+
+    This is the work of the problem, not of an implementation: Lanczos
+    stopping early still counts as ``iters`` products.
+    """
+    d, m = cfg["data"], cfg["model"]
+    depth, width, n, steps = m["depth"], m["width"], d["n_train"], cfg["train"]["steps"]
+    dims = [d["d"]] + [width] * (depth - 1) + [1]
+    shapes = [(dims[i + 1], dims[i]) for i in range(depth)]
+    trained = depth - 1 if m.get("last_layer") == "fixed_sign" else depth
+    fwd, bwd = pass_flops(shapes, n, trained)
+    sharp = cfg["metrics"].get("sharpness", {})
+    iters = 0 if sharp is False else (sharp or {}).get("iters", 20)
+    every = cfg["metrics"].get("every", 10)
+    n_eval = len(set(range(0, steps + 1, every)) | {steps})
+    runs = math.prod(len(v) for v in cfg.get("sweep", {}).values())
+    return float(runs * ((steps + 1) * fwd + steps * bwd + n_eval * iters * 2 * (fwd + bwd)))
+
+
+def matmul_peak(device: str = "cpu", size: int = 2048, reps: int = 10) -> float:
+    """Measured fp32 matmul rate in GFLOP/s: best of ``reps`` ``torch.mm`` of size²."""
+    import torch
+
+    a = torch.randn(size, size, device=device)
+    b = torch.randn(size, size, device=device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    torch.mm(a, b)
+    sync()
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+# ---------------------------------------------------------------- subprocesses
+def timed(cmd: list[str], cwd: Path | None = None) -> tuple[float, float]:
+    """Run a command to completion; return (wall seconds, peak RSS in MiB) of that process.
+
+    Raises:
+        RuntimeError: with the tail of stderr if the command fails.
+    """
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=cwd)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): " + " | ".join(tail))
+    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return wall, usage.ru_maxrss * scale / 2**20
+
+
+def best_of(cmd: list[str], repeats: int) -> tuple[float, float]:
+    """Fastest of ``repeats`` runs of ``cmd`` (and its peak RSS)."""
+    return min(timed(cmd) for _ in range(max(1, repeats)))
+
+
+def cli(*args: str) -> list[str]:
+    """The command line of ``implicit-bias ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "implicit_bias", *args]
+
+
+def baseline_command(config: Path, device: str) -> list[str]:
+    """``benchmarks/baseline.py`` next to the package's repo, else the in-module copy."""
+    if BASELINE_SCRIPT.is_file():
+        return [sys.executable, str(BASELINE_SCRIPT), str(config), "--device", device]
+    code = "from implicit_bias.bench import _baseline_main; _baseline_main()"
+    return [sys.executable, "-c", code, str(config), "--device", device]
+
+
+def _write(cfg: dict[str, Any], path: Path) -> Path:
+    import yaml
+
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def time_ours(config: Path, out: Path, device: str, repeats: int) -> dict[str, float]:
+    """``run`` minus ``validate`` on one config, each the best of ``repeats``."""
+    validate, _ = best_of(cli("validate", str(config)), repeats)
+    # a fresh folder each time: a folder that already holds this config's chunks is skipped
+    run, rss = min(
+        timed(cli("run", str(config), "--out", f"{out}-{i}", "-q", "--device", device))
+        for i in range(max(1, repeats))
+    )
+    return {"run_s": run, "validate_s": validate, "time_s": run - validate, "peak_rss_mib": rss}
+
+
+# ------------------------------------------------------------------------ main
+def main(
+    device: str = "cpu",
+    quick: bool = False,
+    as_json: bool = False,
+    *,
+    _runs: int | None = None,
+    _steps: int | None = None,
+    _cb: tuple[int, int] | None = None,
+    _memory: tuple[int, ...] | None = None,
+    _repeats: int = 1,
+) -> dict[str, Any]:
+    """Time the reference workload, the compute-bound case and memory; print a table or JSON.
+
+    Args:
+        device: ``cpu`` or ``cuda`` (ours and the baseline both on it).
+        quick: 16 runs × 200 steps, a smaller compute-bound case and memory check.
+        as_json: print one JSON object instead of the table.
+        _runs, _steps: override the reference workload's size (tests).
+        _cb: ``(runs, steps)`` of the compute-bound case; ``(0, 0)`` skips it.
+        _memory: run counts for the memory check (chunk size fixed to the
+            first); ``()`` skips it.
+        _repeats: take the best of this many timings of each process.
+
+    Returns:
+        The measurements (the JSON object).
+    """
+    from ._errors import UserInputError
+
+    if device not in ("cpu", "cuda"):
+        raise UserInputError(f"--device must be cpu or cuda (got {device!r})")
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserInputError("--device cuda: no CUDA device is available")
+    runs = _runs or (16 if quick else 64)
+    steps = _steps or (200 if quick else 1000)
+    cb_runs, cb_steps = _cb if _cb is not None else ((2, 20) if quick else (8, 100))
+    mem_runs = _memory if _memory is not None else (() if quick else (64, 256))
+    mem_steps = max(1, steps // 10)
+    say = (lambda msg: None) if as_json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+    res: dict[str, Any] = {"machine": machine(device)}
+    say(f"matmul peak on {device} …")
+    peak = matmul_peak(device)
+    res["peak_gflops"] = peak
+    with tempfile.TemporaryDirectory(prefix="ib-bench-") as tmp:
+        tmp_path = Path(tmp)
+        cfg = reference_config(runs, steps)
+        n_runs = math.prod(len(v) for v in cfg["sweep"].values())
+        ref = _write(cfg, tmp_path / "reference.yaml")
+        say(f"reference: {n_runs} runs × {steps} steps — ours …")
+        ours = time_ours(ref, tmp_path / "out-ref", device, _repeats)
+        say("reference — baseline loop …")
+        imp, _ = best_of([sys.executable, "-c", "import torch"], _repeats)
+        base_total, _ = best_of(baseline_command(ref, device), _repeats)
+        base = {"total_s": base_total, "import_torch_s": imp, "time_s": base_total - imp}
+        flops = workload_flops(cfg)
+        res["reference"] = {
+            "runs": n_runs,
+            "steps": steps,
+            "gflop": flops / 1e9,
+            "ours": ours,
+            "baseline": base,
+            "speedup": base["time_s"] / ours["time_s"],
+            "ours_gflops": flops / 1e9 / ours["time_s"],
+            "ours_pct_peak": 100 * flops / 1e9 / ours["time_s"] / peak,
+        }
+        if cb_runs:
+            cb = compute_bound_config(cb_runs, cb_steps)
+            say(f"compute-bound: {cb_runs} runs × {cb_steps} steps …")
+            t = time_ours(
+                _write(cb, tmp_path / "compute.yaml"), tmp_path / "out-cb", device, _repeats
+            )
+            f = workload_flops(cb)
+            res["compute_bound"] = {
+                "runs": cb_runs,
+                "steps": cb_steps,
+                "gflop": f / 1e9,
+                "ours": t,
+                "gflops": f / 1e9 / t["time_s"],
+                "pct_peak": 100 * f / 1e9 / t["time_s"] / peak,
+            }
+        res["memory"] = []
+        if mem_runs:
+            # fixed chunk size for every run count, then the largest count as one chunk
+            plan = [(r, mem_runs[0]) for r in mem_runs]
+            if len(mem_runs) > 1:
+                plan.append((mem_runs[-1], mem_runs[-1]))
+            for r, c in plan:
+                say(f"memory: {r} runs in chunks of {c} …")
+                mc = reference_config(r, mem_steps) | {"store": {"chunk_runs": c}}
+                path = _write(mc, tmp_path / f"mem-{r}-{c}.yaml")
+                _, rss = timed(
+                    cli(
+                        "run",
+                        str(path),
+                        "--out",
+                        str(tmp_path / f"out-mem-{r}-{c}"),
+                        "-q",
+                        "--device",
+                        device,
+                    )
+                )
+                res["memory"].append(
+                    {"runs": r, "chunk_runs": c, "steps": mem_steps, "peak_rss_mib": rss}
+                )
+    res["goals"] = goals(res, device)
+    if as_json:
+        print(json.dumps(res, indent=2))
+    else:
+        print_table(res)
+    return res
+
+
+def goals(res: dict[str, Any], device: str) -> dict[str, bool]:
+    """Issue 5's targets: speed-up ≥ 10× on CPU (≥ 20× on CUDA), compute-bound ≥ 50% of peak."""
+    out = {
+        f"speedup_{10 if device == 'cpu' else 20}x": res["reference"]["speedup"]
+        >= (10 if device == "cpu" else 20)
+    }
+    if "compute_bound" in res:
+        out["compute_bound_50pct_peak"] = res["compute_bound"]["pct_peak"] >= 50
+    return out
+
+
+def machine(device: str) -> dict[str, Any]:
+    """CPU model, threads, versions and (for CUDA) the GPU name."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "device": device,
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def print_table(res: dict[str, Any]) -> None:
+    """The human-readable report (rich)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    m, ref = res["machine"], res["reference"]
+    con = Console()
+    con.print(
+        f"[bold]implicit-bias bench[/] on {m['device']}: {m.get('gpu') or m['cpu']}, "
+        f"{m['torch_threads']} threads, torch {m['torch']}; "
+        f"fp32 matmul peak {res['peak_gflops']:.1f} GFLOP/s"
+    )
+    from rich import box
+
+    t = Table(box=box.SIMPLE_HEAD)
+    for col in ("workload", "GFLOP", "ours s", "base s", "speed-up", "GFLOP/s", "% peak"):
+        t.add_column(col, justify="left" if col == "workload" else "right")
+    t.add_row(
+        f"reference {ref['runs']}×{ref['steps']}",
+        f"{ref['gflop']:.1f}",
+        f"{ref['ours']['time_s']:.2f}",
+        f"{ref['baseline']['time_s']:.2f}",
+        f"{ref['speedup']:.1f}×",
+        f"{ref['ours_gflops']:.1f}",
+        f"{ref['ours_pct_peak']:.0f}%",
+    )
+    if "compute_bound" in res:
+        cb = res["compute_bound"]
+        t.add_row(
+            f"compute-bound {cb['runs']}×{cb['steps']}",
+            f"{cb['gflop']:.0f}",
+            f"{cb['ours']['time_s']:.2f}",
+            "",
+            "",
+            f"{cb['gflops']:.1f}",
+            f"{cb['pct_peak']:.0f}%",
+        )
+    con.print(t)
+    o, b = ref["ours"], ref["baseline"]
+    con.print(
+        f"start-up taken out: ours = run {o['run_s']:.2f} s − validate {o['validate_s']:.2f} s; "
+        f"baseline = {b['total_s']:.2f} s − import torch {b['import_torch_s']:.2f} s"
+    )
+    for mem in res["memory"]:
+        con.print(
+            f"peak RSS of run: {mem['runs']} runs in chunks of {mem['chunk_runs']} "
+            f"({mem['steps']} steps): {mem['peak_rss_mib']:.0f} MiB"
+        )
+    con.print(
+        "goals: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in res["goals"].items())
+    )
+
+
+# -------------------------------------------------- in-module copy of the baseline
+# Used only when benchmarks/baseline.py is not next to the package (an installed
+# wheel). Keep in step with benchmarks/baseline.py (tests compare the two).
+def _baseline_model(d, depth, width, seed, init=None):
+    import torch
+    from torch import nn
+
+    torch.manual_seed(seed)
+    dims = [d] + [width] * (depth - 1) + [1]
+    layers = [nn.Linear(dims[i], dims[i + 1], bias=False) for i in range(depth)]
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            if init is None:
+                nn.init.normal_(layer.weight, std=1 / math.sqrt(layer.in_features))
+            else:
+                layer.weight.copy_(init[i])
+    return nn.Sequential(*layers)
+
+
+def _baseline_sharpness(model, X, y, iters, seed):
+    import torch
+    import torch.nn.functional as F
+
+    params = list(model.parameters())
+    loss = F.softplus(-y * model(X).squeeze(-1)).mean()
+    grads = torch.autograd.grad(loss, params, create_graph=True)
+    gen = torch.Generator().manual_seed(seed)
+    v = [torch.randn(p.shape, generator=gen).to(p) for p in params]
+    norm = torch.sqrt(sum((u * u).sum() for u in v))
+    v = [u / norm for u in v]
+    eig = 0.0
+    for _ in range(iters):
+        gv = sum((g * u).sum() for g, u in zip(grads, v, strict=True))
+        hv = torch.autograd.grad(gv, params, retain_graph=True)
+        eig = sum((h * u).sum() for h, u in zip(hv, v, strict=True)).item()
+        norm = torch.sqrt(sum((h * h).sum() for h in hv))
+        v = [h / norm for h in hv]
+    return eig
+
+
+def _baseline_train_run(
+    X, y, lr, seed, depth=3, width=64, steps=1000, every=50, iters=20, init=None
+):
+    import torch
+    import torch.nn.functional as F
+
+    model = _baseline_model(X.shape[1], depth, width, seed, init).to(X)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    losses, sharps = [], []
+    for t in range(steps + 1):
+        if iters and (t % every == 0 or t == steps):
+            sharps.append(_baseline_sharpness(model, X, y, iters, seed))
+        loss = F.softplus(-y * model(X).squeeze(-1)).mean()
+        losses.append(loss.item())
+        if t == steps:
+            break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return losses, sharps
+
+
+def _baseline_main(argv: list[str] | None = None) -> None:
+    import argparse
+    import itertools
+
+    import torch
+    import yaml
+
+    from .config import DataConfig
+    from .data import make_dataset
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("config")
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = yaml.safe_load(Path(args.config).read_text())
+    model, train, metrics = cfg["model"], cfg["train"], cfg["metrics"]
+    sweep = cfg.get("sweep", {})
+    dtype = getattr(torch, train.get("dtype", "float32"))
+    data = make_dataset(DataConfig(**cfg["data"]))
+    X = torch.tensor(data.X_train, dtype=dtype, device=args.device)
+    y = torch.tensor(data.y_train, dtype=dtype, device=args.device)
+    sharp = metrics.get("sharpness", {})
+    iters = 0 if sharp is False else (sharp or {}).get("iters", 20)
+    start = time.perf_counter()
+    lrs, seeds = sweep.get("train.lr", [train.get("lr")]), sweep.get("seed", [0])
+    for lr, seed in itertools.product(lrs, seeds):
+        losses, _ = _baseline_train_run(
+            X, y, lr, seed, model["depth"], model["width"], train["steps"], metrics["every"], iters
+        )
+    print(
+        f"baseline: {len(lrs) * len(seeds)} runs in {time.perf_counter() - start:.2f} s "
+        f"(final loss {losses[-1]:.4f})"
+    )

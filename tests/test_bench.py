@@ -1,0 +1,166 @@
+"""``implicit-bias bench``: the baseline loop equals the engine; FLOP count; JSON; CUDA logic."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from implicit_bias import UserInputError, bench
+from implicit_bias.config import load_config
+from implicit_bias.engine import Trainer
+from implicit_bias.models import ModelSpec, init_params
+from implicit_bias.sweep import make_plan
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _baseline_module():
+    spec = importlib.util.spec_from_file_location(
+        "ib_baseline", ROOT / "benchmarks" / "baseline.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_reference_yaml_matches_code():
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "benchmarks" / "reference.yaml").read_text())
+    assert raw == bench.reference_config()
+    assert len(load_config(raw).sweep["train.lr"]) * len(raw["sweep"]["seed"]) == 64
+
+
+@pytest.mark.parametrize("which", ["script", "in_module"])
+def test_baseline_losses_equal_engine_float64(which):
+    cfg = bench.reference_config(runs=1, steps=20)
+    cfg["train"]["dtype"] = "float64"
+    cfg["sweep"]["train.lr"] = [2.0]
+    cfg["sweep"]["seed"] = [3]
+    cfg["metrics"]["sharpness"] = False
+    plan = make_plan(load_config(cfg))
+    res = Trainer(plan.runs).train()
+
+    data = plan.runs[0].data
+    X = torch.tensor(data.X_train, dtype=torch.float64)
+    y = torch.tensor(data.y_train, dtype=torch.float64)
+    spec = ModelSpec(d=16, depth=3, width=64, parametrization="standard")
+    init = init_params(spec, 3, 1.0, torch.float64)
+    train_run = _baseline_module().train_run if which == "script" else bench._baseline_train_run
+    losses, sharps = train_run(X, y, 2.0, 3, 3, 64, steps=20, every=10, iters=0, init=init)
+    assert sharps == []
+    np.testing.assert_allclose(losses, res.per_iteration["loss"][0], rtol=0, atol=1e-8)
+
+
+def test_baseline_copies_agree_with_sharpness():
+    X = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
+    y = torch.sign(X[:, 0])
+    a = _baseline_module().train_run(X, y, 0.5, 1, 3, 8, steps=6, every=3, iters=5)
+    b = bench._baseline_train_run(X, y, 0.5, 1, 3, 8, steps=6, every=3, iters=5)
+    assert a == b
+    assert len(a[1]) == 3 and all(s > 0 for s in a[1])
+
+
+def test_pass_and_workload_flops():
+    # one layer 1×d: forward 2nd, backward 2nd (weights only, no input gradient)
+    assert bench.pass_flops([(1, 5)], n=3) == (30, 30)
+    shapes = [(64, 16), (64, 64), (1, 64)]
+    fwd, bwd = bench.pass_flops(shapes, n=128)
+    assert fwd == 2 * 128 * 5184
+    assert bwd == 2 * 128 * (5184 + 4160)
+    cfg = bench.reference_config()
+    steps, n_eval, iters = 1000, 21, 20
+    expect = 64 * ((steps + 1) * fwd + steps * bwd + n_eval * iters * 2 * (fwd + bwd))
+    assert bench.workload_flops(cfg) == pytest.approx(expect)
+    # fixed last layer: no weight gradient for it; no sharpness: no HVPs
+    cb = bench.compute_bound_config(runs=2, steps=10)
+    f, b = bench.pass_flops([(512, 10_000), (1, 512)], n=100, trained=1)
+    assert b == 2 * 100 * (512 * 10_000 + 512)
+    assert bench.workload_flops(cb) == pytest.approx(2 * (11 * f + 10 * b))
+
+
+def test_reference_config_sizes():
+    for runs, expect in [(64, 64), (16, 16), (2, 2), (1, 1)]:
+        cfg = bench.reference_config(runs=runs)
+        assert len(cfg["sweep"]["train.lr"]) * len(cfg["sweep"]["seed"]) == expect
+
+
+def _fake(monkeypatch):
+    calls = []
+
+    def timed(cmd, cwd=None):
+        calls.append(cmd)
+        return (1.0 if "validate" in cmd or "import torch" in cmd else 3.0), 100.0
+
+    monkeypatch.setattr(bench, "timed", timed)
+    monkeypatch.setattr(bench, "matmul_peak", lambda device="cpu", **kw: 50.0)
+    return calls
+
+
+def test_json_structure(monkeypatch, capsys):
+    calls = _fake(monkeypatch)
+    res = bench.main(quick=True, as_json=True, _runs=2, _steps=5, _cb=(1, 2), _memory=(2, 4))
+    out = json.loads(capsys.readouterr().out)
+    assert out == json.loads(json.dumps(res))
+    ref = out["reference"]
+    assert ref["runs"] == 2 and ref["steps"] == 5
+    assert ref["ours"]["time_s"] == 2.0 and ref["baseline"]["time_s"] == 2.0
+    assert ref["speedup"] == 1.0
+    assert ref["ours_gflops"] == pytest.approx(ref["gflop"] / 2.0)
+    assert ref["ours_pct_peak"] == pytest.approx(100 * ref["ours_gflops"] / 50.0)
+    assert out["compute_bound"]["runs"] == 1 and out["compute_bound"]["pct_peak"] > 0
+    assert [(m["runs"], m["chunk_runs"]) for m in out["memory"]] == [(2, 2), (4, 2), (4, 4)]
+    assert out["goals"] == {"speedup_10x": False, "compute_bound_50pct_peak": False}
+    assert {"cpu", "torch_threads"} <= set(out["machine"])
+    baseline = [c for c in calls if "baseline" in " ".join(c)]
+    assert len(baseline) == 1 and baseline[0][-2:] == ["--device", "cpu"]
+
+
+def test_table_output(monkeypatch, capsys):
+    _fake(monkeypatch)
+    bench.main(quick=True, _runs=2, _steps=5, _cb=(0, 0), _memory=())
+    out = capsys.readouterr().out
+    assert "speed-up" in out and "reference" in out and "compute-bound" not in out
+
+
+def test_cuda_logic_without_gpu(monkeypatch):
+    calls = _fake(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserInputError, match="cuda"):
+        bench.main(device="cuda", as_json=True)
+    with pytest.raises(UserInputError, match="cpu or cuda"):
+        bench.main(device="tpu", as_json=True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(bench, "machine", lambda device: {"device": device})
+    res = bench.main(device="cuda", as_json=True, _runs=2, _steps=5, _cb=(1, 2), _memory=())
+    assert "speedup_20x" in res["goals"]
+    runs = [c for c in calls if "run" in c]
+    assert runs and all(c[-2:] == ["--device", "cuda"] for c in runs)
+    assert all(c[-2:] == ["--device", "cuda"] for c in calls if "baseline" in " ".join(c))
+
+
+def test_baseline_fallback_command(monkeypatch, tmp_path):
+    assert bench.baseline_command(tmp_path / "c.yaml", "cpu")[1] == str(bench.BASELINE_SCRIPT)
+    monkeypatch.setattr(bench, "BASELINE_SCRIPT", tmp_path / "missing.py")
+    cmd = bench.baseline_command(tmp_path / "c.yaml", "cpu")
+    assert cmd[1] == "-c" and "_baseline_main" in cmd[2]
+
+
+def test_in_module_baseline_main(tmp_path, capsys):
+    path = tmp_path / "tiny.yaml"
+    cfg = bench.reference_config(runs=2, steps=3, every=2)
+    bench._write(cfg, path)
+    bench._baseline_main([str(path)])
+    assert "baseline: 2 runs" in capsys.readouterr().out
+
+
+def test_timed_reports_failure():
+    wall, rss = bench.timed([bench.sys.executable, "-c", "pass"])
+    assert wall > 0 and rss > 0
+    with pytest.raises(RuntimeError, match="boom"):
+        bench.timed([bench.sys.executable, "-c", "raise SystemExit('boom')"])
