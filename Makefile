@@ -20,7 +20,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: setup
-	$(VENV)/bin/implicit-bias reproduce all --quick --out results/demo
+	$(VENV)/bin/implicit-bias run configs/catapult-demo.yaml --out results/catapult-demo
+	$(VENV)/bin/implicit-bias report results/catapult-demo
 
 test: setup
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS)

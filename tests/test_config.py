@@ -36,11 +36,17 @@ def test_defaults_match_spec():
     assert cfg.model.parametrization == "ntk" and cfg.model.last_layer == "trained"
     assert cfg.train.loss == "logistic" and cfg.train.steps == 1000 and cfg.train.lr == 0.1
     assert cfg.train.lr_units == "absolute" and cfg.train.schedule.kind == "constant"
-    assert cfg.train.dtype == "float32" and cfg.train.device == "cpu" and cfg.train.batch_size is None
+    assert (
+        cfg.train.dtype == "float32" and cfg.train.device == "cpu" and cfg.train.batch_size is None
+    )
     assert cfg.metrics.every == 10 and cfg.metrics.at == []
     assert cfg.metrics.sharpness is not None and cfg.metrics.sharpness.iters == 20
     assert cfg.metrics.phase.catapult_rise == 0.01 and cfg.metrics.phase.diverge_factor == 1e6
-    assert cfg.store.weights == ["init", "final"] and cfg.data.seed == 0 and cfg.data.normalize == "none"
+    assert (
+        cfg.store.weights == ["init", "final"]
+        and cfg.data.seed == 0
+        and cfg.data.normalize == "none"
+    )
 
 
 def test_sharpness_false_turns_it_off():
@@ -49,7 +55,9 @@ def test_sharpness_false_turns_it_off():
 
 
 def test_overrides_take_field_types():
-    cfg = load_config({"data": {"kind": "overlap"}}, ["train.lr=1e-2", "model.width=64", "sweep.seed=[1,2]"])
+    cfg = load_config(
+        {"data": {"kind": "overlap"}}, ["train.lr=1e-2", "model.width=64", "sweep.seed=[1,2]"]
+    )
     assert cfg.train.lr == 0.01 and cfg.model.width == 64 and cfg.sweep == {"seed": [1, 2]}
     assert parse_override("train.schedule.kind=cosine") == ("train.schedule.kind", "cosine")
 

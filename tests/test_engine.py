@@ -40,7 +40,10 @@ def reference_loop(run) -> tuple[np.ndarray, list[np.ndarray]]:
     y = torch.as_tensor(data.y_train, dtype=torch.float64)
     spec = ModelSpec.from_config(cfg.model, X.shape[1])
     a = fixed_last_layer(spec, torch.float64, "cpu")
-    params = [p.clone().requires_grad_(True) for p in init_params(spec, cfg.seed, cfg.model.init_scale, torch.float64)]
+    params = [
+        p.clone().requires_grad_(True)
+        for p in init_params(spec, cfg.seed, cfg.model.init_scale, torch.float64)
+    ]
     mult = multipliers(cfg.train.schedule, cfg.train.steps)
     n, bs = X.shape[0], cfg.train.batch_size or X.shape[0]
     losses = []
@@ -66,7 +69,12 @@ CASES = [
     {"model": {"depth": 3, "activation": "relu", "parametrization": "standard"}},
     {"model": {"activation": "leaky_relu", "parametrization": "direct", "init_scale": 0.3}},
     {
-        "model": {"activation": "smooth_leaky_relu", "last_layer": "fixed_sign", "parametrization": "direct", "init_scale": 0.1},
+        "model": {
+            "activation": "smooth_leaky_relu",
+            "last_layer": "fixed_sign",
+            "parametrization": "direct",
+            "init_scale": 0.1,
+        },
         "train": {"loss": "exponential", "lr": 0.2},
     },
     {"train": {"batch_size": 8, "loss": "mse", "lr": 0.1}},
@@ -84,16 +92,22 @@ def test_batched_equals_per_run_loop(case):
     for i, run in enumerate(plan.runs):
         ref_loss, ref_w = reference_loop(run)
         np.testing.assert_allclose(res.per_iteration["loss"][i], ref_loss, rtol=1e-10, atol=1e-12)
-        for l, w in enumerate(ref_w):
-            np.testing.assert_allclose(res.weights[f"final_W{l + 1}"][i], w, rtol=1e-10, atol=1e-12)
+        for layer, w in enumerate(ref_w):
+            np.testing.assert_allclose(res.weights[f"final_W{layer + 1}"][i], w, rtol=1e-10, atol=1e-12)
         # and a single-run chunk gives the same numbers as the batched one
     single = Trainer([plan.runs[3]]).train()
-    np.testing.assert_allclose(single.per_iteration["loss"][0], res.per_iteration["loss"][3], rtol=1e-12)
+    np.testing.assert_allclose(
+        single.per_iteration["loss"][0], res.per_iteration["loss"][3], rtol=1e-12
+    )
 
 
 def test_lr_table_and_critical_units():
     cfg = _cfg(
-        train={"lr_units": "critical", "lr": 0.5, "schedule": {"kind": "step", "at": [10], "factor": 0.1}},
+        train={
+            "lr_units": "critical",
+            "lr": 0.5,
+            "schedule": {"kind": "step", "at": [10], "factor": 0.1},
+        },
         metrics={"every": 5, "sharpness": {"iters": 30}},
     )
     plan = make_plan(cfg)
@@ -118,12 +132,18 @@ def test_divergence_is_a_result_not_a_crash():
     phase = res.per_run["phase"]
     assert phase[0] in ("lazy", "catapult") and phase[1] == "diverged"
     assert res.per_run["divergence_step"][1] > 0 and res.per_run["divergence_step"][0] == -1
-    assert math.isnan(res.per_run["final_loss"][1]) and math.isnan(res.per_run["final_sharpness"][1])
-    assert np.isfinite(res.per_run["final_loss"][0]) and np.isfinite(res.per_run["final_sharpness"][0])
+    assert math.isnan(res.per_run["final_loss"][1]) and math.isnan(
+        res.per_run["final_sharpness"][1]
+    )
+    assert np.isfinite(res.per_run["final_loss"][0]) and np.isfinite(
+        res.per_run["final_sharpness"][0]
+    )
     assert np.isfinite(res.weights["final_W1"][1]).all()  # last finite weights kept
     # the healthy run is untouched by its diverging neighbour
     alone = Trainer([plan.runs[0]]).train()
-    np.testing.assert_allclose(alone.per_iteration["loss"][0], res.per_iteration["loss"][0], rtol=1e-12)
+    np.testing.assert_allclose(
+        alone.per_iteration["loss"][0], res.per_iteration["loss"][0], rtol=1e-12
+    )
 
 
 def test_eval_steps_include_at_and_end():
@@ -138,7 +158,12 @@ MODEL_CASES = [
     {"depth": 2, "activation": "linear"},
     {"depth": 3, "activation": "relu", "parametrization": "standard"},
     {"depth": 3, "activation": "leaky_relu", "parametrization": "direct", "init_scale": 0.5},
-    {"depth": 2, "activation": "smooth_leaky_relu", "last_layer": "fixed_sign", "parametrization": "direct"},
+    {
+        "depth": 2,
+        "activation": "smooth_leaky_relu",
+        "last_layer": "fixed_sign",
+        "parametrization": "direct",
+    },
     {"depth": 3, "activation": "smooth_leaky_relu", "smoothing": 0.5, "last_layer": "fixed_sign"},
 ]
 
@@ -157,9 +182,11 @@ def test_hand_written_grad_and_hvp_match_autograd(model, loss, per_run_data):
     tr = Trainer(make_plan(cfg).runs)
     assert (tr.x_dim == 0) is per_run_data
     params = tr.init()
-    loss_b, f_b, grads = tr.value_and_grad(params, tr.X, tr.y)
+    loss_b, _f_b, grads = tr.value_and_grad(params, tr.X, tr.y)
     mv = tr.hessian_operator(params)
-    V = torch.randn(tr.R, tr.spec.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    V = torch.randn(
+        tr.R, tr.spec.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
     HV = mv(V)
     for r in range(tr.R):
         X = tr.X if tr.x_dim is None else tr.X[r]
@@ -168,7 +195,9 @@ def test_hand_written_grad_and_hvp_match_autograd(model, loss, per_run_data):
         flat = curvature.flatten(tuple(q[None] for q in p))[0]
 
         def loss_flat(theta, X=X, y=y, p=p):
-            single = tuple(q[0] for q in curvature.unflatten(theta[None], tuple(q[None] for q in p)))
+            single = tuple(
+                q[0] for q in curvature.unflatten(theta[None], tuple(q[None] for q in p))
+            )
             return tr.loss_single(single, X, y)
 
         assert torch.allclose(loss_b[r], loss_flat(flat), rtol=1e-12)

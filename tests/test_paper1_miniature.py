@@ -42,7 +42,9 @@ def test_phases(nonseparable):
     # the spike: the loss rose above its running minimum before settling lower
     loss = ds["loss"].values[_row(ds, 2.3)]
     spike = np.max(loss - np.minimum.accumulate(loss))
-    assert spike > 0.01 * loss[0] and loss[-1] < np.min(loss[: int(np.argmax(loss - np.minimum.accumulate(loss)))])
+    assert spike > 0.01 * loss[0] and loss[-1] < np.min(
+        loss[: int(np.argmax(loss - np.minimum.accumulate(loss)))]
+    )
 
 
 def test_lazy_keeps_its_curvature(nonseparable):

@@ -17,14 +17,31 @@ import implicit_bias as ib
 def _config(activation: str, scales: list[float]) -> dict:
     return {
         "name": "paper2-mini",
-        "data": {"kind": "gaussian_mixture", "n_train": 30, "n_test": 200, "d": 4000, "mean_norm": 8.0},
+        "data": {
+            "kind": "gaussian_mixture",
+            "n_train": 30,
+            "n_test": 200,
+            "d": 4000,
+            "mean_norm": 8.0,
+        },
         "model": {
-            "depth": 2, "width": 100, "activation": activation, "leak": 0.1, "smoothing": 1.0,
-            "parametrization": "direct", "last_layer": "fixed_sign",
+            "depth": 2,
+            "width": 100,
+            "activation": activation,
+            "leak": 0.1,
+            "smoothing": 1.0,
+            "parametrization": "direct",
+            "last_layer": "fixed_sign",
         },
         "train": {"loss": "logistic", "steps": 300, "lr": 0.01, "dtype": "float64"},
-        "metrics": {"every": 100, "at": [1], "sharpness": False, "stable_rank": True,
-                    "margins": True, "kkt": True},
+        "metrics": {
+            "every": 100,
+            "at": [1],
+            "sharpness": False,
+            "stable_rank": True,
+            "margins": True,
+            "kkt": True,
+        },
         "sweep": {"model.init_scale": scales},
     }
 
@@ -37,7 +54,11 @@ def smooth(tmp_path_factory):
 
 def _at(ds, var, scale, step):
     i = int(np.flatnonzero(ds["model.init_scale"].values == scale)[0])
-    return float(ds[var].sel(step=step).values[i]) if "step" in ds[var].dims else float(ds[var].values[i])
+    return (
+        float(ds[var].sel(step=step).values[i])
+        if "step" in ds[var].dims
+        else float(ds[var].values[i])
+    )
 
 
 def test_data_is_nearly_orthogonal_and_separable(smooth):

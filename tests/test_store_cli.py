@@ -34,7 +34,10 @@ def _write(tmp_path: Path, cfg: dict, name: str = "cfg.yaml") -> Path:
 def _cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "implicit_bias", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=timeout,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=timeout,
     )
 
 
@@ -82,14 +85,19 @@ def test_different_config_refused_unless_overwrite(tmp_path):
 
 
 def test_kill_9_then_resume_runs_only_missing_chunks(tmp_path):
-    cfg = {**SMALL, "train": {**SMALL["train"], "steps": 150}, "store": {"chunk_runs": 1},
-           "metrics": {"every": 50, "sharpness": {"iters": 10}},
-           "sweep": {"train.lr": [0.5, 1.0, 1.5, 2.0], "seed": [0, 1]}}
+    cfg = {
+        **SMALL,
+        "train": {**SMALL["train"], "steps": 150},
+        "store": {"chunk_runs": 1},
+        "metrics": {"every": 50, "sharpness": {"iters": 10}},
+        "sweep": {"train.lr": [0.5, 1.0, 1.5, 2.0], "seed": [0, 1]},
+    }
     p = _write(tmp_path, cfg)
     out = tmp_path / "res"
     proc = subprocess.Popen(
         [sys.executable, "-m", "implicit_bias", "run", str(p), "--out", str(out), "-q"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     chunks = out / "chunks"
     deadline = time.time() + 120

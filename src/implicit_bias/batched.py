@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
-from .losses import loss_grad, loss_hess, mean_loss
+from .losses import LossName, loss_grad, loss_hess, mean_loss
 from .models import ModelSpec, Params, activate, activation_grad, activation_grad2
 
 
@@ -56,7 +56,7 @@ def _forward(params: Params, X: Tensor, spec: ModelSpec, a: Tensor | None) -> _P
 
 
 def value_and_grad(
-    params: Params, X: Tensor, y: Tensor, spec: ModelSpec, a: Tensor | None, loss_kind: str
+    params: Params, X: Tensor, y: Tensor, spec: ModelSpec, a: Tensor | None, loss_kind: LossName
 ) -> tuple[Tensor, Tensor, Params]:
     """Loss, outputs and gradients of R runs at once.
 
@@ -95,7 +95,7 @@ def _value_and_grad(params, X, y, spec, a, loss_kind):
 
 
 def hvp_operator(
-    params: Params, X: Tensor, y: Tensor, spec: ModelSpec, a: Tensor | None, loss_kind: str
+    params: Params, X: Tensor, y: Tensor, spec: ModelSpec, a: Tensor | None, loss_kind: LossName
 ) -> Callable[[Params], Params]:
     """``V ↦ H V`` for the mean training loss of R runs (H the Hessian per run).
 
@@ -150,9 +150,10 @@ def hvp_operator(
         if trained_last and n_hidden:
             Rback = Rback + delta @ vs[-1]
         for layer in reversed(range(n_hidden)):
-            Rdz = Rback if d1[layer] is None else Rback * d1[layer]
-            if d2[layer] is not None:
-                Rdz = Rdz + backs[layer] * d2[layer] * Rzs[layer]
+            d1l, d2l = d1[layer], d2[layer]
+            Rdz = Rback if d1l is None else Rback * d1l
+            if d2l is not None:
+                Rdz = Rdz + backs[layer] * d2l * Rzs[layer]
             g = _mT(Rdz) @ hs[layer]
             Rh_in = Rhs[layer]
             if Rh_in is not None:

@@ -37,18 +37,28 @@ def _guard(fn):
     except FileNotFoundError as err:
         _fail(f"file not found: {err.filename or err}")
     except KeyboardInterrupt:
-        typer.echo("interrupted; finished chunks are kept, run the same command to resume", err=True)
+        typer.echo(
+            "interrupted; finished chunks are kept, run the same command to resume", err=True
+        )
         raise typer.Exit(130) from None
 
 
 @app.command()
 def run(
     config: Annotated[Path, typer.Argument(help="YAML config file")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override key=value (repeatable)")] = None,
-    out: Annotated[Path | None, typer.Option(help="results folder (default results/<name>/)")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="override key=value (repeatable)")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="results folder (default results/<name>/)")
+    ] = None,
     device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
-    workers: Annotated[int | None, typer.Option(help="run chunks on a local Dask cluster of N workers")] = None,
-    scheduler: Annotated[str | None, typer.Option(help="address of a Dask scheduler (tcp://…)")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="run chunks on a local Dask cluster of N workers")
+    ] = None,
+    scheduler: Annotated[
+        str | None, typer.Option(help="address of a Dask scheduler (tcp://…)")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace results of another config")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
@@ -63,8 +73,14 @@ def run(
         from .sweep import run_sweep
 
         tree = run_sweep(
-            config, out, set_ or [], overwrite=overwrite, device=device, workers=workers,
-            scheduler=scheduler, progress=not quiet,
+            config,
+            out,
+            set_ or [],
+            overwrite=overwrite,
+            device=device,
+            workers=workers,
+            scheduler=scheduler,
+            progress=not quiet,
         )
         typer.echo(summary_table(tree))
         typer.echo(f"results: {tree.attrs.get('path', out)}")
@@ -80,8 +96,8 @@ def validate(
     """Check a config (and its data) without running it."""
 
     def go():
-        from .sweep import make_plan
         from .config import load_config
+        from .sweep import make_plan
 
         cfg = load_config(config, set_ or [])
         plan = make_plan(cfg, config.resolve().parent)
@@ -118,7 +134,15 @@ def reproduce(
     def go():
         from .reproduce import reproduce as _reproduce
 
-        _reproduce(paper, quick=quick, out=out)
+        try:
+            _reproduce(paper, quick=quick, out=out)
+        except NotImplementedError:
+            typer.echo(
+                f"reproduce {paper}: not yet available; run the example configs in configs/ "
+                "(e.g. implicit-bias run configs/catapult-demo.yaml)",
+                err=True,
+            )
+            raise typer.Exit(1) from None
 
     _guard(go)
 
@@ -149,7 +173,9 @@ def info() -> None:
     from . import __version__
 
     typer.echo(f"implicit-bias {__version__}")
-    typer.echo(f"python {platform.python_version()} on {platform.machine()} ({platform.processor() or 'cpu'})")
+    typer.echo(
+        f"python {platform.python_version()} on {platform.machine()} ({platform.processor() or 'cpu'})"
+    )
     typer.echo(f"torch {torch.__version__}; threads {torch.get_num_threads()}")
     cuda = torch.cuda.is_available()
     typer.echo(f"cuda: {torch.cuda.get_device_name(0) if cuda else 'not available'}")

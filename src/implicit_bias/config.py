@@ -188,7 +188,7 @@ class MetricsConfig(_Strict):
 # -------------------------------------------------------------------------- store
 class StoreConfig(_Strict):
     chunk_runs: PositiveInt | None = None
-    weights: list[Literal["init", "final"]] = Field(default_factory=lambda: ["init", "final"])
+    weights: list[Literal["init", "final"]] = Field(default_factory=lambda: ["init", "final"])  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------------- top level
@@ -293,11 +293,17 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, parsed
 
 
-def apply_overrides(raw: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None) -> dict[str, Any]:
+def apply_overrides(
+    raw: dict[str, Any], overrides: Iterable[str] | Mapping[str, Any] | None
+) -> dict[str, Any]:
     raw = copy.deepcopy(raw)
     if not overrides:
         return raw
-    items = overrides.items() if isinstance(overrides, Mapping) else (parse_override(o) for o in overrides)
+    items = (
+        overrides.items()
+        if isinstance(overrides, Mapping)
+        else (parse_override(o) for o in overrides)
+    )
     for key, value in items:
         if key.startswith("sweep."):
             sub = key[len("sweep.") :]

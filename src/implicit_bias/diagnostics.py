@@ -404,7 +404,10 @@ def kkt_residuals(
         ``{"kkt_stationarity": (R,), "kkt_slackness": (R,)}`` in the dtype of θ.
     """
     xd = _x_dim(X, x_in_dim)
-    R, step = params[0].shape[0], max(1, max_elements // max(1, X.shape[-2] * (X.shape[-2] + spec.width)))
+    R, step = (
+        params[0].shape[0],
+        max(1, max_elements // max(1, X.shape[-2] * (X.shape[-2] + spec.width))),
+    )
     if step >= R:
         return _kkt_chunk(params, X, y, spec, a, xd)
     parts = [  # chunks of runs bound the R·n·P memory of the gradients

@@ -19,11 +19,10 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from . import curvature, metrics
+from . import batched, curvature, metrics
 from .config import ExperimentConfig
 from .data import Dataset
 from .losses import accuracy, mean_loss
-from . import batched
 from .models import ModelSpec, Params, fixed_last_layer, forward, init_params
 from .schedules import multipliers
 
@@ -109,6 +108,7 @@ class Trainer:
             self.X = self.X.expand(self.R, *self.X.shape[-2:]) if self.x_dim is None else self.X
             self.y = self.y.expand(self.R, self.y.shape[-1]) if y_dim is None else self.y
             self.x_dim = 0
+        self.Xt: Tensor
         self.Xt, xt_dim = _shared_or_stacked([d.X_test for d in data], self.dtype, self.device)
         self.yt, yt_dim = _shared_or_stacked([d.y_test for d in data], self.dtype, self.device)
         if (xt_dim is None) != (yt_dim is None):
@@ -153,7 +153,9 @@ class Trainer:
 
     def init(self) -> Params:
         per_run = [
-            init_params(self.spec, r.config.seed, r.config.model.init_scale, self.dtype, self.device)
+            init_params(
+                self.spec, r.config.seed, r.config.model.init_scale, self.dtype, self.device
+            )
             for r in self.runs
         ]
         return tuple(_stack([p[i] for p in per_run]) for i in range(len(per_run[0])))
@@ -164,7 +166,10 @@ class Trainer:
 
     def start_vectors(self) -> Tensor:
         P = self.spec.n_params
-        v = [torch.randn(P, generator=_run_generator(r.config.seed, 17), dtype=torch.float64) for r in self.runs]
+        v = [
+            torch.randn(P, generator=_run_generator(r.config.seed, 17), dtype=torch.float64)
+            for r in self.runs
+        ]
         return _stack(v).to(self.dtype).to(self.device)
 
     # -------------------------------------------------------------------- train
@@ -208,7 +213,9 @@ class Trainer:
         active = torch.ones(R, dtype=torch.bool, device=dev)
         div_step = torch.full((R,), -1, dtype=torch.long, device=dev)
         pending = torch.zeros(R, dtype=torch.bool, device=dev)  # update went non-finite
-        factor = torch.tensor([r.config.metrics.phase.diverge_factor for r in self.runs], dtype=dt, device=dev)
+        factor = torch.tensor(
+            [r.config.metrics.phase.diverge_factor for r in self.runs], dtype=dt, device=dev
+        )
         step_vals: dict[str, list[Tensor]] = {}
         eval_set = set(self.eval_steps)
         L0: Tensor | None = None
@@ -250,7 +257,9 @@ class Trainer:
             if sgd:
                 epoch, pos = divmod(t, per_epoch)
                 if pos == 0:
-                    order = _stack([minibatch_order(r.config.seed, self.n, epoch) for r in self.runs]).to(dev)
+                    order = _stack(
+                        [minibatch_order(r.config.seed, self.n, epoch) for r in self.runs]
+                    ).to(dev)
                 assert order is not None
                 idx = order[:, pos * bs : (pos + 1) * bs]
                 Xb = self.X[idx] if self.x_dim is None else self.X[ar, idx]
@@ -277,13 +286,34 @@ class Trainer:
         ctx.params, ctx.active = params, active
         final_vals = metrics.final_metrics(ctx)
         return self._collect(
-            loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, active, sharp0,
-            lr_abs, init_weights, params,
+            loss_tr,
+            acc_tr,
+            lr_table,
+            step_vals,
+            final_vals,
+            div_step,
+            active,
+            sharp0,
+            lr_abs,
+            init_weights,
+            params,
         )
 
     # ------------------------------------------------------------------ collect
-    def _collect(self, loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, active, sharp0,
-                 lr_abs, init_weights, params) -> ChunkResult:
+    def _collect(
+        self,
+        loss_tr,
+        acc_tr,
+        lr_table,
+        step_vals,
+        final_vals,
+        div_step,
+        active,
+        sharp0,
+        lr_abs,
+        init_weights,
+        params,
+    ) -> ChunkResult:
         def np_(x: Tensor) -> np.ndarray:
             return x.detach().to("cpu").numpy()
 
@@ -317,5 +347,3 @@ class Trainer:
         if self.a is not None:
             res.fixed["a"] = np_(self.a)
         return res
-
-

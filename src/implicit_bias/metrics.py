@@ -80,7 +80,9 @@ def _gn_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
     )
     v0 = ctx.state.setdefault("gn_v", tr.start_vectors())
     res = curvature.lanczos(op, v0, iters=ctx.cfg.sharpness.iters if ctx.cfg.sharpness else 20, k=1)
-    ctx.state["gn_v"] = torch.where(torch.isfinite(res.eigenvectors[:, 0]), res.eigenvectors[:, 0], v0)
+    ctx.state["gn_v"] = torch.where(
+        torch.isfinite(res.eigenvectors[:, 0]), res.eigenvectors[:, 0], v0
+    )
     return {"gn_sharpness": res.eigenvalues[:, 0]}
 
 
@@ -99,7 +101,9 @@ def _ntk(ctx: EvalContext) -> dict[str, Tensor]:
         "ntk_v", torch.ones(tr.R, tr.n, dtype=tr.dtype, device=tr.device) / tr.n**0.5
     )
     res = curvature.lanczos(op, v0, iters=30, k=1)
-    ctx.state["ntk_v"] = torch.where(torch.isfinite(res.eigenvectors[:, 0]), res.eigenvectors[:, 0], v0)
+    ctx.state["ntk_v"] = torch.where(
+        torch.isfinite(res.eigenvectors[:, 0]), res.eigenvectors[:, 0], v0
+    )
     return {"ntk_max": res.eigenvalues[:, 0]}
 
 
@@ -135,7 +139,9 @@ def _stable_rank(ctx: EvalContext) -> dict[str, Tensor]:
     out = {}
     for i, W in enumerate(ctx.params):
         out[f"stable_rank_W{i + 1}"] = diagnostics.stable_rank(W)
-        out[f"numerical_rank_W{i + 1}"] = diagnostics.numerical_rank(W, ctx.cfg.rank_tol).to(W.dtype)
+        out[f"numerical_rank_W{i + 1}"] = diagnostics.numerical_rank(W, ctx.cfg.rank_tol).to(
+            W.dtype
+        )
     return out
 
 
@@ -169,8 +175,16 @@ STEP_METRICS: list[tuple[Callable[[EvalContext], bool], MetricFn]] = [
 
 #: step metrics also reported at θ_steps as ``final_<name>``.
 FINAL_FROM_STEP = (
-    "sharpness", "gn_sharpness", "test_loss", "test_acc", "ntk_max", "margin",
-    "normalized_margin", "kkt_stationarity", "kkt_slackness", "hessian_trace",
+    "sharpness",
+    "gn_sharpness",
+    "test_loss",
+    "test_acc",
+    "ntk_max",
+    "margin",
+    "normalized_margin",
+    "kkt_stationarity",
+    "kkt_slackness",
+    "hessian_trace",
 )
 
 
@@ -236,7 +250,14 @@ def data_geometry(data) -> tuple[Any, dict[str, Any]]:
     return _GEOMETRY_CACHE[key]
 
 
-GEOMETRY_KEYS = ("separable", "svm_margin", "near_orthogonality", "rank", "degenerate", "class_overlap")
+GEOMETRY_KEYS = (
+    "separable",
+    "svm_margin",
+    "near_orthogonality",
+    "rank",
+    "degenerate",
+    "class_overlap",
+)
 
 
 def geometry_per_run(runs) -> dict[str, np.ndarray]:
@@ -245,7 +266,9 @@ def geometry_per_run(runs) -> dict[str, np.ndarray]:
     out = {}
     for key in GEOMETRY_KEYS:
         vals = np.array([g[key] for g in geos])
-        out[f"data_{key}"] = vals.astype(np.bool_ if key in ("separable", "degenerate") else np.float64)
+        out[f"data_{key}"] = vals.astype(
+            np.bool_ if key in ("separable", "degenerate") else np.float64
+        )
     return out
 
 
@@ -267,7 +290,9 @@ def phases(loss: np.ndarray, diverged: np.ndarray, catapult_rise: np.ndarray) ->
     return np.where(diverged, "diverged", np.where(catapult, "catapult", "lazy")).astype("<U8")
 
 
-def summaries(loss: np.ndarray, diverged: np.ndarray, per_step: dict[str, np.ndarray], runs) -> dict[str, np.ndarray]:
+def summaries(
+    loss: np.ndarray, diverged: np.ndarray, per_step: dict[str, np.ndarray], runs
+) -> dict[str, np.ndarray]:
     rise = np.array([r.config.metrics.phase.catapult_rise for r in runs], dtype=np.float64)
     out: dict[str, np.ndarray] = {"phase": phases(loss, diverged, rise)}
     out["final_loss"] = np.where(diverged, np.nan, loss[:, -1])

@@ -117,7 +117,9 @@ def activation_grad(z: Tensor, spec: ModelSpec) -> Tensor | None:
     if kind == "smooth_leaky_relu":
         g, h = spec.leak, spec.smoothing
         quad = (1 - g) * h * z / 2 + (1 + g) / 2
-        return torch.where(z >= 1 / h, torch.ones_like(z), torch.where(z <= -1 / h, torch.full_like(z, g), quad))
+        return torch.where(
+            z >= 1 / h, torch.ones_like(z), torch.where(z <= -1 / h, torch.full_like(z, g), quad)
+        )
     raise ValueError(f"unknown activation {kind}")
 
 
@@ -130,7 +132,9 @@ def activation_grad2(z: Tensor, spec: ModelSpec) -> Tensor | None:
     return torch.where(inside, torch.full_like(z, (1 - g) * h / 2), torch.zeros_like(z))
 
 
-def fixed_last_layer(spec: ModelSpec, dtype: torch.dtype, device: torch.device | str) -> Tensor | None:
+def fixed_last_layer(
+    spec: ModelSpec, dtype: torch.dtype, device: torch.device | str
+) -> Tensor | None:
     """The fixed second layer a = ±1/√m, shape ``(1, width)``; ``None`` if trained."""
     if spec.last_layer != "fixed_sign":
         return None

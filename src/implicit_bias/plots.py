@@ -545,6 +545,18 @@ def _rate_xaxis(ax, view: GroupView) -> None:
     ax.set_xlabel(view.rate_label)
 
 
+def _top_room(ax, y: np.ndarray) -> None:
+    """Free the top 15% of the axes for the × of runs without a final value."""
+    if np.isfinite(y).all() or not np.isfinite(y).any():
+        return
+    ax.autoscale_view()
+    lo, hi = ax.get_ylim()
+    if ax.get_yscale() == "log":
+        ax.set_ylim(lo, hi * (hi / lo) ** 0.18)
+    else:
+        ax.set_ylim(lo, hi + 0.18 * (hi - lo))
+
+
 def _critical_line(ax, view: GroupView) -> list[Any]:
     if not view.critical:
         return []
@@ -587,6 +599,7 @@ def final_sharpness_vs_lr(view: GroupView, name: str, several: bool) -> Figure |
     if _positive(y):
         ax.set_yscale("log")
         _plain_log_ticks(ax)
+    _top_room(ax, y)
     ax.set_ylabel("final " + _sharpness_label(view))
     ax.grid(alpha=0.3, which="both")
     _legend(fig, hs, "phase")
@@ -780,6 +793,7 @@ def margins(view: GroupView, name: str, several: bool) -> Figure | None:
             hs += [h for h in got + got_m if h.get_label() not in {g.get_label() for g in hs}]
             ax.axhline(1.0, color="k", ls="--", lw=1.0)
             _rate_xaxis(ax, view)
+            _top_room(ax, y)
             ax.set_ylabel("final " + label)
             ax.set_title(f"{var} (1 = SVM)", fontsize=9)
             ax.grid(alpha=0.3)
@@ -839,6 +853,7 @@ def accuracy_vs_lr(view: GroupView, name: str, several: bool) -> Figure | None:
             )
     hs += _critical_line(ax, view)
     _rate_xaxis(ax, view)
+    _top_room(ax, acc)
     ax.set_ylabel("final test accuracy [fraction correct]")
     ax.grid(alpha=0.3, which="both")
     _legend(fig, hs, "phase / condition")

@@ -18,7 +18,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xarray as xr
@@ -26,7 +26,9 @@ import yaml
 
 from ._errors import UserInputError
 from .config import ExperimentConfig, to_yaml
-from .engine import ChunkResult
+
+if TYPE_CHECKING:  # keep torch out of open_results / report start-up
+    from .engine import ChunkResult
 
 CONFIG_FILE = "config.yaml"
 CHUNK_DIR = "chunks"
@@ -72,7 +74,9 @@ def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> None:
             _clear(out)
     elif out.exists() and any(out.iterdir()):
         if not overwrite and (out / CHUNK_DIR).exists():
-            raise UserInputError(f"results folder {out} has chunks but no {CONFIG_FILE}; use --overwrite")
+            raise UserInputError(
+                f"results folder {out} has chunks but no {CONFIG_FILE}; use --overwrite"
+            )
         if overwrite:
             _clear(out)
     (out / CHUNK_DIR).mkdir(parents=True, exist_ok=True)
@@ -151,8 +155,12 @@ def chunk_to_dataset(res: ChunkResult, plan: ChunkPlan, group_attrs: dict[str, A
     # data: shared by the chunk's runs unless they differ (then with a run dim)
     fps = [r.data.fingerprint() for r in runs]
     shared = len(set(fps)) == 1
-    for name, dims in (("X_train", ("sample", "feature")), ("y_train", ("sample",)),
-                       ("X_test", ("test_sample", "feature")), ("y_test", ("test_sample",))):
+    for name, dims in (
+        ("X_train", ("sample", "feature")),
+        ("y_train", ("sample",)),
+        ("X_test", ("test_sample", "feature")),
+        ("y_test", ("test_sample",)),
+    ):
         if shared:
             data_vars[name] = (dims, getattr(runs[0].data, name))
         else:
@@ -229,7 +237,14 @@ def _concat_chunks(parts: list[xr.Dataset]) -> xr.Dataset:
                     p[name] = p[name].expand_dims(run=p.sizes["run"]).copy()
             fixed.append(p)
         parts = fixed
-    ds = xr.concat(parts, dim="run", data_vars="minimal", coords="minimal", compat="override",
-                   join="outer", combine_attrs="drop_conflicts")
+    ds = xr.concat(
+        parts,
+        dim="run",
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+        join="outer",
+        combine_attrs="drop_conflicts",
+    )
     ds = ds.sortby("run")
     return ds

@@ -21,7 +21,7 @@ from typing import Any
 from ._errors import UserInputError
 from .config import ExperimentConfig, expand_runs, load_config
 from .data import Dataset, make_dataset, save_dataset
-from .engine import RunSpec, Trainer, eval_steps_of
+from .engine import RunSpec, Trainer
 from .store import ChunkPlan, chunk_to_dataset, done_chunks, prepare_folder, write_chunk
 
 # Keys that may differ between the runs of one batched group.
@@ -196,11 +196,21 @@ class _progress:
     def __enter__(self):
         if not self.enabled:
             return lambda k: None
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
         self.bar = Progress(
-            TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.percentage:>3.0f}%"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=False,
         )
         self.bar.__enter__()
         task = self.bar.add_task(self.label, total=self.total)
@@ -212,23 +222,32 @@ class _progress:
         return False
 
 
-def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, base_dir: Path, workers, scheduler, progress):
+def _run_dask(
+    plan: Plan, todo: list[ChunkPlan], out: Path, base_dir: Path, workers, scheduler, progress
+):
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
-        raise UserInputError("--workers/--scheduler need dask: pip install 'implicit-bias[dask]'") from None
+        raise UserInputError(
+            "--workers/--scheduler need dask: pip install 'implicit-bias[dask]'"
+        ) from None
     cfg_json = plan.config.model_dump(mode="json")
     if scheduler:
         client = Client(scheduler)
         cluster = None
     else:
-        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                               dashboard_address=None)
+        cluster = LocalCluster(
+            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
         client = Client(cluster)
     try:
-        futures = [client.submit(_dask_task, cfg_json, str(base_dir), str(out.resolve()), c, pure=False)
-                   for c in todo]
-        with _progress(progress, len(todo), f"{plan.config.name}: {len(todo)} chunks on dask") as adv:
+        futures = [
+            client.submit(_dask_task, cfg_json, str(base_dir), str(out.resolve()), c, pure=False)
+            for c in todo
+        ]
+        with _progress(
+            progress, len(todo), f"{plan.config.name}: {len(todo)} chunks on dask"
+        ) as adv:
             for fut in as_completed(futures):
                 fut.result()
                 adv(1)
