@@ -11,6 +11,9 @@ It reads the same YAML as ``implicit-bias run`` (data, model sizes, steps,
 :func:`implicit_bias.data.make_dataset`::
 
     python benchmarks/baseline.py benchmarks/reference.yaml [--device cuda]
+        [--threads N] [--flush-denormal]
+
+(``--threads``/``--flush-denormal`` are for comparisons only; ``bench`` uses neither.)
 """
 
 from __future__ import annotations
@@ -89,8 +92,11 @@ def main(argv=None) -> None:
     ap.add_argument(
         "--flush-denormal", action="store_true", help="flush float32 subnormals (not the default)"
     )
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     args = ap.parse_args(argv)
     torch.set_flush_denormal(args.flush_denormal)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     with open(args.config) as f:
         cfg = yaml.safe_load(f)
     model, train, metrics = cfg["model"], cfg["train"], cfg["metrics"]

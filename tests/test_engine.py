@@ -93,7 +93,9 @@ def test_batched_equals_per_run_loop(case):
         ref_loss, ref_w = reference_loop(run)
         np.testing.assert_allclose(res.per_iteration["loss"][i], ref_loss, rtol=1e-10, atol=1e-12)
         for layer, w in enumerate(ref_w):
-            np.testing.assert_allclose(res.weights[f"final_W{layer + 1}"][i], w, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(
+                res.weights[f"final_W{layer + 1}"][i], w, rtol=1e-10, atol=1e-12
+            )
         # and a single-run chunk gives the same numbers as the batched one
     single = Trainer([plan.runs[3]]).train()
     np.testing.assert_allclose(

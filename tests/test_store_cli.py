@@ -32,6 +32,7 @@ def _write(tmp_path: Path, cfg: dict, name: str = "cfg.yaml") -> Path:
 
 
 def _cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """The real command line, in a subprocess."""
     return subprocess.run(
         [sys.executable, "-m", "implicit_bias", *args],
         capture_output=True,
@@ -39,6 +40,16 @@ def _cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subproces
         cwd=cwd,
         timeout=timeout,
     )
+
+
+def _cli_inproc(*args: str):
+    """The same CLI in-process (typer's runner): fast, for the many bad-input cases."""
+    from typer.testing import CliRunner
+
+    from implicit_bias.cli import app
+
+    r = CliRunner().invoke(app, list(args))
+    return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
 
 
 def test_results_open_with_spec_names(tmp_path):
@@ -149,7 +160,7 @@ def test_cli_bad_input_exit_2_one_line(tmp_path, patch, sets, needle):
     args = [a for s in sets for a in ("--set", s)]
     for verb in ("validate", "run"):
         extra = ["--out", str(tmp_path / "o")] if verb == "run" else []
-        r = _cli(verb, str(p), *args, *extra)
+        r = _cli_inproc(verb, str(p), *args, *extra)
         assert r.returncode == 2, (verb, r.stdout, r.stderr)
         err = r.stderr.strip()
         assert needle in err and "Traceback" not in err and len(err.splitlines()) == 1
@@ -185,7 +196,7 @@ def test_cli_bad_data_and_files(tmp_path, case):
         p = tmp_path / "absent.yaml"
     if case == "yaml":
         p.write_text("data: {kind: [file\n")
-    r = _cli("run", str(p), "--out", str(tmp_path / "o"))
+    r = _cli_inproc("run", str(p), "--out", str(tmp_path / "o"))
     assert r.returncode == 2, r.stderr
     err = r.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err
@@ -196,8 +207,19 @@ def test_cli_bad_data_and_files(tmp_path, case):
 def test_cli_refuses_other_config_in_folder(tmp_path):
     p = _write(tmp_path, {**SMALL, "train": {**SMALL["train"], "steps": 5}})
     out = tmp_path / "o"
-    assert _cli("run", str(p), "--out", str(out), "-q").returncode == 0
+    assert _cli_inproc("run", str(p), "--out", str(out), "-q").returncode == 0
     r = _cli("run", str(p), "--out", str(out), "--set", "train.steps=6", "-q")
     assert r.returncode == 2 and "another config" in r.stderr
-    r = _cli("run", str(p), "--out", str(out), "--set", "train.steps=6", "--overwrite", "-q")
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = _cli_inproc("run", str(p), "--out", str(out), "--set", "train.steps=6", "--overwrite", "-q")
     assert r.returncode == 0
+
+
+def test_dask_workers_give_identical_results(tmp_path):
+    pytest.importorskip("dask.distributed")
+    cfg = {**SMALL, "store": {"chunk_runs": 2}, "train": {**SMALL["train"], "steps": 20}}
+    local = ib.run(cfg, out=tmp_path / "local")["group_000"].to_dataset()
+    dask = ib.run(cfg, out=tmp_path / "dask", workers=2)["group_000"].to_dataset()
+    assert len(list((tmp_path / "dask" / "chunks").glob("*.nc"))) == 2
+    for v in ("loss", "sharpness", "final_W1", "phase"):
+        np.testing.assert_array_equal(dask[v].values, local[v].values)

@@ -195,9 +195,11 @@ def _write(cfg: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def time_ours(config: Path, out: Path, device: str, repeats: int) -> dict[str, float]:
-    """``run`` minus ``validate`` on one config, each the best of ``repeats``."""
-    validate, _ = best_of(cli("validate", str(config)), repeats)
+def time_ours(
+    config: Path, out: Path, device: str, repeats: int, startup_repeats: int
+) -> dict[str, float]:
+    """``run`` (best of ``repeats``) minus ``validate`` (best of ``startup_repeats``)."""
+    validate, _ = best_of(cli("validate", str(config)), startup_repeats)
     # a fresh folder each time: a folder that already holds this config's chunks is skipped
     run, rss = min(
         timed(cli("run", str(config), "--out", f"{out}-{i}", "-q", "--device", device))
@@ -228,7 +230,8 @@ def main(
         _cb: ``(runs, steps)`` of the compute-bound case; ``(0, 0)`` skips it.
         _memory: run counts for the memory check (chunk size fixed to the
             first); ``()`` skips it.
-        _repeats: take the best of this many timings of each process.
+        _repeats: take the best of this many timings of each workload (start-up
+            times are always the best of 3, of 1 with ``quick``).
 
     Returns:
         The measurements (the JSON object).
@@ -243,9 +246,10 @@ def main(
         raise UserInputError("--device cuda: no CUDA device is available")
     runs = _runs or (16 if quick else 64)
     steps = _steps or (200 if quick else 1000)
-    cb_runs, cb_steps = _cb if _cb is not None else ((2, 20) if quick else (8, 100))
+    cb_runs, cb_steps = _cb if _cb is not None else ((2, 20) if quick else (4, 100))
     mem_runs = _memory if _memory is not None else (() if quick else (64, 256))
     mem_steps = max(1, steps // 10)
+    startup = 1 if quick else 3
     say = (lambda msg: None) if as_json else (lambda msg: print(msg, file=sys.stderr, flush=True))
 
     res: dict[str, Any] = {"machine": machine(device)}
@@ -258,9 +262,9 @@ def main(
         n_runs = math.prod(len(v) for v in cfg["sweep"].values())
         ref = _write(cfg, tmp_path / "reference.yaml")
         say(f"reference: {n_runs} runs × {steps} steps — ours …")
-        ours = time_ours(ref, tmp_path / "out-ref", device, _repeats)
+        ours = time_ours(ref, tmp_path / "out-ref", device, _repeats, startup)
         say("reference — baseline loop …")
-        imp, _ = best_of([sys.executable, "-c", "import torch"], _repeats)
+        imp, _ = best_of([sys.executable, "-c", "import torch"], startup)
         base_total, _ = best_of(baseline_command(ref, device), _repeats)
         base = {"total_s": base_total, "import_torch_s": imp, "time_s": base_total - imp}
         flops = workload_flops(cfg)
@@ -278,7 +282,11 @@ def main(
             cb = compute_bound_config(cb_runs, cb_steps)
             say(f"compute-bound: {cb_runs} runs × {cb_steps} steps …")
             t = time_ours(
-                _write(cb, tmp_path / "compute.yaml"), tmp_path / "out-cb", device, _repeats
+                _write(cb, tmp_path / "compute.yaml"),
+                tmp_path / "out-cb",
+                device,
+                _repeats,
+                startup,
             )
             f = workload_flops(cb)
             res["compute_bound"] = {
