@@ -85,13 +85,9 @@ def hessian_operator(
 
 def _loss_curvature(f: Tensor, y: Tensor, loss_kind: str) -> Tensor:
     """∂²ℓ/∂f² per sample for labels y ∈ {±1} (so y² = 1)."""
-    if loss_kind == "logistic":  # σ(yf)(1 − σ(yf)), in a form that never overflows
-        return torch.sigmoid(y * f) * torch.sigmoid(-y * f)
-    if loss_kind == "exponential":
-        return torch.exp(-y * f)
-    if loss_kind == "mse":
-        return torch.ones_like(f)
-    raise ValueError(f"unknown loss {loss_kind}")
+    from .losses import loss_hess
+
+    return loss_hess(f, y, loss_kind)  # type: ignore[arg-type]
 
 
 def gauss_newton_operator(

@@ -127,25 +127,31 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         self.R = len(runs)
         data = [r.data for r in runs]
-        self.X, self.x_dim = _shared_or_stacked([d.X_train for d in data], self.dtype, self.device)
-        self.y, y_dim = _shared_or_stacked([d.y_train for d in data], self.dtype, self.device)
-        if (self.x_dim is None) != (y_dim is None):  # keep X and y in the same layout
-            self.X = self.X.expand(self.R, *self.X.shape[-2:]) if self.x_dim is None else self.X
-            self.y = self.y.expand(self.R, self.y.shape[-1]) if y_dim is None else self.y
-            self.x_dim = 0
+        self.X: Tensor
         self.Xt: Tensor
-        self.Xt, xt_dim = _shared_or_stacked([d.X_test for d in data], self.dtype, self.device)
-        self.yt, yt_dim = _shared_or_stacked([d.y_test for d in data], self.dtype, self.device)
-        if (xt_dim is None) != (yt_dim is None):
-            self.Xt = self.Xt.expand(self.R, *self.Xt.shape[-2:]) if xt_dim is None else self.Xt
-            self.yt = self.yt.expand(self.R, self.yt.shape[-1]) if yt_dim is None else self.yt
-            xt_dim = 0
-        self.xt_dim = xt_dim
+        self.X, self.y, self.x_dim = self._layout(
+            [d.X_train for d in data], [d.y_train for d in data]
+        )
+        self.Xt, self.yt, self.xt_dim = self._layout(
+            [d.X_test for d in data], [d.y_test for d in data]
+        )
         self.n, self.d = self.X.shape[-2], self.X.shape[-1]
         self.spec = ModelSpec.from_config(cfg.model, self.d)
         self.a = fixed_last_layer(self.spec, self.dtype, self.device)
         self.loss_kind = cfg.train.loss
         self.eval_steps = eval_steps_of(cfg)
+
+    def _layout(
+        self, Xs: list[np.ndarray], ys: list[np.ndarray]
+    ) -> tuple[Tensor, Tensor, int | None]:
+        """X ``(n, d)`` and y ``(n,)`` shared by all runs, or both with a run dim."""
+        X, x_dim = _shared_or_stacked(Xs, self.dtype, self.device)
+        y, y_dim = _shared_or_stacked(ys, self.dtype, self.device)
+        if (x_dim is None) != (y_dim is None):  # keep X and y in the same layout
+            X = X.expand(self.R, *X.shape[-2:]) if x_dim is None else X
+            y = y.expand(self.R, y.shape[-1]) if y_dim is None else y
+            x_dim = 0
+        return X, y, x_dim
 
     # ------------------------------------------------------------------ pieces
     def loss_single(self, params: Params, X: Tensor, y: Tensor) -> Tensor:
@@ -311,34 +317,15 @@ class Trainer:
         ctx.params, ctx.active = params, active
         final_vals = metrics.final_metrics(ctx)
         return self._collect(
-            loss_tr,
-            acc_tr,
-            lr_table,
-            step_vals,
-            final_vals,
-            div_step,
-            active,
-            sharp0,
-            lr_abs,
-            init_weights,
-            params,
-        )
+            loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
+            init_weights, params,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ collect
     def _collect(
-        self,
-        loss_tr,
-        acc_tr,
-        lr_table,
-        step_vals,
-        final_vals,
-        div_step,
-        active,
-        sharp0,
-        lr_abs,
-        init_weights,
-        params,
-    ) -> ChunkResult:
+        self, loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
+        init_weights, params,
+    ) -> ChunkResult:  # fmt: skip
         def np_(x: Tensor) -> np.ndarray:
             return x.detach().to("cpu").numpy()
 
