@@ -53,12 +53,17 @@ def top_sharpness(ctx: EvalContext, k: int | None = None) -> tuple[Tensor, Tenso
     iters = sc.iters if sc is not None else 20
     k = k or (sc.top_k if sc is not None else 1)
     tol = sc.tol if sc is not None else 1e-3
+    cached = ctx.state.get("lanczos_result")
+    if cached is not None and cached[0] == ctx.step and cached[1] is ctx.params and cached[2] == k:
+        return cached[3]  # θ₀ was measured before training (critical rate); reuse at step 0
     op = tr.hessian_operator(ctx.params)
     res = curvature.lanczos(op, ctx.state["lanczos_v"], iters=iters, k=k, tol=tol, early_stop=True)
     v = res.eigenvectors[:, 0]
     ok = torch.isfinite(v).all(-1, keepdim=True)
     ctx.state["lanczos_v"] = torch.where(ok, v, ctx.state["lanczos_v"])
-    return res.eigenvalues, res.residuals, res.converged
+    out = (res.eigenvalues, res.residuals, res.converged)
+    ctx.state["lanczos_result"] = (ctx.step, ctx.params, k, out)
+    return out
 
 
 def _sharpness(ctx: EvalContext) -> dict[str, Tensor]:
