@@ -6,7 +6,7 @@ warm-up run, so imports and first-call costs are out) and timed as the best of
 ``--repeats``. Prints a Markdown table and writes ``scaling.json`` and
 ``scaling.png`` next to this file::
 
-    python benchmarks/scaling.py [--repeats 2] [--device cpu]
+    python benchmarks/scaling.py [--repeats 2] [--device cpu] [--plot-only]
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def measure(cfg: dict, device: str, repeats: int, tmp: Path) -> float:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Time against each knob (log-log), with the proportional line through the reference."""
+    """Time against each knob (log-log), with a line ∝ the FLOPs through the reference point."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -71,7 +71,9 @@ def plot(rows: list[dict], path: Path) -> None:
         y = [r["time_s"] for r in pts]
         ax.loglog(x, y, "o-", label="measured")
         ref = next((r for r in pts if r["reference"]), pts[0])
-        ax.loglog(x, [ref["time_s"] * v / ref["value"] for v in x], "k:", label="∝ " + name)
+        ax.loglog(
+            x, [ref["time_s"] * r["gflop"] / ref["gflop"] for r in pts], "k:", label="∝ FLOPs"
+        )
         ax.set_xlabel(name)
         ax.set_ylabel("seconds")
         ax.set_xticks(x, [str(v) for v in x])
@@ -89,7 +91,11 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--plot-only", action="store_true", help="redraw from scaling.json")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads((HERE / "scaling.json").read_text()), HERE / "scaling.png")
+        return
     ref = reference_config()
     rows = []
     with tempfile.TemporaryDirectory(prefix="ib-scaling-") as tmp:
@@ -107,6 +113,7 @@ def main(argv=None) -> None:
                         "reference": cfg == ref,
                         "time_s": t,
                         "us_per_run_step": 1e6 * t / (runs * steps),
+                        "gflop": workload_flops(cfg) / 1e9,
                         "gflops": workload_flops(cfg) / 1e9 / t,
                     }
                 )

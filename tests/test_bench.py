@@ -117,6 +117,7 @@ def test_json_structure(monkeypatch, capsys):
     assert [(m["runs"], m["chunk_runs"]) for m in out["memory"]] == [(2, 2), (4, 2), (4, 4)]
     assert out["goals"] == {"speedup_10x": False, "compute_bound_50pct_peak": False}
     assert {"cpu", "torch_threads"} <= set(out["machine"])
+    assert out["quick"] is True
     baseline = [c for c in calls if "baseline" in " ".join(c)]
     assert len(baseline) == 1 and baseline[0][-2:] == ["--device", "cpu"]
 
@@ -126,6 +127,7 @@ def test_table_output(monkeypatch, capsys):
     bench.main(quick=True, _runs=2, _steps=5, _cb=(0, 0), _memory=())
     out = capsys.readouterr().out
     assert "speed-up" in out and "reference" in out and "compute-bound" not in out
+    assert "reduced workload" in out
 
 
 def test_cuda_logic_without_gpu(monkeypatch):
@@ -154,6 +156,7 @@ def test_baseline_fallback_command(monkeypatch, tmp_path):
 def test_in_module_baseline_main(tmp_path, capsys):
     path = tmp_path / "tiny.yaml"
     cfg = bench.reference_config(runs=2, steps=3, every=2)
+    cfg["metrics"]["sharpness"] = {"iters": 2}
     bench._write(cfg, path)
     bench._baseline_main([str(path)])
     assert "baseline: 2 runs" in capsys.readouterr().out

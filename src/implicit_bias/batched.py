@@ -27,6 +27,24 @@ def _mT(t: Tensor) -> Tensor:
     return t.transpose(-1, -2)
 
 
+def _in_proj(h: Tensor, W: Tensor) -> Tensor:
+    """h Wᵀ per run: ``(R, n, o)``. With h shared ``(n, i)`` by all runs this is
+    one GEMM against the stacked weights, not R small ones (the first layer's
+    matmuls dominate when d is large, as in Frei et al.'s d ≫ n)."""
+    if h.dim() == 2 and W.dim() == 3:
+        R, o, i = W.shape
+        return (h @ W.reshape(R * o, i).T).reshape(h.shape[0], R, o).transpose(0, 1)
+    return h @ _mT(W)
+
+
+def _outer_sum(D: Tensor, h: Tensor) -> Tensor:
+    """Dᵀ h per run: ``(R, o, i)`` from D ``(R, n, o)``; one GEMM when h is shared."""
+    if h.dim() == 2 and D.dim() == 3:
+        R, n, o = D.shape
+        return (_mT(D).reshape(R * o, n) @ h).reshape(R, o, h.shape[1])
+    return _mT(D) @ h
+
+
 @dataclass
 class _Pass:
     """Intermediates of one forward/backward pass, reused by the HVP."""
@@ -47,11 +65,11 @@ def _forward(params: Params, X: Tensor, spec: ModelSpec, a: Tensor | None) -> _P
     hs, zs = [X], []
     h = X
     for layer in range(spec.depth - 1):
-        z = h @ _mT(ws[layer])
+        z = _in_proj(h, ws[layer])
         zs.append(z)
         h = activate(z, spec)
         hs.append(h)
-    f = (h @ _mT(ws[-1])).squeeze(-1)
+    f = _in_proj(h, ws[-1]).squeeze(-1)
     return _Pass(ws, hs, zs, f, f)
 
 
@@ -82,12 +100,12 @@ def _value_and_grad(params, X, y, spec, a, loss_kind):
     n_hidden = spec.depth - 1
     grads: list[Tensor] = []
     if spec.last_layer == "trained":
-        grads.append((_mT(delta) @ pas.hs[-1]) * c[-1])
+        grads.append(_outer_sum(delta, pas.hs[-1]) * c[-1])
     back = delta @ pas.ws[-1]  # ∂loss/∂h_{L-1}
     for layer in reversed(range(n_hidden)):
         d1 = activation_grad(pas.zs[layer], spec)
         dz = back if d1 is None else back * d1
-        grads.append((_mT(dz) @ pas.hs[layer]) * c[layer])
+        grads.append(_outer_sum(dz, pas.hs[layer]) * c[layer])
         if layer > 0:
             back = dz @ pas.ws[layer]
     grads.reverse()
@@ -127,7 +145,7 @@ def hvp_operator(
         Rhs: list[Tensor | None] = [None]
         Rh: Tensor | None = None
         for layer in range(n_hidden):
-            Rz = hs[layer] @ _mT(vs[layer])
+            Rz = _in_proj(hs[layer], vs[layer])
             if Rh is not None:
                 Rz = Rz + Rh @ _mT(ws[layer])
             Rzs.append(Rz)
@@ -136,13 +154,13 @@ def hvp_operator(
         h = hs[-1]
         Rf = Rh @ _mT(ws[-1]) if Rh is not None else None
         if trained_last:
-            Rf_w = h @ _mT(vs[-1])
+            Rf_w = _in_proj(h, vs[-1])
             Rf = Rf_w if Rf is None else Rf + Rf_w
         assert Rf is not None
         Rdelta = ell2 * Rf  # (R, n, 1)
         out: list[Tensor] = []
         if trained_last:
-            g = _mT(Rdelta) @ h
+            g = _outer_sum(Rdelta, h)
             if Rh is not None:
                 g = g + _mT(delta) @ Rh
             out.append(g * c[-1])
@@ -154,7 +172,7 @@ def hvp_operator(
             Rdz = Rback if d1l is None else Rback * d1l
             if d2l is not None:
                 Rdz = Rdz + backs[layer] * d2l * Rzs[layer]
-            g = _mT(Rdz) @ hs[layer]
+            g = _outer_sum(Rdz, hs[layer])
             Rh_in = Rhs[layer]
             if Rh_in is not None:
                 g = g + _mT(dzs[layer]) @ Rh_in

@@ -105,6 +105,18 @@ def validate(
             f"ok: {cfg.name}: {len(plan.runs)} runs in {len(plan.groups)} group(s), "
             f"{len(plan.chunks)} chunk(s); config hash {cfg.config_hash()}"
         )
+        from .metrics import data_geometry
+
+        # the data diagnostics of SPEC §3, before committing to a long run
+        for ds in {r.data.fingerprint(): r.data for r in plan.runs}.values():
+            g = data_geometry(ds)[1]
+            typer.echo(
+                f"data {ds.fingerprint()}: n={ds.X_train.shape[0]} d={ds.X_train.shape[1]} "
+                f"test={ds.X_test.shape[0]} separable={g['separable']} "
+                f"svm_margin={g['svm_margin']:.4g} rank={g['rank']} "
+                f"near_orthogonality={g['near_orthogonality']:.3g} "
+                f"class_overlap={g['class_overlap']:.3g}"
+            )
 
     _guard(go)
 

@@ -57,6 +57,8 @@ def top_sharpness(ctx: EvalContext, k: int | None = None) -> tuple[Tensor, Tenso
     if cached is not None and cached[0] == ctx.step and cached[1] is ctx.params and cached[2] == k:
         return cached[3]  # θ₀ was measured before training (critical rate); reuse at step 0
     op = tr.hessian_operator(ctx.params)
+    if "lanczos_v" not in ctx.state:  # drawn only when sharpness is measured at all
+        ctx.state["lanczos_v"] = tr.start_vectors()
     res = curvature.lanczos(op, ctx.state["lanczos_v"], iters=iters, k=k, tol=tol, early_stop=True)
     v = res.eigenvectors[:, 0]
     ok = torch.isfinite(v).all(-1, keepdim=True)
@@ -83,7 +85,7 @@ def _gn_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
     op = curvature.gauss_newton_operator(
         tr.output_single, tr.loss_kind, ctx.params, tr.X, tr.y, (tr.x_dim, tr.x_dim)
     )
-    v0 = ctx.state.setdefault("gn_v", tr.start_vectors())
+    v0 = ctx.state["gn_v"] if "gn_v" in ctx.state else tr.start_vectors()
     res = curvature.lanczos(op, v0, iters=ctx.cfg.sharpness.iters if ctx.cfg.sharpness else 20, k=1)
     ctx.state["gn_v"] = torch.where(
         torch.isfinite(res.eigenvectors[:, 0]), res.eigenvectors[:, 0], v0
