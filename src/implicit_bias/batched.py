@@ -149,7 +149,8 @@ def hvp_operator(
             if Rh is not None:
                 Rz = Rz + Rh @ _mT(ws[layer])
             Rzs.append(Rz)
-            Rh = Rz if d1[layer] is None else d1[layer] * Rz
+            d1l = d1[layer]
+            Rh = Rz if d1l is None else d1l * Rz
             Rhs.append(Rh)
         h = hs[-1]
         Rf = Rh @ _mT(ws[-1]) if Rh is not None else None
