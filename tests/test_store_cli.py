@@ -196,11 +196,13 @@ def test_cli_bad_data_and_files(tmp_path, case):
         p = tmp_path / "absent.yaml"
     if case == "yaml":
         p.write_text("data: {kind: [file\n")
-    r = _cli_inproc("run", str(p), "--out", str(tmp_path / "o"))
-    assert r.returncode == 2, r.stderr
-    err = r.stderr.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err
-    assert ("d.npz" in err) or (p.name in err)
+    for verb in ("validate", "run"):
+        extra = ["--out", str(tmp_path / "o")] if verb == "run" else []
+        r = _cli_inproc(verb, str(p), *extra)
+        assert r.returncode == 2, (verb, r.stderr)
+        err = r.stderr.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err
+        assert ("d.npz" in err) or (p.name in err)
     assert not (tmp_path / "o" / "chunks").exists()
 
 

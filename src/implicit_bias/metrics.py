@@ -86,7 +86,10 @@ def _gn_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
         tr.output_single, tr.loss_kind, ctx.params, tr.X, tr.y, (tr.x_dim, tr.x_dim)
     )
     v0 = ctx.state["gn_v"] if "gn_v" in ctx.state else tr.start_vectors()
-    res = curvature.lanczos(op, v0, iters=ctx.cfg.sharpness.iters if ctx.cfg.sharpness else 20, k=1)
+    sc = ctx.cfg.sharpness
+    res = curvature.lanczos(
+        op, v0, iters=sc.iters if sc else 20, k=1, tol=sc.tol if sc else 1e-3, early_stop=True
+    )
     ctx.state["gn_v"] = torch.where(
         torch.isfinite(res.eigenvectors[:, 0]), res.eigenvectors[:, 0], v0
     )
