@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from .losses import LossName, loss_grad, loss_hess, mean_loss
@@ -110,6 +111,66 @@ def _value_and_grad(params, X, y, spec, a, loss_kind):
             back = dz @ pas.ws[layer]
     grads.reverse()
     return loss, pas, tuple(grads)
+
+
+def forward_loss(
+    params: Params, X: Tensor, y: Tensor, spec: ModelSpec, a: Tensor | None, loss_kind: LossName
+) -> tuple[Tensor, Tensor, _Pass]:
+    """The forward half of a training step: loss ``(R,)``, f ``(R, n)`` and the pass
+    that :func:`descend` completes."""
+    pas = _forward(params, X, spec, a)
+    return mean_loss(pas.f, y, loss_kind), pas.f, pas
+
+
+def descend(
+    pas: _Pass, params: Params, y: Tensor, spec: ModelSpec, loss_kind: LossName, scale: Tensor
+) -> Tensor:
+    """Backward pass fused with the update θ ← θ + scale·∇loss, in place.
+
+    Each weight gradient c_l·dz_lᵀh_{l−1} is accumulated straight into W_l
+    (``baddbmm_``/``addmm_``) with the per-run factor folded into the small dz,
+    so the update costs no extra pass over the parameters (they dominate
+    memory traffic when d is large). Runs whose backprop signal is not finite,
+    or whose ``scale`` is 0, are left untouched.
+
+    Args:
+        scale: ``(R,)``, typically −η_t (0 for stopped runs).
+
+    Returns:
+        ``(R,)`` bool: the run's gradient was finite (else it was not updated).
+    """
+    c = spec.multipliers()
+    f = pas.f
+    delta = (loss_grad(f, y, loss_kind) / f.shape[-1]).unsqueeze(-1)  # (R, n, 1)
+    finite = torch.isfinite(delta).all(dim=(1, 2)) & torch.isfinite(scale)
+    s = torch.where(finite, scale, torch.zeros_like(scale))
+    n_hidden = spec.depth - 1
+
+    # On the CPU a host check is free and spares masking in the common case.
+    all_ok = f.device.type == "cpu" and bool(finite.all())
+
+    def accumulate(W: Tensor, D: Tensor, h: Tensor, cl: float) -> None:
+        R, n, o = D.shape
+        k = (s * cl).view(-1, 1, 1)
+        if not all_ok:  # NaN rows of D for stopped runs must not reach W
+            D = torch.where(finite.view(-1, 1, 1), D, torch.zeros_like(D))
+        if h.dim() == 2 and n < h.shape[1]:
+            # shared wide inputs (d ≫ n): fold the rate into the small D and
+            # accumulate with one GEMM, no extra pass over W
+            W.view(R * o, -1).addmm_(_mT(D * k).reshape(R * o, n), h)
+        else:
+            W.addcmul_(_outer_sum(D, h), k)
+
+    back = delta @ pas.ws[-1]  # uses the pre-update (scaled copy of the) weights
+    if spec.last_layer == "trained":
+        accumulate(params[-1], delta, pas.hs[-1], c[-1])
+    for layer in reversed(range(n_hidden)):
+        d1 = activation_grad(pas.zs[layer], spec)
+        dz = back if d1 is None else back * d1
+        if layer > 0:
+            back = dz @ pas.ws[layer]
+        accumulate(params[layer], dz, pas.hs[layer], c[layer])
+    return finite
 
 
 def hvp_operator(

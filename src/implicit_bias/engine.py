@@ -263,7 +263,9 @@ class Trainer:
                 loss_t = mean_loss(full_f, self.y, self.loss_kind)
                 acc_t = accuracy(full_f, self.y)
             else:
-                loss_t, f_t, grads = self.value_and_grad(params, self.X, self.y)
+                loss_t, f_t, pas = batched.forward_loss(
+                    params, self.X, self.y, self.spec, self.a, self.loss_kind
+                )
                 acc_t = accuracy(f_t, self.y)
             if L0 is None:
                 L0 = loss_t.detach().clone()
@@ -295,20 +297,15 @@ class Trainer:
                 idx = order[:, pos * bs : (pos + 1) * bs]
                 Xb = self.X[idx] if self.x_dim is None else self.X[ar, idx]
                 yb = self.y[idx] if self.x_dim is None else self.y[ar, idx]
-                _, _, grads = self.value_and_grad(params, Xb, yb)
+                _, _, pas = batched.forward_loss(params, Xb, yb, self.spec, self.a, self.loss_kind)
+            y_step = yb if sgd else self.y
             lr_t = lr_table[:, t]
-            # A non-finite gradient (or rate) stops the run before it poisons its weights:
-            # it is flagged diverged at t + 1, its weights stay the last finite ones.
-            gsum = torch.stack([g.sum(dim=(1, 2)) for g in grads]).sum(0)
-            finite = torch.isfinite(gsum) & torch.isfinite(lr_t)
+            # Backward fused with the in-place update. A non-finite gradient (or rate)
+            # leaves the run's weights as they were (the last finite ones) and flags
+            # it diverged at t + 1.
+            scale = torch.where(active, -lr_t, torch.zeros_like(lr_t))
+            finite = batched.descend(pas, params, y_step, self.spec, self.loss_kind, scale)
             pending = active & ~finite
-            step_ok = active & finite
-            neg_lr = torch.where(step_ok, -lr_t, 0.0).view(-1, 1, 1)
-            # On the CPU a host check is free and lets the common case update in place
-            # in one pass; elsewhere mask without syncing.
-            all_ok = dev.type == "cpu" and bool(step_ok.all())
-            for p, g in zip(params, grads, strict=True):
-                p.addcmul_(g if all_ok else torch.where(step_ok.view(-1, 1, 1), g, 0.0), neg_lr)
             if self.progress is not None and (t + 1) % 50 == 0:
                 self.progress(50)
         if self.progress is not None:
