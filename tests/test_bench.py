@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+import implicit_bias as ib
 from implicit_bias import UserInputError, bench
 from implicit_bias.config import load_config
 from implicit_bias.engine import Trainer
@@ -36,8 +37,7 @@ def test_reference_yaml_matches_code():
     assert len(load_config(raw).sweep["train.lr"]) * len(raw["sweep"]["seed"]) == 64
 
 
-@pytest.mark.parametrize("which", ["script", "in_module"])
-def test_baseline_losses_equal_engine_float64(which):
+def test_baseline_losses_equal_engine_float64():
     cfg = bench.reference_config(runs=1, steps=20)
     cfg["train"]["dtype"] = "float64"
     cfg["sweep"]["train.lr"] = [2.0]
@@ -51,18 +51,16 @@ def test_baseline_losses_equal_engine_float64(which):
     y = torch.tensor(data.y_train, dtype=torch.float64)
     spec = ModelSpec(d=16, depth=3, width=64, parametrization="standard")
     init = init_params(spec, 3, 1.0, torch.float64)
-    train_run = _baseline_module().train_run if which == "script" else bench._baseline_train_run
+    train_run = _baseline_module().train_run
     losses, sharps = train_run(X, y, 2.0, 3, 3, 64, steps=20, every=10, iters=0, init=init)
     assert sharps == []
     np.testing.assert_allclose(losses, res.per_iteration["loss"][0], rtol=0, atol=1e-8)
 
 
-def test_baseline_copies_agree_with_sharpness():
+def test_baseline_measures_sharpness():
     X = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
     y = torch.sign(X[:, 0])
     a = _baseline_module().train_run(X, y, 0.5, 1, 3, 8, steps=6, every=3, iters=5)
-    b = bench._baseline_train_run(X, y, 0.5, 1, 3, 8, steps=6, every=3, iters=5)
-    assert a == b
     assert len(a[1]) == 3 and all(s > 0 for s in a[1])
 
 
@@ -146,19 +144,19 @@ def test_cuda_logic_without_gpu(monkeypatch):
     assert all(c[-2:] == ["--device", "cuda"] for c in calls if "baseline" in " ".join(c))
 
 
-def test_baseline_fallback_command(monkeypatch, tmp_path):
+def test_baseline_command_needs_the_checkout(monkeypatch, tmp_path):
     assert bench.baseline_command(tmp_path / "c.yaml", "cpu")[1] == str(bench.BASELINE_SCRIPT)
     monkeypatch.setattr(bench, "BASELINE_SCRIPT", tmp_path / "missing.py")
-    cmd = bench.baseline_command(tmp_path / "c.yaml", "cpu")
-    assert cmd[1] == "-c" and "_baseline_main" in cmd[2]
+    with pytest.raises(ib.UserInputError, match=r"missing\.py"):
+        bench.baseline_command(tmp_path / "c.yaml", "cpu")
 
 
-def test_in_module_baseline_main(tmp_path, capsys):
+def test_baseline_script_main(tmp_path, capsys):
     path = tmp_path / "tiny.yaml"
     cfg = bench.reference_config(runs=2, steps=3, every=2)
     cfg["metrics"]["sharpness"] = {"iters": 2}
     bench._write(cfg, path)
-    bench._baseline_main([str(path)])
+    _baseline_module().main([str(path)])
     assert "baseline: 2 runs" in capsys.readouterr().out
 
 

@@ -180,11 +180,18 @@ def cli(*args: str) -> list[str]:
 
 
 def baseline_command(config: Path, device: str) -> list[str]:
-    """``benchmarks/baseline.py`` next to the package's repo, else the in-module copy."""
-    if BASELINE_SCRIPT.is_file():
-        return [sys.executable, str(BASELINE_SCRIPT), str(config), "--device", device]
-    code = "from implicit_bias.bench import _baseline_main; _baseline_main()"
-    return [sys.executable, "-c", code, str(config), "--device", device]
+    """The hand-written baseline, ``benchmarks/baseline.py`` of the source checkout.
+
+    Raises:
+        UserInputError: the package is not run from a checkout (no ``benchmarks/``).
+    """
+    if not BASELINE_SCRIPT.is_file():
+        from ._errors import UserInputError
+
+        raise UserInputError(
+            f"bench needs the baseline loop {BASELINE_SCRIPT} (run it from a source checkout)"
+        )
+    return [sys.executable, str(BASELINE_SCRIPT), str(config), "--device", device]
 
 
 def _write(cfg: dict[str, Any], path: Path) -> Path:
@@ -418,97 +425,3 @@ def print_table(res: dict[str, Any]) -> None:
 
 
 # -------------------------------------------------- in-module copy of the baseline
-# Used only when benchmarks/baseline.py is not next to the package (an installed
-# wheel). Keep in step with benchmarks/baseline.py (tests compare the two).
-def _baseline_model(d, depth, width, seed, init=None):
-    import torch
-    from torch import nn
-
-    torch.manual_seed(seed)
-    dims = [d] + [width] * (depth - 1) + [1]
-    layers = [nn.Linear(dims[i], dims[i + 1], bias=False) for i in range(depth)]
-    with torch.no_grad():
-        for i, layer in enumerate(layers):
-            if init is None:
-                nn.init.normal_(layer.weight, std=1 / math.sqrt(layer.in_features))
-            else:
-                layer.weight.copy_(init[i])
-    return nn.Sequential(*layers)
-
-
-def _baseline_sharpness(model, X, y, iters, seed):
-    import torch
-    import torch.nn.functional as F
-
-    params = list(model.parameters())
-    loss = F.softplus(-y * model(X).squeeze(-1)).mean()
-    grads = torch.autograd.grad(loss, params, create_graph=True)
-    gen = torch.Generator().manual_seed(seed)
-    v = [torch.randn(p.shape, generator=gen).to(p) for p in params]
-    norm = torch.sqrt(sum((u * u).sum() for u in v))
-    v = [u / norm for u in v]
-    eig = 0.0
-    for _ in range(iters):
-        gv = sum((g * u).sum() for g, u in zip(grads, v, strict=True))
-        hv = torch.autograd.grad(gv, params, retain_graph=True)
-        eig = sum((h * u).sum() for h, u in zip(hv, v, strict=True)).item()
-        norm = torch.sqrt(sum((h * h).sum() for h in hv))
-        v = [h / norm for h in hv]
-    return eig
-
-
-def _baseline_train_run(
-    X, y, lr, seed, depth=3, width=64, steps=1000, every=50, iters=20, init=None
-):
-    import torch
-    import torch.nn.functional as F
-
-    model = _baseline_model(X.shape[1], depth, width, seed, init).to(X)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    losses, sharps = [], []
-    for t in range(steps + 1):
-        if iters and (t % every == 0 or t == steps):
-            sharps.append(_baseline_sharpness(model, X, y, iters, seed))
-        loss = F.softplus(-y * model(X).squeeze(-1)).mean()
-        losses.append(loss.item())
-        if t == steps:
-            break
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return losses, sharps
-
-
-def _baseline_main(argv: list[str] | None = None) -> None:
-    import argparse
-    import itertools
-
-    import torch
-    import yaml
-
-    from .config import DataConfig
-    from .data import make_dataset
-
-    ap = argparse.ArgumentParser()
-    ap.add_argument("config")
-    ap.add_argument("--device", default="cpu")
-    args = ap.parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = yaml.safe_load(Path(args.config).read_text())
-    model, train, metrics = cfg["model"], cfg["train"], cfg["metrics"]
-    sweep = cfg.get("sweep", {})
-    dtype = getattr(torch, train.get("dtype", "float32"))
-    data = make_dataset(DataConfig(**cfg["data"]))
-    X = torch.tensor(data.X_train, dtype=dtype, device=args.device)
-    y = torch.tensor(data.y_train, dtype=dtype, device=args.device)
-    sharp = metrics.get("sharpness", {})
-    iters = 0 if sharp is False else (sharp or {}).get("iters", 20)
-    start = time.perf_counter()
-    lrs, seeds = sweep.get("train.lr", [train.get("lr")]), sweep.get("seed", [0])
-    for lr, seed in itertools.product(lrs, seeds):
-        losses, _ = _baseline_train_run(
-            X, y, lr, seed, model["depth"], model["width"], train["steps"], metrics["every"], iters
-        )
-    print(
-        f"baseline: {len(lrs) * len(seeds)} runs in {time.perf_counter() - start:.2f} s "
-        f"(final loss {losses[-1]:.4f})"
-    )
