@@ -166,18 +166,10 @@ class MetricsConfig(_Strict):
     trace: TraceConfig | None = None
     phase: PhaseConfig = Field(default_factory=PhaseConfig)
 
-    @field_validator("sharpness", mode="before")
+    @field_validator("sharpness", "trace", mode="before")
     @classmethod
-    def _sharpness_switch(cls, v: Any) -> Any:
-        if v is False or v is None:
-            return None
-        if v is True:
-            return {}
-        return v
-
-    @field_validator("trace", mode="before")
-    @classmethod
-    def _trace_switch(cls, v: Any) -> Any:
+    def _switch(cls, v: Any) -> Any:
+        """``false`` turns a measurement off, ``true`` turns it on with defaults."""
         if v is False or v is None:
             return None
         if v is True:
