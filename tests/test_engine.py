@@ -229,3 +229,22 @@ def test_jacobian_gram_matches_jacrev(model, per_run_data):
     torch.testing.assert_close(K, J @ J.transpose(1, 2), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(dots, (J @ theta[:, :, None]).squeeze(-1), rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(f, tr.outputs(params, tr.X, tr.x_dim), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("model", MODEL_CASES, ids=lambda c: str(c)[:50])
+@pytest.mark.parametrize("loss", ["logistic", "mse"])
+def test_hand_written_gauss_newton_matches_torch_func(model, loss):
+    """The batched GGN product equals the torch.func GGN operator (itself dense-tested)."""
+    from implicit_bias import curvature
+
+    cfg = _cfg(model={**BASE["model"], **model}, train={"loss": loss}, sweep={"seed": [0, 1, 2]})
+    tr = Trainer(make_plan(cfg).runs)
+    params = tr.init()
+    V = torch.randn(
+        tr.R, tr.spec.n_params, dtype=torch.float64, generator=torch.Generator().manual_seed(1)
+    )
+    ours = tr.hessian_operator(params, gauss_newton=True)(V)
+    ref = curvature.gauss_newton_operator(tr.output_single, loss, params, tr.X, tr.y, (None, None))(
+        V
+    )
+    torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)

@@ -174,13 +174,24 @@ def descend(
 
 
 def hvp_operator(
-    params: Params, X: Tensor, y: Tensor, spec: ModelSpec, a: Tensor | None, loss_kind: LossName
+    params: Params,
+    X: Tensor,
+    y: Tensor,
+    spec: ModelSpec,
+    a: Tensor | None,
+    loss_kind: LossName,
+    gauss_newton: bool = False,
 ) -> Callable[[Params], Params]:
     """``V ↦ H V`` for the mean training loss of R runs (H the Hessian per run).
+
+    H = Jᵀ diag(ℓ'')J/n + Σ_i (ℓ'_i/n) ∇²f_i. Every term of the second part
+    carries the primal ∂loss/∂f (``delta``); ``gauss_newton=True`` drops them
+    and gives the Gauss–Newton product Jᵀ diag(ℓ'')J V / n (Schraudolph 2002).
 
     Returns:
         A function from directions shaped like ``params`` to H·V of the same shapes.
     """
+    second_order = not gauss_newton
     params = tuple(p.detach() for p in params)
     _, pas, _ = _value_and_grad(params, X, y, spec, a, loss_kind)
     c = spec.multipliers()
@@ -223,24 +234,26 @@ def hvp_operator(
         out: list[Tensor] = []
         if trained_last:
             g = _outer_sum(Rdelta, h)
-            if Rh is not None:
+            if Rh is not None and second_order:
                 g = g + _mT(delta) @ Rh
             out.append(g * c[-1])
         Rback = Rdelta @ ws[-1]
-        if trained_last and n_hidden:
+        if trained_last and n_hidden and second_order:
             Rback = Rback + delta @ vs[-1]
         for layer in reversed(range(n_hidden)):
             d1l, d2l = d1[layer], d2[layer]
             Rdz = Rback if d1l is None else Rback * d1l
-            if d2l is not None:
+            if d2l is not None and second_order:
                 Rdz = Rdz + backs[layer] * d2l * Rzs[layer]
             g = _outer_sum(Rdz, hs[layer])
             Rh_in = Rhs[layer]
-            if Rh_in is not None:
+            if Rh_in is not None and second_order:
                 g = g + _mT(dzs[layer]) @ Rh_in
             out.append(g * c[layer])
             if layer > 0:
-                Rback = Rdz @ ws[layer] + dzs[layer] @ vs[layer]
+                Rback = Rdz @ ws[layer]
+                if second_order:
+                    Rback = Rback + dzs[layer] @ vs[layer]
         out.reverse()
         return tuple(out)
 

@@ -171,13 +171,17 @@ class Trainer:
         """Loss ``(R,)``, outputs ``(R, n)`` and gradients of every run (hand-written backward)."""
         return batched.value_and_grad(params, X, y, self.spec, self.a, self.loss_kind)
 
-    def hessian_operator(self, params: Params) -> Callable[[Tensor], Tensor]:
+    def hessian_operator(
+        self, params: Params, gauss_newton: bool = False
+    ) -> Callable[[Tensor], Tensor]:
         """Batched Hessian-vector product of the full-batch loss, ``(R, P) → (R, P)``.
 
         Forward-over-reverse by hand (:func:`batched.hvp_operator`), the
         primal pass cached once per eval step.
         """
-        hvp = batched.hvp_operator(params, self.X, self.y, self.spec, self.a, self.loss_kind)
+        hvp = batched.hvp_operator(
+            params, self.X, self.y, self.spec, self.a, self.loss_kind, gauss_newton=gauss_newton
+        )
 
         def mv(v: Tensor) -> Tensor:
             return curvature.flatten(hvp(curvature.unflatten(v, params)))

@@ -82,9 +82,7 @@ def _sharpness(ctx: EvalContext) -> dict[str, Tensor]:
 
 def _gn_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
     tr = ctx.trainer
-    op = curvature.gauss_newton_operator(
-        tr.output_single, tr.loss_kind, ctx.params, tr.X, tr.y, (tr.x_dim, tr.x_dim)
-    )
+    op = tr.hessian_operator(ctx.params, gauss_newton=True)
     v0 = ctx.state["gn_v"] if "gn_v" in ctx.state else tr.start_vectors()
     sc = ctx.cfg.sharpness
     res = curvature.lanczos(
