@@ -12,7 +12,6 @@ import copy
 import hashlib
 import itertools
 import json
-import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -261,15 +260,6 @@ def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     node[parts[-1]] = value
 
 
-def _get_dotted(tree: Mapping[str, Any], key: str) -> Any:
-    node: Any = tree
-    for p in key.split("."):
-        if not isinstance(node, Mapping) or p not in node:
-            return None
-        node = node[p]
-    return node
-
-
 def parse_override(text: str) -> tuple[str, Any]:
     """Parse one ``--set key=value``; the value is read as YAML (so ``1e-3`` is a float)."""
     if "=" not in text:
@@ -392,7 +382,3 @@ def to_yaml(cfg: ExperimentConfig, extra: Mapping[str, Any] | None = None) -> st
     if extra:
         data = {**dict(extra), **data}
     return yaml.safe_dump(data, sort_keys=False)
-
-
-def is_finite_number(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)

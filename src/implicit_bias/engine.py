@@ -160,10 +160,6 @@ class Trainer:
         """Mean training loss of one run (the function everything else batches)."""
         return mean_loss(forward(params, X, self.spec, self.a), y, self.loss_kind)
 
-    def loss_and_output(self, params: Params, X: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        f = forward(params, X, self.spec, self.a)
-        return mean_loss(f, y, self.loss_kind), f
-
     def output_single(self, params: Params, X: Tensor) -> Tensor:
         return forward(params, X, self.spec, self.a)
 

@@ -303,14 +303,10 @@ def summaries(
 ) -> dict[str, np.ndarray]:
     rise = np.array([r.config.metrics.phase.catapult_rise for r in runs], dtype=np.float64)
     out: dict[str, np.ndarray] = {"phase": phases(loss, diverged, rise)}
+    # SPEC §3: a diverged run has no final loss or sharpness
     out["final_loss"] = np.where(diverged, np.nan, loss[:, -1])
-    out["final_train_acc"] = np.full(len(runs), np.nan)
     for name, arr in per_step.items():
-        base = name
-        if base in FINAL_FROM_STEP or base.startswith(("stable_rank_W", "numerical_rank_W")):
+        if name in FINAL_FROM_STEP or name.startswith(("stable_rank_W", "numerical_rank_W")):
             last = arr[:, -1].astype(np.float64)
-            if base in ("sharpness",):
-                last = np.where(diverged, np.nan, last)
-            out[f"final_{base}"] = last
-    out.pop("final_train_acc")
+            out[f"final_{name}"] = np.where(diverged, np.nan, last) if name == "sharpness" else last
     return out
