@@ -54,7 +54,42 @@ class _Pass:
     hs: list[Tensor]  # layer inputs h_0 = X, …, h_{L-1}
     zs: list[Tensor]  # pre-activations of the hidden layers
     f: Tensor  # (R, n)
+
+
+@dataclass
+class _Backward:
+    """Backprop signals of one pass (:func:`_backward`), shared by the gradient, the
+    fused update and the HVP."""
+
     delta: Tensor  # ∂loss/∂f, (R, n, 1)
+    backs: list[Tensor]  # ∂loss/∂h_l of each hidden layer's output
+    dzs: list[Tensor]  # ∂loss/∂z_l of each hidden layer
+    d1s: list[Tensor | None]  # φ'(z_l) (None for the identity)
+
+    def signals(self, pas: _Pass, spec: ModelSpec) -> list[tuple[Tensor, Tensor, float]]:
+        """(D, h, c) per trained layer, in ``params`` order: ∇W_l = c·Dᵀh."""
+        c = spec.multipliers()
+        out = [(self.dzs[layer], pas.hs[layer], c[layer]) for layer in range(spec.depth - 1)]
+        if spec.last_layer == "trained":
+            out.append((self.delta, pas.hs[-1], c[-1]))
+        return out
+
+
+def _backward(pas: _Pass, y: Tensor, spec: ModelSpec, loss_kind: LossName) -> _Backward:
+    f = pas.f
+    delta = (loss_grad(f, y, loss_kind) / f.shape[-1]).unsqueeze(-1)  # (R, n, 1)
+    n_hidden = spec.depth - 1
+    d1s = [activation_grad(z, spec) for z in pas.zs]
+    backs: list[Tensor] = [delta] * n_hidden
+    dzs: list[Tensor] = [delta] * n_hidden
+    back = delta @ pas.ws[-1]  # ∂loss/∂h_{L-1}
+    for layer in reversed(range(n_hidden)):
+        d1 = d1s[layer]
+        backs[layer] = back
+        dzs[layer] = back if d1 is None else back * d1
+        if layer > 0:
+            back = dzs[layer] @ pas.ws[layer]
+    return _Backward(delta, backs, dzs, d1s)
 
 
 def _forward(params: Params, X: Tensor, spec: ModelSpec, a: Tensor | None) -> _Pass:
@@ -71,7 +106,7 @@ def _forward(params: Params, X: Tensor, spec: ModelSpec, a: Tensor | None) -> _P
         h = activate(z, spec)
         hs.append(h)
     f = _in_proj(h, ws[-1]).squeeze(-1)
-    return _Pass(ws, hs, zs, f, f)
+    return _Pass(ws, hs, zs, f)
 
 
 def value_and_grad(
@@ -87,30 +122,10 @@ def value_and_grad(
     Returns:
         loss ``(R,)``, f ``(R, n)``, grads (same shapes as ``params``).
     """
-    loss, pas, grads = _value_and_grad(params, X, y, spec, a, loss_kind)
-    return loss, pas.f, grads
-
-
-def _value_and_grad(params, X, y, spec, a, loss_kind):
-    c = spec.multipliers()
     pas = _forward(params, X, spec, a)
-    f = pas.f
-    loss = mean_loss(f, y, loss_kind)
-    delta = (loss_grad(f, y, loss_kind) / f.shape[-1]).unsqueeze(-1)  # (R, n, 1)
-    pas.delta = delta
-    n_hidden = spec.depth - 1
-    grads: list[Tensor] = []
-    if spec.last_layer == "trained":
-        grads.append(_outer_sum(delta, pas.hs[-1]) * c[-1])
-    back = delta @ pas.ws[-1]  # ∂loss/∂h_{L-1}
-    for layer in reversed(range(n_hidden)):
-        d1 = activation_grad(pas.zs[layer], spec)
-        dz = back if d1 is None else back * d1
-        grads.append(_outer_sum(dz, pas.hs[layer]) * c[layer])
-        if layer > 0:
-            back = dz @ pas.ws[layer]
-    grads.reverse()
-    return loss, pas, tuple(grads)
+    bwd = _backward(pas, y, spec, loss_kind)
+    grads = tuple(_outer_sum(D, h) * cl for D, h, cl in bwd.signals(pas, spec))
+    return mean_loss(pas.f, y, loss_kind), pas.f, grads
 
 
 def forward_loss(
@@ -127,10 +142,10 @@ def descend(
 ) -> Tensor:
     """Backward pass fused with the update θ ← θ + scale·∇loss, in place.
 
-    Each weight gradient c_l·dz_lᵀh_{l−1} is accumulated straight into W_l
-    (``baddbmm_``/``addmm_``) with the per-run factor folded into the small dz,
-    so the update costs no extra pass over the parameters (they dominate
-    memory traffic when d is large). Runs whose backprop signal is not finite,
+    For shared inputs wider than the batch (d > n, as in Frei et al.) the
+    first layer's gradient c·dzᵀX is accumulated straight into W with one
+    ``addmm_``, the per-run rate folded into the small dz, so the update costs
+    no extra pass over those (dominant) weights; other layers use ``addcmul_``. Runs whose backprop signal is not finite,
     or whose ``scale`` is 0, are left untouched.
 
     Args:
@@ -139,17 +154,14 @@ def descend(
     Returns:
         ``(R,)`` bool: the run's gradient was finite (else it was not updated).
     """
-    c = spec.multipliers()
-    f = pas.f
-    delta = (loss_grad(f, y, loss_kind) / f.shape[-1]).unsqueeze(-1)  # (R, n, 1)
-    finite = torch.isfinite(delta).all(dim=(1, 2)) & torch.isfinite(scale)
+    bwd = _backward(pas, y, spec, loss_kind)
+    finite = torch.isfinite(bwd.delta).all(dim=(1, 2)) & torch.isfinite(scale)
     s = torch.where(finite, scale, torch.zeros_like(scale))
-    n_hidden = spec.depth - 1
-
     # On the CPU a host check is free and spares masking in the common case.
-    all_ok = f.device.type == "cpu" and bool(finite.all())
-
-    def accumulate(W: Tensor, D: Tensor, h: Tensor, cl: float) -> None:
+    all_ok = pas.f.device.type == "cpu" and bool(finite.all())
+    # The signals were formed from the scaled copies pas.ws, so updating the
+    # weights in place below cannot disturb them.
+    for W, (D, h, cl) in zip(params, bwd.signals(pas, spec), strict=True):
         R, n, o = D.shape
         k = (s * cl).view(-1, 1, 1)
         if not all_ok:  # NaN rows of D for stopped runs must not reach W
@@ -160,16 +172,6 @@ def descend(
             W.view(R * o, -1).addmm_(_mT(D * k).reshape(R * o, n), h)
         else:
             W.addcmul_(_outer_sum(D, h), k)
-
-    back = delta @ pas.ws[-1]  # uses the pre-update (scaled copy of the) weights
-    if spec.last_layer == "trained":
-        accumulate(params[-1], delta, pas.hs[-1], c[-1])
-    for layer in reversed(range(n_hidden)):
-        d1 = activation_grad(pas.zs[layer], spec)
-        dz = back if d1 is None else back * d1
-        if layer > 0:
-            back = dz @ pas.ws[layer]
-        accumulate(params[layer], dz, pas.hs[layer], c[layer])
     return finite
 
 
@@ -193,22 +195,16 @@ def hvp_operator(
     """
     second_order = not gauss_newton
     params = tuple(p.detach() for p in params)
-    _, pas, _ = _value_and_grad(params, X, y, spec, a, loss_kind)
+    # the primal pass, once: forward and backprop signals (no weight gradients needed)
+    pas = _forward(params, X, spec, a)
+    bwd = _backward(pas, y, spec, loss_kind)
     c = spec.multipliers()
-    hs, zs, ws, delta, f = pas.hs, pas.zs, pas.ws, pas.delta, pas.f
+    hs, zs, ws, f = pas.hs, pas.zs, pas.ws, pas.f
+    delta, backs, dzs, d1 = bwd.delta, bwd.backs, bwd.dzs, bwd.d1s
     n_hidden = spec.depth - 1
     trained_last = spec.last_layer == "trained"
-    d1 = [activation_grad(z, spec) for z in zs]
     d2 = [activation_grad2(z, spec) for z in zs]
     ell2 = (loss_hess(f, y, loss_kind) / f.shape[-1]).unsqueeze(-1)  # ℓ''(f)/n, (R, n, 1)
-    backs: list[Tensor] = [delta] * n_hidden  # ∂loss/∂h_l and ∂loss/∂z_l of the primal
-    dzs: list[Tensor] = [delta] * n_hidden
-    back = delta @ ws[-1]
-    for layer in reversed(range(n_hidden)):
-        backs[layer] = back
-        dzs[layer] = back if d1[layer] is None else back * d1[layer]
-        if layer > 0:
-            back = dzs[layer] @ ws[layer]
 
     def hvp(V: Params) -> Params:
         vs = [v * c[i] for i, v in enumerate(V)]  # scaled directions
