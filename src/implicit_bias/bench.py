@@ -194,6 +194,12 @@ def baseline_command(config: Path, device: str) -> list[str]:
     return [sys.executable, str(BASELINE_SCRIPT), str(config), "--device", device]
 
 
+def _rates(flops: float, seconds: float, peak: float) -> dict[str, float]:
+    """Achieved GFLOP/s and its share of the measured matmul peak (GFLOP/s)."""
+    gflops = flops / 1e9 / seconds
+    return {"gflops": gflops, "pct_peak": 100 * gflops / peak}
+
+
 def _write(cfg: dict[str, Any], path: Path) -> Path:
     import yaml
 
@@ -281,8 +287,7 @@ def main(
             "ours": ours,
             "baseline": base,
             "speedup": base["time_s"] / ours["time_s"],
-            "ours_gflops": flops / 1e9 / ours["time_s"],
-            "ours_pct_peak": 100 * flops / 1e9 / ours["time_s"] / peak,
+            **{f"ours_{k}": v for k, v in _rates(flops, ours["time_s"], peak).items()},
         }
         if cb_runs:
             cb = compute_bound_config(cb_runs, cb_steps)
@@ -300,8 +305,7 @@ def main(
                 "steps": cb_steps,
                 "gflop": f / 1e9,
                 "ours": t,
-                "gflops": f / 1e9 / t["time_s"],
-                "pct_peak": 100 * f / 1e9 / t["time_s"] / peak,
+                **_rates(f, t["time_s"], peak),
             }
         res["memory"] = []
         if mem_runs:
