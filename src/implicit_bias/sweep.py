@@ -120,19 +120,18 @@ def make_plan(cfg: ExperimentConfig, base_dir: Path | None = None) -> Plan:
     return Plan(config=cfg, runs=runs, groups=groups, chunks=chunks)
 
 
-def execute_chunk(plan: Plan, chunk: ChunkPlan, out: Path, progress=None) -> Path:
-    """Train one chunk and write it atomically."""
-    runs = [plan.runs[i] for i in chunk.runs]
+def train_chunk(
+    runs: list[RunSpec], chunk: ChunkPlan, group: dict[str, Any], out: Path, progress=None
+) -> Path:
+    """Train one chunk's runs and write the chunk atomically (locally or on a Dask worker)."""
     res = Trainer(runs, progress=progress).train()
-    ds = chunk_to_dataset(res, chunk, plan.groups[chunk.group])
-    return write_chunk(out, chunk, ds)
+    return write_chunk(out, chunk, chunk_to_dataset(res, chunk, group))
 
 
-def _dask_task(cfg_json: dict, base_dir: str | None, out: str, chunk: ChunkPlan) -> str:
-    # Runs on a worker: rebuild the (deterministic) plan and train this chunk.
-    cfg = load_config(cfg_json)
-    plan = make_plan(cfg, Path(base_dir) if base_dir else None)
-    return str(execute_chunk(plan, chunk, Path(out)))
+def execute_chunk(plan: Plan, chunk: ChunkPlan, out: Path, progress=None) -> Path:
+    """Train one chunk of a plan and write it atomically."""
+    runs = [plan.runs[i] for i in chunk.runs]
+    return train_chunk(runs, chunk, plan.groups[chunk.group], out, progress)
 
 
 def run_sweep(
@@ -164,12 +163,14 @@ def run_sweep(
     out = Path(out) if out is not None else Path("results") / cfg.name
     prepare_folder(out, cfg, overwrite)
     for ds in {id(r.data): r.data for r in plan.runs}.values():
-        save_dataset(ds, out / "data" / f"{ds.fingerprint()}.npz")
+        path = out / "data" / f"{ds.fingerprint()}.npz"
+        if not path.exists():  # named by content: a resumed run has it already
+            save_dataset(ds, path)
     have = done_chunks(out)
     todo = [c for c in plan.chunks if c.filename not in have]
     steps = cfg.train.steps
     if todo and (workers or scheduler):
-        _run_dask(plan, todo, out, base_dir, workers, scheduler, progress)
+        _run_dask(plan, todo, out, workers, scheduler, progress)
     elif todo:
         total = sum(len(c.runs) for c in todo) * (steps + 1)
         with _progress(progress, total, f"{cfg.name}: {len(plan.runs)} runs") as advance:
@@ -222,16 +223,13 @@ class _progress:
         return False
 
 
-def _run_dask(
-    plan: Plan, todo: list[ChunkPlan], out: Path, base_dir: Path, workers, scheduler, progress
-):
+def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, workers, scheduler, progress):
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
         raise UserInputError(
             "--workers/--scheduler need dask: pip install 'implicit-bias[dask]'"
         ) from None
-    cfg_json = plan.config.model_dump(mode="json")
     if scheduler:
         client = Client(scheduler)
         cluster = None
@@ -241,8 +239,16 @@ def _run_dask(
         )
         client = Client(cluster)
     try:
+        # each task gets its runs (configs and data) as built here, once
         futures = [
-            client.submit(_dask_task, cfg_json, str(base_dir), str(out.resolve()), c, pure=False)
+            client.submit(
+                train_chunk,
+                [plan.runs[i] for i in c.runs],
+                c,
+                plan.groups[c.group],
+                out.resolve(),
+                pure=False,
+            )
             for c in todo
         ]
         with _progress(
