@@ -110,6 +110,7 @@ class Dataset:
     X_test: np.ndarray
     y_test: np.ndarray
     description: dict[str, Any] = field(default_factory=dict)
+    _fingerprint: str | None = field(default=None, init=False, repr=False)
 
     @property
     def n_train(self) -> int:
@@ -124,13 +125,20 @@ class Dataset:
         return int(self.X_train.shape[1])
 
     def fingerprint(self) -> str:
-        """First 16 hex chars of a sha256 over the four arrays (shapes and float64 bytes)."""
-        h = hashlib.sha256()
-        for name in _ARRAY_KEYS:
-            a = np.ascontiguousarray(getattr(self, name), dtype=np.float64)
-            h.update(f"{name}{a.shape}".encode())
-            h.update(a.tobytes())
-        return h.hexdigest()[:16]
+        """First 16 hex chars of a sha256 over the four arrays (shapes and float64 bytes).
+
+        Computed once: runs share one Dataset and the engine, the store and the
+        geometry cache all key on it (the arrays are never modified in place).
+        """
+        if self._fingerprint is None:
+            h = hashlib.sha256()
+            for name in _ARRAY_KEYS:
+                a = np.ascontiguousarray(getattr(self, name), dtype=np.float64)
+                h.update(f"{name}{a.shape}".encode())
+                h.update(a.tobytes())
+            object.__setattr__(self, "_fingerprint", h.hexdigest()[:16])
+        assert self._fingerprint is not None
+        return self._fingerprint
 
 
 # ------------------------------------------------------------------- checks
