@@ -158,6 +158,8 @@ def test_eval_steps_include_at_and_end():
 MODEL_CASES = [
     {"depth": 1},
     {"depth": 2, "activation": "linear"},
+    {"depth": 3, "activation": "linear", "parametrization": "standard"},
+    {"depth": 4, "activation": "linear", "last_layer": "fixed_sign"},
     {"depth": 3, "activation": "relu", "parametrization": "standard"},
     {"depth": 3, "activation": "leaky_relu", "parametrization": "direct", "init_scale": 0.5},
     {

@@ -10,6 +10,13 @@ primal pass cached once per eval step.
 
 Layer scales c_l (``ntk``) are folded into the small weight matrices rather
 than the large activations.
+
+Linear networks (``activation: linear``, and every depth-1 model) take the
+*chain* path: f(x) = ⟨v, x⟩ with v = w_L W_{L−1} ⋯ W_1, so the forward pass,
+the gradient (each ∇W_l is the outer product of a row vector from above and a
+column vector from below) and the R-operator are vector–matrix products,
+O(L·width² + n·d) per run instead of the O(n·L·width²) of propagating the n
+activations — the matrix-chain order, same mathematics, same tests.
 """
 
 from __future__ import annotations
@@ -109,6 +116,112 @@ def _forward(params: Params, X: Tensor, spec: ModelSpec, a: Tensor | None) -> _P
     return _Pass(ws, hs, zs, f)
 
 
+# ------------------------------------------------------------------ linear chain
+def _use_chain(spec: ModelSpec) -> bool:
+    """Linear networks are evaluated in matrix-chain order (see the module docstring)."""
+    return spec.activation == "linear" or spec.depth == 1
+
+
+@dataclass
+class _ChainPass:
+    """Forward pass of a linear network: f = X vᵀ, v = tops[0] W_1.
+
+    ``tops[k]`` ``(R, 1, out_k)`` is the row vector that multiplies layer k's
+    output on the way to f: tops[L−1] = 1, tops[k] = tops[k+1] (c W_{k+1}).
+    """
+
+    ws: list[Tensor]  # scaled weights c_l W_l (the fixed last layer included)
+    tops: list[Tensor]
+    v: Tensor  # (R, d), the end-to-end linear predictor
+    X: Tensor  # (n, d) shared or (R, n, d)
+    f: Tensor  # (R, n)
+
+
+def _xv(X: Tensor, v: Tensor) -> Tensor:
+    """⟨v_r, x_i⟩: ``(R, n)`` from v ``(R, d)``, X ``(n, d)`` or ``(R, n, d)``."""
+    return v @ X.T if X.dim() == 2 else (X @ v.unsqueeze(-1)).squeeze(-1)
+
+
+def _xt(X: Tensor, u: Tensor) -> Tensor:
+    """Xᵀu per run: ``(R, d)`` from u ``(R, n)``."""
+    return u @ X if X.dim() == 2 else (u.unsqueeze(1) @ X).squeeze(1)
+
+
+def _chain_forward(params: Params, X: Tensor, spec: ModelSpec, a: Tensor | None) -> _ChainPass:
+    c = spec.multipliers()
+    ws = [p * c[i] for i, p in enumerate(params)]
+    if spec.last_layer == "fixed_sign":
+        assert a is not None
+        ws.append(a.expand(params[0].shape[0], *a.shape))
+    L = len(ws)
+    tops: list[Tensor] = [ws[0]] * L
+    tops[L - 1] = ws[0].new_ones(ws[0].shape[0], 1, 1)
+    for k in reversed(range(L - 1)):
+        tops[k] = tops[k + 1] @ ws[k + 1]
+    v = (tops[0] @ ws[0]).squeeze(1)
+    return _ChainPass(ws, tops, v, X, _xv(X, v))
+
+
+def _chain_lower(pas: _ChainPass, g: Tensor) -> list[Tensor]:
+    """b_0 = g, b_{k+1} = (c W_k) b_k: ``(R, in_k)`` each, ∇(c W_k) = tops[k]ᵀ b_kᵀ."""
+    bs = [g]
+    for W in pas.ws[:-1]:
+        bs.append((W @ bs[-1].unsqueeze(-1)).squeeze(-1))
+    return bs
+
+
+def _n_trained(spec: ModelSpec) -> int:
+    return spec.depth - (spec.last_layer == "fixed_sign")
+
+
+def _chain_grads(pas: _ChainPass, delta: Tensor, spec: ModelSpec) -> list[tuple[Tensor, Tensor]]:
+    """(column, row) per trained layer with ∇W_k = c_k · column @ row, from ∂loss/∂f ``(R, n)``."""
+    bs = _chain_lower(pas, _xt(pas.X, delta))
+    return [(_mT(pas.tops[k]), bs[k].unsqueeze(1)) for k in range(_n_trained(spec))]
+
+
+def _chain_hvp(
+    pas: _ChainPass, y: Tensor, spec: ModelSpec, loss_kind: LossName, second_order: bool
+) -> Callable[[Params], Params]:
+    """R-operator of the chain: R{tops}, R{v}, R{f}, R{δ}, then R{b_k} upwards."""
+    c = spec.multipliers()
+    ws, tops, X, f = pas.ws, pas.tops, pas.X, pas.f
+    L, nt = len(ws), _n_trained(spec)
+    n = f.shape[-1]
+    ell2 = loss_hess(f, y, loss_kind) / n
+    bs = _chain_lower(pas, _xt(X, loss_grad(f, y, loss_kind) / n)) if second_order else []
+
+    def hvp(V: Params) -> Params:
+        vs = [V[k] * c[k] for k in range(nt)]
+        Rtops: list[Tensor | None] = [None] * L
+        for k in reversed(range(L - 1)):
+            term = tops[k + 1] @ vs[k + 1] if k + 1 < nt else None
+            prev = Rtops[k + 1]
+            if prev is not None:
+                upper = prev @ ws[k + 1]
+                term = upper if term is None else term + upper
+            Rtops[k] = term
+        Rv = tops[0] @ vs[0]
+        if Rtops[0] is not None:
+            Rv = Rv + Rtops[0] @ ws[0]
+        Rdelta = ell2 * _xv(X, Rv.squeeze(1))
+        Rb = _xt(X, Rdelta)
+        out: list[Tensor] = []
+        for k in range(nt):
+            g = _mT(tops[k]) @ Rb.unsqueeze(1)
+            Rk = Rtops[k]
+            if second_order and Rk is not None:
+                g = g + _mT(Rk) @ bs[k].unsqueeze(1)
+            out.append(g * c[k])
+            if k + 1 < L:
+                Rb = (ws[k] @ Rb.unsqueeze(-1)).squeeze(-1)
+                if second_order:
+                    Rb = Rb + (vs[k] @ bs[k].unsqueeze(-1)).squeeze(-1)
+        return tuple(out)
+
+    return hvp
+
+
 def value_and_grad(
     params: Params, X: Tensor, y: Tensor, spec: ModelSpec, a: Tensor | None, loss_kind: LossName
 ) -> tuple[Tensor, Tensor, Params]:
@@ -122,6 +235,14 @@ def value_and_grad(
     Returns:
         loss ``(R,)``, f ``(R, n)``, grads (same shapes as ``params``).
     """
+    if _use_chain(spec):
+        cp = _chain_forward(params, X, spec, a)
+        delta = loss_grad(cp.f, y, loss_kind) / cp.f.shape[-1]
+        c = spec.multipliers()
+        grads = tuple(
+            col @ row * c[k] for k, (col, row) in enumerate(_chain_grads(cp, delta, spec))
+        )
+        return mean_loss(cp.f, y, loss_kind), cp.f, grads
     pas = _forward(params, X, spec, a)
     bwd = _backward(pas, y, spec, loss_kind)
     grads = tuple(_outer_sum(D, h) * cl for D, h, cl in bwd.signals(pas, spec))
@@ -130,15 +251,20 @@ def value_and_grad(
 
 def forward_loss(
     params: Params, X: Tensor, y: Tensor, spec: ModelSpec, a: Tensor | None, loss_kind: LossName
-) -> tuple[Tensor, Tensor, _Pass]:
+) -> tuple[Tensor, Tensor, _Pass | _ChainPass]:
     """The forward half of a training step: loss ``(R,)``, f ``(R, n)`` and the pass
     that :func:`descend` completes."""
-    pas = _forward(params, X, spec, a)
+    pas = _chain_forward(params, X, spec, a) if _use_chain(spec) else _forward(params, X, spec, a)
     return mean_loss(pas.f, y, loss_kind), pas.f, pas
 
 
 def descend(
-    pas: _Pass, params: Params, y: Tensor, spec: ModelSpec, loss_kind: LossName, scale: Tensor
+    pas: _Pass | _ChainPass,
+    params: Params,
+    y: Tensor,
+    spec: ModelSpec,
+    loss_kind: LossName,
+    scale: Tensor,
 ) -> Tensor:
     """Backward pass fused with the update θ ← θ + scale·∇loss, in place.
 
@@ -154,6 +280,8 @@ def descend(
     Returns:
         ``(R,)`` bool: the run's gradient was finite (else it was not updated).
     """
+    if isinstance(pas, _ChainPass):
+        return _chain_descend(pas, params, y, spec, loss_kind, scale)
     bwd = _backward(pas, y, spec, loss_kind)
     finite = torch.isfinite(bwd.delta).all(dim=(1, 2)) & torch.isfinite(scale)
     s = torch.where(finite, scale, torch.zeros_like(scale))
@@ -172,6 +300,21 @@ def descend(
             W.view(R * o, -1).addmm_(_mT(D * k).reshape(R * o, n), h)
         else:
             W.addcmul_(_outer_sum(D, h), k)
+    return finite
+
+
+def _chain_descend(
+    pas: _ChainPass, params: Params, y: Tensor, spec: ModelSpec, loss_kind: LossName, scale: Tensor
+) -> Tensor:
+    """:func:`descend` for linear nets: each update is a rank-one ``baddbmm_``."""
+    delta = loss_grad(pas.f, y, loss_kind) / pas.f.shape[-1]
+    finite = torch.isfinite(delta).all(dim=1) & torch.isfinite(scale)
+    s = torch.where(finite, scale, torch.zeros_like(scale))
+    if not (pas.f.device.type == "cpu" and bool(finite.all())):
+        delta = torch.where(finite[:, None], delta, torch.zeros_like(delta))
+    c = spec.multipliers()
+    for k, (W, (col, row)) in enumerate(zip(params, _chain_grads(pas, delta, spec), strict=True)):
+        W.baddbmm_(col * (s * c[k]).view(-1, 1, 1), row)
     return finite
 
 
@@ -195,6 +338,8 @@ def hvp_operator(
     """
     second_order = not gauss_newton
     params = tuple(p.detach() for p in params)
+    if _use_chain(spec):
+        return _chain_hvp(_chain_forward(params, X, spec, a), y, spec, loss_kind, second_order)
     # the primal pass, once: forward and backprop signals (no weight gradients needed)
     pas = _forward(params, X, spec, a)
     bwd = _backward(pas, y, spec, loss_kind)
