@@ -225,3 +225,30 @@ def test_dask_workers_give_identical_results(tmp_path):
     assert len(list((tmp_path / "dask" / "chunks").glob("*.nc"))) == 2
     for v in ("loss", "sharpness", "final_W1", "phase"):
         np.testing.assert_array_equal(dask[v].values, local[v].values)
+
+
+def test_automatic_chunk_size_follows_the_memory_each_run_needs(monkeypatch):
+    """Chunks are cut from an estimate of a run's bytes; curvature metrics that are
+    off (no Lanczos basis) do not shrink them."""
+    from implicit_bias import sweep
+    from implicit_bias.config import load_config
+
+    monkeypatch.setattr(sweep, "CHUNK_BYTES", 64 << 20)
+    wide = {
+        "name": "wide",
+        "data": {"kind": "gaussian_mixture", "n_train": 10, "n_test": 0, "d": 2000},
+        "model": {"depth": 2, "width": 256, "activation": "relu", "last_layer": "fixed_sign"},
+        "train": {"steps": 1},
+        "metrics": {"sharpness": False},
+        "store": {"weights": []},
+        "sweep": {"seed": list(range(8))},
+    }
+    # P = 512 000 float32: ≈ 12 MiB a run without a Lanczos basis → 5 fit; 8 runs → 2 × 4
+    plain = sweep.make_plan(load_config(wide))
+    assert [len(c.runs) for c in plain.chunks] == [4, 4]
+    # 20 Lanczos vectors more per run: one run per chunk
+    sharp = sweep.make_plan(load_config({**wide, "metrics": {"sharpness": {"iters": 20}}}))
+    assert [len(c.runs) for c in sharp.chunks] == [1] * 8
+    # set by hand, it is what it says
+    fixed = sweep.make_plan(load_config({**wide, "store": {"chunk_runs": 3, "weights": []}}))
+    assert [len(c.runs) for c in fixed.chunks] == [3, 3, 2]

@@ -8,8 +8,10 @@ graph, and the Hessian-vector product is forward-over-reverse by hand — the
 R-operator of Pearlmutter (1994) applied to the backward pass — with the
 primal pass cached once per eval step.
 
-Layer scales c_l (``ntk``) are folded into the small weight matrices rather
-than the large activations.
+Layer scales c_l (``ntk``) are folded into the weights of the hidden-to-hidden
+and output layers, and applied to the first layer's output z₁ = c₁ X W₁ᵀ
+instead of its weights (W₁ is the large matrix when d > n); c = 1
+(``direct``, ``standard``) costs nothing.
 
 Linear networks (``activation: linear``, and every depth-1 model) take the
 *chain* path: f(x) = ⟨v, x⟩ with v = w_L W_{L−1} ⋯ W_1, so the forward pass,
@@ -57,7 +59,7 @@ def _outer_sum(D: Tensor, h: Tensor) -> Tensor:
 class _Pass:
     """Intermediates of one forward/backward pass, reused by the HVP."""
 
-    ws: list[Tensor]  # scaled weights c_l W_l (the fixed last layer included)
+    ws: list[Tensor]  # c_l W_l (the fixed last layer included); ws[0] unscaled (see _scale)
     hs: list[Tensor]  # layer inputs h_0 = X, …, h_{L-1}
     zs: list[Tensor]  # pre-activations of the hidden layers
     f: Tensor  # (R, n)
@@ -99,16 +101,34 @@ def _backward(pas: _Pass, y: Tensor, spec: ModelSpec, loss_kind: LossName) -> _B
     return _Backward(delta, backs, dzs, d1s)
 
 
-def _forward(params: Params, X: Tensor, spec: ModelSpec, a: Tensor | None) -> _Pass:
+def _scale(ts: Params, spec: ModelSpec) -> list[Tensor]:
+    """c_l T_l for the layers whose scale is folded into the weights (all but the
+    first hidden layer, whose c₁ multiplies z₁ instead); no copy where c_l = 1."""
     c = spec.multipliers()
-    ws = [p * c[i] for i, p in enumerate(params)]
+    return [t if c[i] == 1 or (i == 0 and spec.depth > 1) else t * c[i] for i, t in enumerate(ts)]
+
+
+def _times(t: Tensor, c: float) -> Tensor:
+    """c·t without a copy when c = 1 (a full pass over a large gradient otherwise)."""
+    return t if c == 1 else t * c
+
+
+def _first_proj(X: Tensor, W: Tensor, spec: ModelSpec) -> Tensor:
+    """z₁ = c₁ X W₁ᵀ (or its tangent with W₁ → V₁)."""
+    z = _in_proj(X, W)
+    c0 = spec.multipliers()[0]
+    return z if c0 == 1 else z * c0
+
+
+def _forward(params: Params, X: Tensor, spec: ModelSpec, a: Tensor | None) -> _Pass:
+    ws = _scale(params, spec)
     if spec.last_layer == "fixed_sign":
         assert a is not None
         ws.append(a)
     hs, zs = [X], []
     h = X
     for layer in range(spec.depth - 1):
-        z = _in_proj(h, ws[layer])
+        z = _first_proj(h, ws[0], spec) if layer == 0 else _in_proj(h, ws[layer])
         zs.append(z)
         h = activate(z, spec)
         hs.append(h)
@@ -149,7 +169,7 @@ def _xt(X: Tensor, u: Tensor) -> Tensor:
 
 def _chain_forward(params: Params, X: Tensor, spec: ModelSpec, a: Tensor | None) -> _ChainPass:
     c = spec.multipliers()
-    ws = [p * c[i] for i, p in enumerate(params)]
+    ws = [_times(p, c[i]) for i, p in enumerate(params)]
     if spec.last_layer == "fixed_sign":
         assert a is not None
         ws.append(a.expand(params[0].shape[0], *a.shape))
@@ -245,7 +265,7 @@ def value_and_grad(
         return mean_loss(cp.f, y, loss_kind), cp.f, grads
     pas = _forward(params, X, spec, a)
     bwd = _backward(pas, y, spec, loss_kind)
-    grads = tuple(_outer_sum(D, h) * cl for D, h, cl in bwd.signals(pas, spec))
+    grads = tuple(_times(_outer_sum(D, h), cl) for D, h, cl in bwd.signals(pas, spec))
     return mean_loss(pas.f, y, loss_kind), pas.f, grads
 
 
@@ -287,8 +307,8 @@ def descend(
     s = torch.where(finite, scale, torch.zeros_like(scale))
     # On the CPU a host check is free and spares masking in the common case.
     all_ok = pas.f.device.type == "cpu" and bool(finite.all())
-    # The signals were formed from the scaled copies pas.ws, so updating the
-    # weights in place below cannot disturb them.
+    # Every signal is formed before the first in-place update below (pas.ws may
+    # alias the weights themselves where c = 1).
     for W, (D, h, cl) in zip(params, bwd.signals(pas, spec), strict=True):
         R, n, o = D.shape
         k = (s * cl).view(-1, 1, 1)
@@ -352,13 +372,13 @@ def hvp_operator(
     ell2 = (loss_hess(f, y, loss_kind) / f.shape[-1]).unsqueeze(-1)  # ℓ''(f)/n, (R, n, 1)
 
     def hvp(V: Params) -> Params:
-        vs = [v * c[i] for i, v in enumerate(V)]  # scaled directions
+        vs = _scale(V, spec)  # scaled directions (vs[0] unscaled, like ws[0])
         # tangent forward: R{z_l}, R{h_l}
         Rzs: list[Tensor] = []
         Rhs: list[Tensor | None] = [None]
         Rh: Tensor | None = None
         for layer in range(n_hidden):
-            Rz = _in_proj(hs[layer], vs[layer])
+            Rz = _first_proj(hs[0], vs[0], spec) if layer == 0 else _in_proj(hs[layer], vs[layer])
             if Rh is not None:
                 Rz = Rz + Rh @ _mT(ws[layer])
             Rzs.append(Rz)
@@ -377,7 +397,7 @@ def hvp_operator(
             g = _outer_sum(Rdelta, h)
             if Rh is not None and second_order:
                 g = g + _mT(delta) @ Rh
-            out.append(g * c[-1])
+            out.append(_times(g, c[-1]))
         Rback = Rdelta @ ws[-1]
         if trained_last and n_hidden and second_order:
             Rback = Rback + delta @ vs[-1]
@@ -390,7 +410,7 @@ def hvp_operator(
             Rh_in = Rhs[layer]
             if Rh_in is not None and second_order:
                 g = g + _mT(dzs[layer]) @ Rh_in
-            out.append(g * c[layer])
+            out.append(_times(g, c[layer]))
             if layer > 0:
                 Rback = Rdz @ ws[layer]
                 if second_order:

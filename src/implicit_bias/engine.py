@@ -185,12 +185,21 @@ class Trainer:
         return mv
 
     def init(self) -> Params:
-        per_run = [
-            init_params(
+        def one(r: RunSpec) -> Params:
+            return init_params(
                 self.spec, r.config.seed, r.config.model.init_scale, self.dtype, self.device
             )
-            for r in self.runs
-        ]
+
+        # torch's CPU normal sampler is serial and releases the GIL: draw the
+        # runs' weights on a few threads (Frei et al.-sized first layers are
+        # millions of float64 draws per run)
+        if len(self.runs) > 1 and self.spec.n_params >= 1 << 18:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(min(len(self.runs), torch.get_num_threads())) as pool:
+                per_run = list(pool.map(one, self.runs))
+        else:
+            per_run = [one(r) for r in self.runs]
         return tuple(_stack([p[i] for p in per_run]) for i in range(len(per_run[0])))
 
     def outputs(self, params: Params, X: Tensor, x_dim: int | None) -> Tensor:

@@ -195,7 +195,7 @@ def init_params(
     for fan_out, fan_in in spec.trained_shapes:
         w = torch.randn(fan_out, fan_in, generator=gen, dtype=torch.float64)
         std = init_scale / math.sqrt(fan_in) if spec.parametrization == "standard" else init_scale
-        out.append((w * std).to(dtype=dtype, device=device))
+        out.append(w.mul_(std).to(dtype=dtype, device=device))
     return tuple(out)
 
 

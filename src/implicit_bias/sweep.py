@@ -69,9 +69,17 @@ def estimate_run_bytes(cfg: ExperimentConfig, n: int, d: int, m: int) -> int:
     spec = ModelSpec.from_config(cfg.model, d)
     P = spec.n_params
     item = 4 if cfg.train.dtype == "float32" else 8
-    iters = cfg.metrics.sharpness.iters if cfg.metrics.sharpness else 20
+    mc = cfg.metrics
+    # P-sized Lanczos vectors kept at once by the curvature metrics that are on
+    sharp_iters = mc.sharpness.iters if mc.sharpness else 20
+    basis = max(
+        sharp_iters if (mc.sharpness or mc.gn_sharpness) else 0,
+        (mc.trace.iters if mc.trace.density else 2) if mc.trace else 0,
+    )
+    # weights, two eval/warm-start vectors, the kept init/final weights, temporaries
+    per_param = 6 + len(cfg.store.weights) + basis
     act = (n + m) * max(spec.width, 1) * spec.depth
-    per = item * (P * (10 + iters) + 8 * act + n * d) + 8 * 3 * (cfg.train.steps + 1)
+    per = item * (P * per_param + 8 * act + n * d) + 8 * 3 * (cfg.train.steps + 1)
     if cfg.metrics.kkt:
         per += item * n * P * 3
     return int(per)
