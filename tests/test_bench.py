@@ -165,3 +165,20 @@ def test_timed_reports_failure():
     assert wall > 0 and rss > 0
     with pytest.raises(RuntimeError, match="boom"):
         bench.timed([bench.sys.executable, "-c", "raise SystemExit('boom')"])
+
+
+def test_repeats_time_each_workload_n_times(monkeypatch):
+    calls = _fake(monkeypatch)
+    bench.main(as_json=True, _runs=2, _steps=5, _cb=(1, 2), _memory=(), repeats=4)
+    assert sum("run" in c for c in calls) == 4 + 4  # reference, compute-bound
+    assert sum("baseline" in " ".join(c) for c in calls) == 4
+    assert sum("validate" in c for c in calls) == 4 + 4  # start-up: best of max(3, repeats)
+
+
+def test_cli_rejects_zero_repeats():
+    from typer.testing import CliRunner
+
+    from implicit_bias.cli import app
+
+    res = CliRunner().invoke(app, ["bench", "--repeats", "0"])
+    assert res.exit_code == 2 and "--repeats" in res.output

@@ -164,13 +164,18 @@ def bench(
     device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
     quick: Annotated[bool, typer.Option(help="a smaller workload")] = False,
     json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    repeats: Annotated[
+        int, typer.Option(help="best of N timings of each workload (noisy machines)")
+    ] = 1,
 ) -> None:
     """Time the engine against a hand-written per-run baseline loop."""
+    if repeats < 1:
+        _fail(f"--repeats must be >= 1 (got {repeats})")
 
     def go():
         from .bench import main as bench_main
 
-        bench_main(device=device, quick=quick, as_json=json_)
+        bench_main(device=device, quick=quick, as_json=json_, repeats=repeats)
 
     _guard(go)
 
