@@ -84,22 +84,35 @@ class ModelSpec:
         return [1.0] * self.depth
 
 
+# Written with float arithmetic only (relu, clamp, sign): on the CPU, comparisons
+# and torch.where over bool masks run 4–20× slower than a float multiply of the
+# same size, and these functions are on every step's path.
+def _step(z: Tensor) -> Tensor:
+    """1 where z > 0, else 0 (also at z = 0, as autograd takes relu'), as floats."""
+    return torch.relu(z).sign_()
+
+
 def activate(z: Tensor, spec: ModelSpec) -> Tensor:
-    """φ(z) elementwise. The smoothed leaky ReLU is eq. (2) of Frei et al. 2023."""
+    """φ(z) elementwise.
+
+    The smoothed leaky ReLU is eq. (2) of Frei et al. 2023 (leak γ, smoothness H):
+    z − (1−γ)/(4H) for z ≥ 1/H, γz − (1−γ)/(4H) for z ≤ −1/H and
+    (1−γ)H z²/4 + (1+γ)z/2 between — written as q(clamp(z, ±1/H)) plus the two
+    linear tails, which is the same C¹ function.
+    """
     kind = spec.activation
     if kind == "linear":
         return z
     if kind == "relu":
         return torch.relu(z)
     if kind == "leaky_relu":
-        # where(z > 0, …) rather than maximum: its derivative at 0 is γ, as in activation_grad
-        return torch.where(z > 0, z, spec.leak * z)
+        # autograd's derivative at 0 is γ, as in activation_grad
+        return torch.nn.functional.leaky_relu(z, spec.leak)
     if kind == "smooth_leaky_relu":
         g, h = spec.leak, spec.smoothing
-        lin_hi = z - (1 - g) / (4 * h)
-        lin_lo = g * z - (1 - g) / (4 * h)
-        quad = (1 - g) * h * z * z / 4 + (1 + g) * z / 2
-        return torch.where(z >= 1 / h, lin_hi, torch.where(z <= -1 / h, lin_lo, quad))
+        u = z.clamp(-1 / h, 1 / h)
+        quad = u * ((1 - g) * h / 4 * u + (1 + g) / 2)
+        return quad + torch.relu(z - 1 / h) - g * torch.relu(-1 / h - z)
     raise ValueError(f"unknown activation {kind}")
 
 
@@ -110,16 +123,13 @@ def activation_grad(z: Tensor, spec: ModelSpec) -> Tensor | None:
     if kind == "linear":
         return None
     if kind == "relu":
-        return (z > 0).to(z.dtype)
+        return _step(z)
     if kind == "leaky_relu":
-        # (python scalars in torch.where would round γ to float32)
-        return torch.where(z > 0, torch.ones_like(z), torch.full_like(z, spec.leak))
+        return _step(z).mul_(1 - spec.leak).add_(spec.leak)
     if kind == "smooth_leaky_relu":
+        # q'(clamp(z)): (1−γ)Hz/2 + (1+γ)/2 inside, exactly 1 and γ at and beyond ±1/H
         g, h = spec.leak, spec.smoothing
-        quad = (1 - g) * h * z / 2 + (1 + g) / 2
-        return torch.where(
-            z >= 1 / h, torch.ones_like(z), torch.where(z <= -1 / h, torch.full_like(z, g), quad)
-        )
+        return z.clamp(-1 / h, 1 / h).mul_((1 - g) * h / 2).add_((1 + g) / 2)
     raise ValueError(f"unknown activation {kind}")
 
 
@@ -128,8 +138,8 @@ def activation_grad2(z: Tensor, spec: ModelSpec) -> Tensor | None:
     if spec.activation != "smooth_leaky_relu":
         return None
     g, h = spec.leak, spec.smoothing
-    inside = (z < 1 / h) & (z > -1 / h)
-    return torch.where(inside, torch.full_like(z, (1 - g) * h / 2), torch.zeros_like(z))
+    # (1−γ)H/2 on the open interval |z| < 1/H, 0 outside
+    return _step(1 / h - z.abs()).mul_((1 - g) * h / 2)
 
 
 def fixed_last_layer(
