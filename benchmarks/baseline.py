@@ -1,7 +1,8 @@
 """The hand-written per-run baseline of issue 5: what people write without a sweep engine.
 
 One run at a time: a ``torch.nn.Sequential`` of bias-free ``torch.nn.Linear``
-layers initialised N(0, 1/fan_in) (the ``standard`` parametrization), logistic
+layers (with ``torch.nn.ReLU`` between them for ``activation: relu``)
+initialised N(0, 1/fan_in) (the ``standard`` parametrization), logistic
 loss, ``torch.optim.SGD`` on the full batch, and the sharpness every
 ``metrics.every`` steps by power iteration on double-backward Hessian-vector
 products. Deliberately not optimised.
@@ -28,8 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def make_model(d: int, depth: int, width: int, seed: int, init=None) -> nn.Sequential:
-    """Bias-free MLP with linear activations, N(0, 1/fan_in) weights (or copies of ``init``)."""
+def make_model(
+    d: int, depth: int, width: int, seed: int, init=None, activation: str = "linear"
+) -> nn.Sequential:
+    """Bias-free MLP (linear or ReLU), N(0, 1/fan_in) weights (or copies of ``init``)."""
     torch.manual_seed(seed)
     dims = [d] + [width] * (depth - 1) + [1]
     layers = [nn.Linear(dims[i], dims[i + 1], bias=False) for i in range(depth)]
@@ -39,7 +42,12 @@ def make_model(d: int, depth: int, width: int, seed: int, init=None) -> nn.Seque
                 nn.init.normal_(layer.weight, std=1 / math.sqrt(layer.in_features))
             else:
                 layer.weight.copy_(init[i])
-    return nn.Sequential(*layers)
+    if activation == "linear":
+        return nn.Sequential(*layers)
+    mods: list[nn.Module] = []
+    for layer in layers[:-1]:
+        mods += [layer, nn.ReLU()]
+    return nn.Sequential(*mods, layers[-1])
 
 
 def sharpness(model: nn.Module, X, y, iters: int, seed: int) -> float:
@@ -61,9 +69,21 @@ def sharpness(model: nn.Module, X, y, iters: int, seed: int) -> float:
     return eig
 
 
-def train_run(X, y, lr, seed, depth=3, width=64, steps=1000, every=50, iters=20, init=None):
+def train_run(
+    X,
+    y,
+    lr,
+    seed,
+    depth=3,
+    width=64,
+    steps=1000,
+    every=50,
+    iters=20,
+    init=None,
+    activation="linear",
+):
     """Train one run; return its loss at every step and its sharpness at the eval steps."""
-    model = make_model(X.shape[1], depth, width, seed, init).to(X)
+    model = make_model(X.shape[1], depth, width, seed, init, activation).to(X)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     losses, sharps = [], []
     for t in range(steps + 1):
@@ -100,7 +120,8 @@ def main(argv=None) -> None:
     with open(args.config) as f:
         cfg = yaml.safe_load(f)
     model, train, metrics = cfg["model"], cfg["train"], cfg["metrics"]
-    assert model.get("activation", "linear") == "linear", "the baseline is a deep linear net"
+    activation = model.get("activation", "linear")
+    assert activation in ("linear", "relu"), "the baseline is a linear or ReLU net"
     assert model.get("parametrization") == "standard", "the baseline is N(0, 1/fan_in)"
     assert train.get("loss", "logistic") == "logistic", "the baseline uses the logistic loss"
     sweep = cfg.get("sweep", {})
@@ -116,7 +137,16 @@ def main(argv=None) -> None:
         sweep.get("train.lr", [train.get("lr")]), sweep.get("seed", [0])
     ):
         losses, _ = train_run(
-            X, y, lr, seed, model["depth"], model["width"], train["steps"], metrics["every"], iters
+            X,
+            y,
+            lr,
+            seed,
+            model["depth"],
+            model["width"],
+            train["steps"],
+            metrics["every"],
+            iters,
+            activation=activation,
         )
         runs += 1
     print(

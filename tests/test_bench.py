@@ -37,8 +37,10 @@ def test_reference_yaml_matches_code():
     assert len(load_config(raw).sweep["train.lr"]) * len(raw["sweep"]["seed"]) == 64
 
 
-def test_baseline_losses_equal_engine_float64():
+@pytest.mark.parametrize("activation", ["linear", "relu"])
+def test_baseline_losses_equal_engine_float64(activation):
     cfg = bench.reference_config(runs=1, steps=20)
+    cfg["model"]["activation"] = activation
     cfg["train"]["dtype"] = "float64"
     cfg["sweep"]["train.lr"] = [2.0]
     cfg["sweep"]["seed"] = [3]
@@ -49,10 +51,12 @@ def test_baseline_losses_equal_engine_float64():
     data = plan.runs[0].data
     X = torch.tensor(data.X_train, dtype=torch.float64)
     y = torch.tensor(data.y_train, dtype=torch.float64)
-    spec = ModelSpec(d=16, depth=3, width=64, parametrization="standard")
+    spec = ModelSpec(d=16, depth=3, width=64, parametrization="standard", activation=activation)
     init = init_params(spec, 3, 1.0, torch.float64)
     train_run = _baseline_module().train_run
-    losses, sharps = train_run(X, y, 2.0, 3, 3, 64, steps=20, every=10, iters=0, init=init)
+    losses, sharps = train_run(
+        X, y, 2.0, 3, 3, 64, steps=20, every=10, iters=0, init=init, activation=activation
+    )
     assert sharps == []
     np.testing.assert_allclose(losses, res.per_iteration["loss"][0], rtol=0, atol=1e-8)
 
@@ -116,8 +120,10 @@ def test_json_structure(monkeypatch, capsys):
     assert out["goals"] == {"speedup_10x": False, "compute_bound_50pct_peak": False}
     assert {"cpu", "torch_threads"} <= set(out["machine"])
     assert out["quick"] is True
+    relu = out["reference_relu"]
+    assert relu["activation"] == "relu" and relu["speedup"] == 1.0
     baseline = [c for c in calls if "baseline" in " ".join(c)]
-    assert len(baseline) == 1 and baseline[0][-2:] == ["--device", "cpu"]
+    assert len(baseline) == 2 and all(c[-2:] == ["--device", "cpu"] for c in baseline)
 
 
 def test_table_output(monkeypatch, capsys):
@@ -170,9 +176,9 @@ def test_timed_reports_failure():
 def test_repeats_time_each_workload_n_times(monkeypatch):
     calls = _fake(monkeypatch)
     bench.main(as_json=True, _runs=2, _steps=5, _cb=(1, 2), _memory=(), repeats=4)
-    assert sum("run" in c for c in calls) == 4 + 4  # reference, compute-bound
-    assert sum("baseline" in " ".join(c) for c in calls) == 4
-    assert sum("validate" in c for c in calls) == 4 + 4  # start-up: best of max(3, repeats)
+    assert sum("run" in c for c in calls) == 3 * 4  # reference, its ReLU twin, compute-bound
+    assert sum("baseline" in " ".join(c) for c in calls) == 2 * 4
+    assert sum("validate" in c for c in calls) == 3 * 4  # start-up: best of max(3, repeats)
 
 
 def test_cli_rejects_zero_repeats():
