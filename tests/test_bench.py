@@ -100,6 +100,7 @@ def _fake(monkeypatch):
         return (1.0 if "validate" in cmd or "import torch" in cmd else 3.0), 100.0
 
     monkeypatch.setattr(bench, "timed", timed)
+    monkeypatch.setattr(bench, "engine_seconds", lambda out: 1.5)
     monkeypatch.setattr(bench, "matmul_peak", lambda device="cpu", **kw: 50.0)
     return calls
 
@@ -115,7 +116,9 @@ def test_json_structure(monkeypatch, capsys):
     assert ref["speedup"] == 1.0
     assert ref["ours_gflops"] == pytest.approx(ref["gflop"] / 2.0)
     assert ref["ours_pct_peak"] == pytest.approx(100 * ref["ours_gflops"] / 50.0)
-    assert out["compute_bound"]["runs"] == 1 and out["compute_bound"]["pct_peak"] > 0
+    cb = out["compute_bound"]
+    assert cb["runs"] == 1 and cb["pct_peak"] > 0 and cb["ours"]["engine_s"] == 1.5
+    assert cb["engine_pct_peak"] == pytest.approx(100 * cb["gflop"] / 1.5 / 50.0)
     assert [(m["runs"], m["chunk_runs"]) for m in out["memory"]] == [(2, 2), (4, 2), (4, 4)]
     assert out["goals"] == {"speedup_10x": False, "compute_bound_50pct_peak": False}
     assert {"cpu", "torch_threads"} <= set(out["machine"])
@@ -188,3 +191,22 @@ def test_cli_rejects_zero_repeats():
 
     res = CliRunner().invoke(app, ["bench", "--repeats", "0"])
     assert res.exit_code == 2 and "--repeats" in res.output
+
+
+def test_run_records_its_training_time(tmp_path):
+    """Each chunk carries ``train_seconds``; bench sums them (the engine's share of `run`)."""
+    cfg = bench.reference_config(runs=2, steps=5)
+    cfg["store"] = {"chunk_runs": 1}
+    ib.run(cfg, out=tmp_path / "r")
+    secs = bench.engine_seconds(tmp_path / "r")
+    assert 0 < secs < 60
+    tree = ib.open_results(tmp_path / "r")
+    assert tree.attrs["n_chunks"] == 2
+    import h5py
+
+    parts = []
+    for f in sorted((tmp_path / "r/chunks").glob("*.nc")):
+        with h5py.File(f, "r") as h:
+            parts.append(float(np.ravel(h.attrs["train_seconds"])[0]))
+    assert len(parts) == 2 and all(p > 0 for p in parts)
+    assert secs == pytest.approx(sum(parts))

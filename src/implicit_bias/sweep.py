@@ -131,9 +131,19 @@ def make_plan(cfg: ExperimentConfig, base_dir: Path | None = None) -> Plan:
 def train_chunk(
     runs: list[RunSpec], chunk: ChunkPlan, group: dict[str, Any], out: Path, progress=None
 ) -> Path:
-    """Train one chunk's runs and write the chunk atomically (locally or on a Dask worker)."""
+    """Train one chunk's runs and write the chunk atomically (locally or on a Dask worker).
+
+    The chunk's ``train_seconds`` attribute is the wall time of the training
+    itself (init, steps, eval metrics, final metrics; not imports or I/O).
+    """
+    import time
+
+    t0 = time.perf_counter()
     res = Trainer(runs, progress=progress).train()
-    return write_chunk(out, chunk, chunk_to_dataset(res, chunk, group))
+    seconds = time.perf_counter() - t0
+    ds = chunk_to_dataset(res, chunk, group)
+    ds.attrs["train_seconds"] = seconds
+    return write_chunk(out, chunk, ds)
 
 
 def execute_chunk(plan: Plan, chunk: ChunkPlan, out: Path, progress=None) -> Path:
