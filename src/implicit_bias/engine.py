@@ -350,7 +350,6 @@ class Trainer:
             loss=loss, diverged=diverged, per_step=res.per_step, runs=self.runs
         )
         res.per_run["divergence_step"] = np_(div_step)
-        res.per_run.update(metrics.geometry_per_run(self.runs))
         res.per_run["sharpness_init"] = np_(sharp0).astype(np.float64)
         res.per_run["lr"] = np_(lr_abs).astype(np.float64)
         for name, val in final_vals.items():

@@ -136,7 +136,11 @@ def chunk_to_dataset(res: ChunkResult, plan: ChunkPlan, group_attrs: dict[str, A
         elif name.startswith("density_"):
             extra = ("density_node",)
         data_vars[name] = (("run", "step", *extra), arr)
-    for name, arr in res.per_run.items():
+    from .metrics import data_geometry, geometry_per_run
+
+    # data geometry belongs to the data, not the training: computed here (once per
+    # data set, cached) rather than inside the trainer
+    for name, arr in {**res.per_run, **geometry_per_run(runs)}.items():
         if name == "lr":
             continue
         extra = tuple(f"{name}_dim{i}" for i in range(arr.ndim - 1))
@@ -174,8 +178,6 @@ def chunk_to_dataset(res: ChunkResult, plan: ChunkPlan, group_attrs: dict[str, A
         "n_runs": R,
     }
     if shared:  # data geometry (SPEC §3) as attributes; per run as data_* variables too
-        from .metrics import data_geometry
-
         for key, val in data_geometry(runs[0].data)[1].items():
             ds.attrs[f"data_{key}"] = int(val) if isinstance(val, bool | np.bool_) else float(val)
     return ds
