@@ -252,3 +252,12 @@ def test_automatic_chunk_size_follows_the_memory_each_run_needs(monkeypatch):
     # set by hand, it is what it says
     fixed = sweep.make_plan(load_config({**wide, "store": {"chunk_runs": 3, "weights": []}}))
     assert [len(c.runs) for c in fixed.chunks] == [3, 3, 2]
+
+
+def test_cli_run_without_out_names_the_default_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p = _write(tmp_path, SMALL)
+    r = _cli_inproc("run", str(p), "--set", "train.steps=5", "-q")
+    assert r.returncode == 0, r.stderr
+    folder = Path("results") / SMALL["name"]
+    assert f"results: {folder}" in r.stdout and (tmp_path / folder / "chunks").is_dir()

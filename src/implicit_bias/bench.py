@@ -134,7 +134,7 @@ def workload_flops(cfg: dict[str, Any]) -> float:
     return float(runs * ((steps + 1) * fwd + steps * bwd + n_eval * iters * 2 * (fwd + bwd)))
 
 
-def matmul_peak(device: str = "cpu", size: int = 2048, reps: int = 10) -> float:
+def matmul_peak(device: str = "cpu", size: int = 2048, reps: int = 30) -> float:
     """Measured fp32 matmul rate in GFLOP/s: best of ``reps`` ``torch.mm`` of size²."""
     import torch
 

@@ -208,7 +208,7 @@ def open_results(path: str | Path) -> xr.DataTree:
 
     One child node per group of runs that share shapes (``group_000``, …), each
     a Dataset with dim ``run`` concatenated over the group's finished chunks.
-    The root carries the resolved config (``attrs['config']``).
+    The root carries the resolved config (``attrs['config']``) and the folder (``attrs['path']``).
 
     Raises:
         UserInputError: the folder is missing or holds no results.
@@ -225,7 +225,13 @@ def open_results(path: str | Path) -> xr.DataTree:
     children: dict[str, xr.Dataset] = {}
     for g, parts in sorted(groups.items()):
         children[f"group_{g:03d}"] = _concat_chunks(parts)
-    root = xr.Dataset(attrs={"config": (out / CONFIG_FILE).read_text(), "n_chunks": len(files)})
+    root = xr.Dataset(
+        attrs={
+            "config": (out / CONFIG_FILE).read_text(),
+            "n_chunks": len(files),
+            "path": str(out),
+        }
+    )
     tree = xr.DataTree.from_dict({"/": root, **{f"/{k}": v for k, v in children.items()}})
     return tree
 
