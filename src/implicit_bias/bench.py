@@ -414,7 +414,7 @@ def print_table(res: dict[str, Any]) -> None:
     from rich.table import Table
 
     m, ref = res["machine"], res["reference"]
-    con = Console()
+    con = Console() if sys.stdout.isatty() else Console(width=110)  # no wrapping in logs
     con.print(
         f"[bold]implicit-bias bench[/] on {m['device']}: {m.get('gpu') or m['cpu']}, "
         f"{m['torch_threads']} threads, torch {m['torch']}; "
@@ -450,7 +450,7 @@ def print_table(res: dict[str, Any]) -> None:
             f"{cb['pct_peak']:.0f}%",
         )
         t.add_row(
-            "  its training only",
+            "  its training (engine)",
             "",
             f"{cb['ours']['engine_s']:.2f}",
             "",
