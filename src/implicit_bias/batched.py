@@ -83,9 +83,13 @@ class _Backward:
         return out
 
 
+def _dloss_df(f: Tensor, y: Tensor, loss_kind: LossName) -> Tensor:
+    """∂(mean loss)/∂f = ℓ'(f)/n, ``(R, n)``."""
+    return loss_grad(f, y, loss_kind) / f.shape[-1]
+
+
 def _backward(pas: _Pass, y: Tensor, spec: ModelSpec, loss_kind: LossName) -> _Backward:
-    f = pas.f
-    delta = (loss_grad(f, y, loss_kind) / f.shape[-1]).unsqueeze(-1)  # (R, n, 1)
+    delta = _dloss_df(pas.f, y, loss_kind).unsqueeze(-1)  # (R, n, 1)
     n_hidden = spec.depth - 1
     d1s = [activation_grad(z, spec) for z in pas.zs]
     backs: list[Tensor] = [delta] * n_hidden
@@ -189,14 +193,10 @@ def _chain_lower(pas: _ChainPass, g: Tensor) -> list[Tensor]:
     return bs
 
 
-def _n_trained(spec: ModelSpec) -> int:
-    return spec.depth - (spec.last_layer == "fixed_sign")
-
-
 def _chain_grads(pas: _ChainPass, delta: Tensor, spec: ModelSpec) -> list[tuple[Tensor, Tensor]]:
     """(column, row) per trained layer with ∇W_k = c_k · column @ row, from ∂loss/∂f ``(R, n)``."""
     bs = _chain_lower(pas, _xt(pas.X, delta))
-    return [(_mT(pas.tops[k]), bs[k].unsqueeze(1)) for k in range(_n_trained(spec))]
+    return [(_mT(pas.tops[k]), bs[k].unsqueeze(1)) for k in range(len(spec.trained_shapes))]
 
 
 def _chain_hvp(
@@ -205,10 +205,10 @@ def _chain_hvp(
     """R-operator of the chain: R{tops}, R{v}, R{f}, R{δ}, then R{b_k} upwards."""
     c = spec.multipliers()
     ws, tops, X, f = pas.ws, pas.tops, pas.X, pas.f
-    L, nt = len(ws), _n_trained(spec)
+    L, nt = len(ws), len(spec.trained_shapes)
     n = f.shape[-1]
     ell2 = loss_hess(f, y, loss_kind) / n
-    bs = _chain_lower(pas, _xt(X, loss_grad(f, y, loss_kind) / n)) if second_order else []
+    bs = _chain_lower(pas, _xt(X, _dloss_df(f, y, loss_kind))) if second_order else []
 
     def hvp(V: Params) -> Params:
         vs = [V[k] * c[k] for k in range(nt)]
@@ -232,7 +232,7 @@ def _chain_hvp(
             if second_order and Rk is not None:
                 g = g + _mT(Rk) @ bs[k].unsqueeze(1)
             out.append(g * c[k])
-            if k + 1 < L:
+            if k + 1 < nt:
                 Rb = (ws[k] @ Rb.unsqueeze(-1)).squeeze(-1)
                 if second_order:
                     Rb = Rb + (vs[k] @ bs[k].unsqueeze(-1)).squeeze(-1)
@@ -256,7 +256,7 @@ def value_and_grad(
     """
     if _use_chain(spec):
         cp = _chain_forward(params, X, spec, a)
-        delta = loss_grad(cp.f, y, loss_kind) / cp.f.shape[-1]
+        delta = _dloss_df(cp.f, y, loss_kind)
         c = spec.multipliers()
         grads = tuple(
             col @ row * c[k] for k, (col, row) in enumerate(_chain_grads(cp, delta, spec))
@@ -302,10 +302,7 @@ def descend(
     if isinstance(pas, _ChainPass):
         return _chain_descend(pas, params, y, spec, loss_kind, scale)
     bwd = _backward(pas, y, spec, loss_kind)
-    finite = torch.isfinite(bwd.delta).all(dim=(1, 2)) & torch.isfinite(scale)
-    s = torch.where(finite, scale, torch.zeros_like(scale))
-    # On the CPU a host check is free and spares masking in the common case.
-    all_ok = pas.f.device.type == "cpu" and bool(finite.all())
+    finite, s, all_ok = _guard(bwd.delta.flatten(1), scale)
     # Every signal is formed before the first in-place update below (pas.ws may
     # alias the weights themselves where c = 1).
     for W, (D, h, cl) in zip(params, bwd.signals(pas, spec), strict=True):
@@ -322,14 +319,23 @@ def descend(
     return finite
 
 
+def _guard(delta: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, bool]:
+    """Which runs may step: ``finite (R,)`` (∂loss/∂f ``(R, n)`` and the rate are
+    finite), the rate zeroed elsewhere, and ``all_ok`` — every run finite, known
+    without masking. On the CPU that host check is free and spares masking in
+    the common case; elsewhere ``all_ok`` is False (no sync in the step loop)."""
+    finite = torch.isfinite(delta).all(dim=1) & torch.isfinite(scale)
+    s = torch.where(finite, scale, torch.zeros_like(scale))
+    return finite, s, delta.device.type == "cpu" and bool(finite.all())
+
+
 def _chain_descend(
     pas: _ChainPass, params: Params, y: Tensor, spec: ModelSpec, loss_kind: LossName, scale: Tensor
 ) -> Tensor:
     """:func:`descend` for linear nets: each update is a rank-one ``baddbmm_``."""
-    delta = loss_grad(pas.f, y, loss_kind) / pas.f.shape[-1]
-    finite = torch.isfinite(delta).all(dim=1) & torch.isfinite(scale)
-    s = torch.where(finite, scale, torch.zeros_like(scale))
-    if not (pas.f.device.type == "cpu" and bool(finite.all())):
+    delta = _dloss_df(pas.f, y, loss_kind)
+    finite, s, all_ok = _guard(delta, scale)
+    if not all_ok:
         delta = torch.where(finite[:, None], delta, torch.zeros_like(delta))
     c = spec.multipliers()
     for k, (W, (col, row)) in enumerate(zip(params, _chain_grads(pas, delta, spec), strict=True)):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,8 +137,6 @@ def train_chunk(
     The chunk's ``train_seconds`` attribute is the wall time of the training
     itself (init, steps, eval metrics, final metrics; not imports or I/O).
     """
-    import time
-
     t0 = time.perf_counter()
     res = Trainer(runs, progress=progress).train()
     seconds = time.perf_counter() - t0
