@@ -312,7 +312,9 @@ def test_per_sample_gradients_vs_jacrev(spec, per_run):
 
 def _kkt_reference(params, X, y, spec, a, tie_break=True):
     """Dense per-run reference: full jacobian, NNLS on the P × n system directly,
-    with the documented tie-break rows ε·|s_i|/(1+|s_i|)·‖G_i‖ appended."""
+    with the documented tie-break rows ε·|s_i|/(1+|s_i|)·‖G_i‖ appended; on the
+    homogenization of the net (leaky ReLU for the smoothed one)."""
+    spec = spec.homogenized
     out = {"kkt_stationarity": [], "kkt_slackness": []}
     for r in range(R):
         Xr, yr = X[r] if X.ndim == 3 else X, y[r]
@@ -386,11 +388,13 @@ def test_kkt_zero_for_balanced_aligned_deep_linear(depth, param):
 )
 def test_kkt_random_nets_vs_dense_reference(spec, per_run):
     params, a = _params(spec), models.fixed_last_layer(spec, DT, "cpu")
-    # labels from each run's own net (y is (R, n) even for shared X): positive margin
+    # labels from each run's own (homogenized) net (y is (R, n) even for shared X):
+    # positive margin
+    hom = spec.homogenized
     for seed in range(20):  # a data seed where no output is exactly 0 (dead ReLUs)
         X, _ = _data(n=8, per_run=per_run, seed=seed)
         f = torch.stack(
-            [models.forward(_run(params, r), X[r] if per_run else X, spec, a) for r in range(R)]
+            [models.forward(_run(params, r), X[r] if per_run else X, hom, a) for r in range(R)]
         )
         if (f != 0).all():
             break
@@ -411,6 +415,29 @@ def test_kkt_random_nets_vs_dense_reference(spec, per_run):
     chunked = D.kkt_residuals(params, X, y, spec, a, max_elements=1)  # one run per chunk
     for k in out:
         torch.testing.assert_close(chunked[k], out[k], rtol=1e-5, atol=0)
+
+
+def test_kkt_of_smoothed_net_is_that_of_its_homogenization():
+    """φ_H(cz)/c → leaky ReLU: the smoothed net's KKT residuals are the leaky-ReLU
+    net's (Cai et al. 2025), and differ from the smoothed net's own at margin 1."""
+    spec = SPECS[3]
+    hom = spec.homogenized
+    assert (
+        hom.activation == "leaky_relu"
+        and hom.leak == spec.leak
+        and SPECS[2].homogenized is SPECS[2]
+    )
+    params, a = _params(spec), models.fixed_last_layer(spec, DT, "cpu")
+    X, _ = _data(n=8)
+    y = torch.sign(torch.stack([models.forward(_run(params, r), X, hom, a) for r in range(R)]))
+    # the homogenization is the large-scale limit of the smoothed net
+    big = tuple(p * 1e6 for p in params)
+    f_s = torch.stack([models.forward(_run(big, r), X, spec, a) for r in range(R)])
+    f_h = torch.stack([models.forward(_run(big, r), X, hom, a) for r in range(R)])
+    torch.testing.assert_close(f_s / 1e6, f_h / 1e6, rtol=1e-5, atol=1e-5)
+    out, ref = D.kkt_residuals(params, X, y, spec, a), D.kkt_residuals(params, X, y, hom, a)
+    for k in out:
+        torch.testing.assert_close(out[k], ref[k], rtol=0, atol=0)
 
 
 def test_kkt_nan_for_negative_margin_and_nonfinite():

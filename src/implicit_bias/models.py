@@ -16,7 +16,7 @@ trained: f(x) = aᵀ φ(c W_{L-1} ⋯).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -76,6 +76,20 @@ class ModelSpec:
     @property
     def is_homogeneous(self) -> bool:
         return self.activation != "smooth_leaky_relu"
+
+    @property
+    def homogenized(self) -> ModelSpec:
+        """The homogenization f̄(θ; x) = lim_{c→∞} f(cθ; x)/c^L of the net.
+
+        φ_H(cz)/c → leaky ReLU with the same leak γ as c → ∞ (the smoothing
+        only changes |z| < 1/H and adds bounded offsets), so the smoothed net's
+        homogenization is the leaky-ReLU net; homogeneous nets are their own.
+        Cai et al. 2025 (arXiv 2502.16075) show GD on such near-homogeneous
+        nets converges in direction to a KKT point of the margin problem of f̄.
+        """
+        if self.activation == "smooth_leaky_relu":
+            return replace(self, activation="leaky_relu")
+        return self
 
     def multipliers(self) -> list[float]:
         """Per-layer output multipliers c_l (1/√fan_in under ``ntk``)."""
