@@ -258,10 +258,11 @@ def svm_direction(X, y, sep_tol: float = 1e-10) -> SVMResult:
     e[-1] = 1.0
     u, _ = nnls(E, e, maxiter=50 * max(n, 10))
     slack = u.sum() - 1.0  # last entry of the residual E u − e
-    if not slack < 0:  # residual 0: infeasible, not separable
+    w = Zs.T @ u  # = −slack · w_svm: zero when the residual is (numerically) zero
+    norm = np.linalg.norm(w)
+    if not (slack < 0 and norm > 0):  # residual 0: infeasible, not separable
         return nan
-    w = -(Zs.T @ u) / slack
-    w /= np.linalg.norm(w)
+    w /= norm
     margin = float((Z @ w).min())
     if not margin > sep_tol * scale:
         return nan
