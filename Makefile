@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 TORCH_VERSION ?= 2.13.0
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test test-slow check lint typecheck bench clean
+.PHONY: setup demo catapult test test-slow check lint typecheck bench clean
 
 setup: $(STAMP)
 
@@ -19,7 +19,12 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q -e ".[dev]"
 	touch $(STAMP)
 
+# The quick reproduction of the papers: runs, reports, and the claims table.
 demo: setup
+	$(VENV)/bin/implicit-bias reproduce all --quick --out results/reproduce-quick
+
+# The catapult example sweep of SPEC §5 and its report (the README figures).
+catapult: setup
 	$(VENV)/bin/implicit-bias run configs/catapult-demo.yaml --out results/catapult-demo
 	$(VENV)/bin/implicit-bias report results/catapult-demo
 

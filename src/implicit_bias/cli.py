@@ -7,6 +7,7 @@ line on stderr and exit code 2.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -138,23 +139,38 @@ def report(results: Annotated[Path, typer.Argument(help="results folder")]) -> N
 @app.command()
 def reproduce(
     paper: Annotated[str, typer.Argument(help="liu2023 | frei2023 | lewkowycz2020 | all")],
-    quick: Annotated[bool, typer.Option(help="small, fast version")] = False,
-    out: Annotated[Path | None, typer.Option(help="results folder")] = None,
+    quick: Annotated[
+        bool, typer.Option(help="small, fast version (about a minute a paper)")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="results folder (default results/reproduce[-quick])"),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="replace experiment folders made with another config")
+    ] = False,
 ) -> None:
     """Reproduce a paper's claims: runs, figures and a claims table."""
 
     def go():
+        from .reproduce import claims_text, default_out, papers_for
         from .reproduce import reproduce as _reproduce
 
-        try:
-            _reproduce(paper, quick=quick, out=out)
-        except NotImplementedError:
-            typer.echo(
-                f"reproduce {paper}: not yet available; run the example configs in configs/ "
-                "(e.g. implicit-bias run configs/catapult-demo.yaml)",
-                err=True,
-            )
-            raise typer.Exit(1) from None
+        papers_for(paper)  # an unknown paper fails before any work
+        folder = out if out is not None else default_out(quick)
+        claims, files = _reproduce(
+            paper,
+            quick=quick,
+            out=folder,
+            progress=sys.stderr.isatty(),
+            overwrite=overwrite,
+            echo=lambda m: typer.echo(m, err=True),
+        )
+        typer.echo(claims_text(claims))
+        typer.echo(f"claims table: {folder / 'claims.md'} (and .csv, .json)")
+        reports = sorted({str(p.parent) for p in files if p.suffix == ".png"})
+        for r in reports:
+            typer.echo(f"figures: {r}")
 
     _guard(go)
 

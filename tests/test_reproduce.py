@@ -1,0 +1,140 @@
+"""`reproduce`: recipes run through the ordinary engine, claims judged on measured numbers.
+
+The default suite runs shrunken recipes (few steps, small nets) and checks the
+plumbing: folders, reports, claims files, resumption, bad input, and that a
+criterion that does not hold gives FAIL. The slow test runs the real quick
+reproduction and checks the claims the papers make.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+
+from implicit_bias import reproduce as rp
+
+
+def _shrink(cfg: dict) -> dict:
+    cfg = copy.deepcopy(cfg)
+    cfg["train"]["steps"] = 30
+    cfg["metrics"]["every"] = 10
+    cfg["model"]["width"] = min(cfg["model"]["width"], 64)
+    data = cfg["data"]
+    data["n_train"] = min(data.get("n_train") or 40, 40)
+    if data.get("d"):
+        data["d"] = min(data["d"], 200)
+    if "n_test" in data:
+        data["n_test"] = min(data["n_test"], 50)
+    sweep = cfg["sweep"]
+    if "train.lr" in sweep:
+        sweep["train.lr"] = sorted(sweep["train.lr"])[:: max(1, len(sweep["train.lr"]) // 3)]
+    sweep["seed"] = [0]
+    return cfg
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    for key, recipe in list(rp.RECIPES.items()):
+        exps = recipe.experiments
+        monkeypatch.setitem(
+            rp.RECIPES,
+            key,
+            rp.Recipe(
+                recipe.key,
+                recipe.title,
+                lambda quick, exps=exps: {k: _shrink(v) for k, v in exps(quick).items()},
+                recipe.claims,
+            ),
+        )
+
+
+def test_reproduce_all_writes_claims_reports_and_resumes(tiny, tmp_path):
+    out = tmp_path / "rep"
+    claims, files = rp.reproduce("all", quick=True, out=out)
+    assert {c.paper for c in claims} == set(rp.PAPERS)
+    assert all(c.status in rp.STATUSES for c in claims)
+    assert len({(c.paper, c.key) for c in claims}) == len(claims)
+    for c in claims:
+        assert (out / c.paper / c.experiment / "config.yaml").is_file()
+        assert c.claim and c.criterion and c.measured
+    rows = json.loads((out / "claims.json").read_text())
+    assert [r["key"] for r in rows] == [c.key for c in claims]
+    md = (out / "claims.md").read_text()
+    assert md.count("| PASS |") + md.count("| FAIL |") + md.count("| n/a |") == len(claims)
+    for paper in rp.PAPERS:
+        assert (out / paper / "claims.md").is_file()
+    assert (out / "claims.csv").read_text().count("\n") == len(claims) + 1
+    pngs = [f for f in files if f.suffix == ".png"]
+    assert pngs and all(f.is_file() for f in pngs)
+
+    # a second call finds every chunk done and recomputes the same table
+    chunks = sorted(out.glob("*/*/chunks/*"))
+    stamps = [f.stat().st_mtime_ns for f in chunks]
+    again, _ = rp.reproduce("all", quick=True, out=out, reports=False)
+    assert [f.stat().st_mtime_ns for f in sorted(out.glob("*/*/chunks/*"))] == stamps
+    assert again == claims
+
+
+def test_a_failing_criterion_is_fail(tiny, tmp_path):
+    out = tmp_path / "rep"
+    rp.run_recipe("frei2023", out, quick=True, reports=False)
+    ds = rp.open_experiment(out, "frei2023", "init_scale")
+    good = {c.key: c for c in rp.RECIPES["frei2023"].claims({"init_scale": ds})}
+    bad_ds = ds.copy(deep=True)
+    bad_ds["stable_rank_W1"][:] = 50.0  # no run is low rank any more
+    bad_ds["boundary_agreement"][:] = 0.5
+    bad = {c.key: c for c in rp.RECIPES["frei2023"].claims({"init_scale": bad_ds})}
+    assert bad["F1"].status == "FAIL" and bad["F2"].status == "FAIL"
+    assert bad["F5"].status == "FAIL"
+    assert "50" in bad["F1"].measured
+    assert good.keys() == bad.keys()
+
+
+def test_claims_text_counts():
+    c = [
+        rp.Claim("p", "A", "x", "y", "1", "PASS", "e"),
+        rp.Claim("p", "B", "x", "y", "nan", "n/a", "e"),
+    ]
+    text = rp.claims_text(c)
+    assert text.splitlines()[-1] == "1 of 2 claims PASS"
+    assert "n/a" in text
+
+
+def test_cli_unknown_paper_exit_2(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "implicit_bias", "reproduce", "nope", "--out", str(tmp_path / "x")],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2
+    assert res.stderr.strip().count("\n") == 0 and "nope" in res.stderr
+    assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_quick_reproduction_claims(tmp_path):
+    """The real quick recipes (≈ 2–3 min on 2 cores): every claim the quick settings
+    reproduce holds. L10 (annealing generalises better) is measured but not asserted:
+    on the quick setting it does not hold (see README)."""
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "implicit_bias",
+            "reproduce",
+            "all",
+            "--quick",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    rows = {r["key"]: r for r in json.loads((tmp_path / "claims.json").read_text())}
+    failing = {k: r["measured"] for k, r in rows.items() if r["status"] != "PASS" and k != "L10"}
+    assert not failing
