@@ -249,6 +249,12 @@ def test_automatic_chunk_size_follows_the_memory_each_run_needs(monkeypatch):
     # 20 Lanczos vectors more per run: one run per chunk
     sharp = sweep.make_plan(load_config({**wide, "metrics": {"sharpness": {"iters": 20}}}))
     assert [len(c.runs) for c in sharp.chunks] == [1] * 8
+    # KKT and NTK work from the layer-wise Gram (n², n·width), not an (n, P)
+    # Jacobian: they barely change the chunk
+    kkt = sweep.make_plan(
+        load_config({**wide, "metrics": {"sharpness": False, "kkt": True, "ntk": True}})
+    )
+    assert [len(c.runs) for c in kkt.chunks] == [4, 4]
     # set by hand, it is what it says
     fixed = sweep.make_plan(load_config({**wide, "store": {"chunk_runs": 3, "weights": []}}))
     assert [len(c.runs) for c in fixed.chunks] == [3, 3, 2]

@@ -191,24 +191,19 @@ def _liu_experiments(quick: bool) -> dict[str, dict[str, Any]]:
                 "seed": seeds,
             },
         },
-        # A linear net on non-separable data converges to the unique logistic
-        # minimiser whatever the rate, so the generalisation claim is tested on a
-        # ReLU net and real (bundled) data.
+        # The paper's model class and the non-separable data of L1–L4. Note: the
+        # logistic minimiser of a linear predictor on non-separable data is
+        # unique, so once both runs converge their test losses coincide.
         "annealing": {
             "name": "liu2023-annealing",
-            "data": {
-                "kind": "sklearn",
-                "name": "breast_cancer",
-                "n_train": 200,
-                "normalize": "standardize",
-            },
-            "model": {**model, "activation": "relu", "width": 512},
+            "data": {"kind": "overlap", "shift": 1.0, **data},
+            "model": model,
             "train": {**train, "schedule": {"kind": "step", "at": [steps // 2], "factor": 1.0}},
             "metrics": metrics,
             "sweep": {
                 "train.lr": [0.5, 2.3],
                 "train.schedule.factor": [1.0, round(0.5 / 2.3, 6)],
-                "seed": [0, 1, 2] if quick else [0, 1, 2, 3, 4, 5, 6, 7],
+                "seed": seeds,
             },
         },
     }
@@ -382,10 +377,10 @@ def _liu_claims(res: dict[str, Any]) -> list[Claim]:
     if ann.size and small.size:
         a_acc, s_acc = float(np.mean(acc[ann])), float(np.mean(acc[small]))
         a_l, s_l = float(np.mean(tl[ann])), float(np.mean(tl[small]))
-        ok_ann: bool | None = a_l <= s_l
+        ok_ann: bool | None = a_l < 0.99 * s_l
         meas = (
-            f"test loss {_g(a_l)} (annealed) vs {_g(s_l)} (small); "
-            f"test acc {_g(a_acc)} vs {_g(s_acc)}"
+            f"test loss {a_l:.5g} (annealed) vs {s_l:.5g} (small); "
+            f"test acc {a_acc:.4g} vs {s_acc:.4g}"
         )
     else:
         ok_ann, meas = None, "runs missing"
@@ -395,7 +390,8 @@ def _liu_claims(res: dict[str, Any]) -> list[Claim]:
             "L10",
             "Annealing (a large rate first, then a small one) generalises better than a "
             "small rate throughout.",
-            "rate 2.3 → 0.5 critical units at half time reaches a test loss ≤ constant 0.5's",
+            "rate 2.3 → 0.5 critical units at half time ends with a test loss at least 1 % "
+            "lower than a constant 0.5",
             meas,
             _status(ok_ann),
             r.name,
@@ -513,10 +509,11 @@ def _frei_claims(res: dict[str, Any]) -> list[Claim]:
             P,
             "F4",
             "Smaller initialisation, smaller stable rank.",
-            "the median final stable rank does not decrease as the init scale grows",
+            "the median final stable rank grows with the init scale: each ≥ 0.98× the one "
+            "below (it saturates at the random matrix's value)",
             "init scale: stable rank "
             + ", ".join(f"{s:g}: {_g(m)}" for s, m in zip(uniq, med, strict=True)),
-            _status(bool(np.all(np.diff(med) >= -1e-9))),
+            _status(bool(np.all(np.asarray(med[1:]) >= 0.98 * np.asarray(med[:-1])))),
             r.name,
         )
     )

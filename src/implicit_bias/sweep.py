@@ -81,8 +81,10 @@ def estimate_run_bytes(cfg: ExperimentConfig, n: int, d: int, m: int) -> int:
     per_param = 6 + len(cfg.store.weights) + basis
     act = (n + m) * max(spec.width, 1) * spec.depth
     per = item * (P * per_param + 8 * act + n * d) + 8 * 3 * (cfg.train.steps + 1)
-    if cfg.metrics.kkt:
-        per += item * n * P * 3
+    if cfg.metrics.kkt or cfg.metrics.ntk:
+        # the layer-wise Gram of per-sample gradients (batched.jacobian_gram):
+        # (n, n) blocks and (n, width) factors, never the (n, P) Jacobian
+        per += 8 * (4 * n * n + 3 * n * max(spec.width, 1) * spec.depth)
     return int(per)
 
 
