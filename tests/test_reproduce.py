@@ -115,6 +115,29 @@ def test_cli_unknown_paper_exit_2(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_cli_refuses_a_folder_of_another_config(tmp_path):
+    import implicit_bias as ib
+
+    other = {
+        "name": "other",
+        "data": {"kind": "separable", "n_train": 8, "n_test": 4, "d": 3},
+        "model": {"width": 4},
+        "train": {"steps": 2},
+        "metrics": {"sharpness": False},
+    }
+    ib.run(other, out=tmp_path / "frei2023" / "init_scale")
+    cmd = [sys.executable, "-m", "implicit_bias", "reproduce", "frei2023", "--quick"]
+    res = subprocess.run(
+        [*cmd, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2
+    assert "init_scale" in res.stderr and "--overwrite" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not (tmp_path / "claims.md").exists()
+
+
 @pytest.mark.slow
 def test_quick_reproduction_claims(tmp_path):
     """The real quick recipes (≈ 2–3 min on 2 cores): every claim the quick settings

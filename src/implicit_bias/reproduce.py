@@ -607,10 +607,7 @@ def _lewk_claims(res: dict[str, Any]) -> list[Claim]:
     r = _Runs(res["linear"], "linear")
     rates, ph = _rates(r), r.phases()
     eta = r.scalar("lr")
-    ntk0, ntk_end = (
-        r.at("ntk_max", 0),
-        r.scalar("final_ntk_max") if "final_ntk_max" in r.ds else r.at("ntk_max", int(r.steps[-1])),
-    )
+    ntk0, ntk_end = r.at("ntk_max", 0), r.scalar("final_ntk_max")
     lazy = rates < 1
     out.append(
         Claim(
@@ -618,7 +615,9 @@ def _lewk_claims(res: dict[str, Any]) -> list[Claim]:
             "W1",
             "Lazy phase η < 2/λ₀: the NTK barely moves.",
             "every run below 2/λ₀ is 'lazy' with |λ_end/λ₀ − 1| < 0.1 (λ = top NTK eigenvalue)",
-            f"phases {_phase_text(r)}; NTK λ_end/λ₀ {_gl(ntk_end[lazy] / ntk0[lazy])}",
+            f"phases {_phase_text(r)}; NTK λ_end/λ₀ {_gl(ntk_end[lazy] / ntk0[lazy])}; "
+            "rates are in units of 2/sharpness₀, and sharpness₀/λ₀ = "
+            f"{_g(float(np.median(r.scalar('sharpness_init') / ntk0)))}",
             _status(
                 bool(
                     (ph[lazy] == "lazy").all()
