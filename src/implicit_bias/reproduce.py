@@ -68,6 +68,16 @@ def _status(ok: bool | None) -> str:
 
 @dataclass(frozen=True)
 class Recipe:
+    """A paper's reproduction.
+
+    Attributes:
+        key: ``liu2023`` etc.
+        title: authors, year, arXiv id and topic.
+        experiments: ``quick -> {name: config mapping}``; every config's sweep
+            varies only per-run keys, so each experiment is one group of runs.
+        claims: ``{name: Dataset} -> [Claim]``, reading only stored results.
+    """
+
     key: str
     title: str
     experiments: Callable[[bool], dict[str, dict[str, Any]]]
@@ -91,13 +101,6 @@ class _Runs:
 
     def coord(self, key: str) -> np.ndarray:
         return np.asarray(self.ds[key].values)
-
-    def where(self, **sel: float) -> np.ndarray:
-        """Indices of the runs whose swept coordinates equal ``sel`` (dots as ``__``)."""
-        mask = np.ones(self.ds.sizes["run"], dtype=bool)
-        for k, v in sel.items():
-            mask &= np.isclose(self.coord(k.replace("__", ".")).astype(float), v)
-        return np.flatnonzero(mask)
 
     def scalar(self, var: str) -> np.ndarray:
         return np.asarray(self.ds[var].values, dtype=float)
