@@ -153,10 +153,9 @@ def reproduce(
     """Reproduce a paper's claims: runs, figures and a claims table."""
 
     def go():
-        from .reproduce import claims_text, default_out, papers_for
+        from .reproduce import claims_text, default_out
         from .reproduce import reproduce as _reproduce
 
-        papers_for(paper)  # an unknown paper fails before any work
         folder = out if out is not None else default_out(quick)
         claims, files = _reproduce(
             paper,

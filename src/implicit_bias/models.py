@@ -87,9 +87,7 @@ class ModelSpec:
         Cai et al. 2025 (arXiv 2502.16075) show GD on such near-homogeneous
         nets converges in direction to a KKT point of the margin problem of f̄.
         """
-        if self.activation == "smooth_leaky_relu":
-            return replace(self, activation="leaky_relu")
-        return self
+        return self if self.is_homogeneous else replace(self, activation="leaky_relu")
 
     def multipliers(self) -> list[float]:
         """Per-layer output multipliers c_l (1/√fan_in under ``ntk``)."""

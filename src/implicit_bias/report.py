@@ -404,8 +404,11 @@ def summary_markdown(
 
 
 # ------------------------------------------------------------------ report
-def write_report(path: str | Path) -> list[Path]:
+def write_report(path: str | Path, tree=None) -> list[Path]:
     """Figures and tables for a results folder, in ``<path>/report/``; returns the files written.
+
+    ``tree`` is the folder's results when the caller has them open already
+    (:func:`implicit_bias.run` returns them); otherwise they are read from ``path``.
 
     Raises:
         UserInputError: ``path`` is not a results folder.
@@ -419,7 +422,8 @@ def write_report(path: str | Path) -> list[Path]:
     from . import plots
     from .store import open_results
 
-    tree = open_results(path)
+    if tree is None:
+        tree = open_results(path)
     out = path / "report"
     out.mkdir(parents=True, exist_ok=True)
     views = group_views(tree)

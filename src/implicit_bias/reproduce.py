@@ -23,7 +23,6 @@ Papers:
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 from collections.abc import Callable, Iterable
@@ -134,6 +133,16 @@ def _phase_text(r: _Runs) -> str:
     return ", ".join(f"{lr:g}: {short(p)}" for lr, p in _phase_by_rate(r).items())
 
 
+def _limits(r: _Runs) -> tuple[float, float]:
+    """(largest rate with a converging run, smallest rate with a diverging run); NaN if none."""
+    rates, diverged = _rates(r), r.phases() == "diverged"
+    conv, div = rates[~diverged], rates[diverged]
+    return (
+        float(conv.max()) if conv.size else math.nan,
+        float(div.min()) if div.size else math.nan,
+    )
+
+
 def _sharpness_at_loss(r: _Runs, i: int, loss: float) -> float:
     """Run i's sharpness at the first eval step where its loss is ≤ ``loss``."""
     tr = r.ds["loss"].values[i]
@@ -147,6 +156,8 @@ def _sharpness_at_loss(r: _Runs, i: int, loss: float) -> float:
 LIU_RATES = [0.5, 0.8, 1.2, 1.6, 2.3, 3.0, 4.0, 6.0]
 LIU_DEGENERATE_P = 0.75  # fraction of points whose sign agrees with the label
 LIU_DEGENERATE_WIDTH = 4096
+#: predicted catapult onset there, in critical units: 1/(4p(1−p))
+LIU_ONSET = 1 / (4 * LIU_DEGENERATE_P * (1 - LIU_DEGENERATE_P))
 
 
 def _liu_experiments(quick: bool) -> dict[str, dict[str, Any]]:
@@ -156,7 +167,6 @@ def _liu_experiments(quick: bool) -> dict[str, dict[str, Any]]:
     train = {"loss": "logistic", "steps": steps, "lr_units": "critical", "dtype": "float64"}
     metrics = {"every": 20 if quick else 50, "sharpness": {"iters": 20}}
     data = {"n_train": 200, "n_test": 1000, "d": 50}
-    onset = 1 / (4 * LIU_DEGENERATE_P * (1 - LIU_DEGENERATE_P))
     # the recursion's η²g²f/m term makes divergence a finite-width effect: wide here
     wide = {**model, "width": LIU_DEGENERATE_WIDTH}
     return {
@@ -189,7 +199,7 @@ def _liu_experiments(quick: bool) -> dict[str, dict[str, Any]]:
             "metrics": metrics,
             "sweep": {
                 "train.lr": [
-                    round(onset * f, 4) for f in (0.4, 0.75, 0.9, 1.1, 1.5, 3.0, 8.0, 15.0)
+                    round(LIU_ONSET * f, 4) for f in (0.4, 0.75, 0.9, 1.1, 1.5, 3.0, 8.0, 15.0)
                 ],
                 "seed": seeds,
             },
@@ -275,16 +285,18 @@ def _liu_claims(res: dict[str, Any]) -> list[Claim]:
         )
     )
     div = sorted({float(x) for x in rates[ph == "diverged"]})
-    conv = sorted({float(x) for x in rates[ph != "diverged"]})
-    ok_div = bool(div) and min(div) <= 6 and min(div) > max(x for x in conv if x < min(div))
+    top_l4, first_l4 = _limits(r)
+    # a threshold: no run converges at or above the smallest diverging rate
+    ok_div = first_l4 <= 6 and not top_l4 >= first_l4
     out.append(
         Claim(
             P,
             "L4",
             "On non-degenerate overlapping data large rates diverge (≈ 4× critical).",
-            "the smallest diverging rate is ≤ 6 critical units, and no smaller rate diverges",
-            f"diverged at {div or 'none'}; smallest {_g(min(div)) if div else '-'}",
-            _status(ok_div if div else False),
+            "the smallest diverging rate is ≤ 6 critical units, and every run at or above "
+            "it diverges",
+            f"diverged at {div or 'none'}; smallest {_g(first_l4)}",
+            _status(ok_div),
             r.name,
         )
     )
@@ -318,8 +330,7 @@ def _liu_claims(res: dict[str, Any]) -> list[Claim]:
 
     # -- non-separable degenerate data: onset at 1/(4p(1-p)) critical units
     r = _Runs(res["nonseparable_degenerate"], "nonseparable_degenerate")
-    p = LIU_DEGENERATE_P
-    onset = 1 / (4 * p * (1 - p))
+    p, onset = LIU_DEGENERATE_P, LIU_ONSET
     rates, ph = _rates(r), r.phases()
     below, above = rates <= 0.9 * onset, (rates >= 1.1 * onset)
     ok_on = bool((ph[below] == "lazy").all() and (ph[above] != "lazy").all())
@@ -336,10 +347,8 @@ def _liu_claims(res: dict[str, Any]) -> list[Claim]:
             r.name,
         )
     )
-    conv = rates[ph != "diverged"]
-    top = float(conv.max()) if conv.size else math.nan
-    first_div = float(rates[ph == "diverged"].min()) if (ph == "diverged").any() else math.nan
-    ok8 = bool(div) and conv.size > 0 and top >= 2.5 * min(div)
+    top, first_div = _limits(r)
+    ok8 = top >= 2.5 * first_l4  # False when either is NaN
     out.append(
         Claim(
             P,
@@ -350,7 +359,7 @@ def _liu_claims(res: dict[str, Any]) -> list[Claim]:
             "smallest diverging rate of L4",
             f"largest converging {_g(top)} critical units (ηλ₀ ≈ {8 * top:.0f}, as "
             f"sharpness₀ ≈ λ₀/4); first diverging here {_g(first_div)} "
-            f"(ηλ₀ ≈ {8 * first_div:.0f}); L4's first diverging {_g(min(div)) if div else '-'}",
+            f"(ηλ₀ ≈ {8 * first_div:.0f}); L4's first diverging {_g(first_l4)}",
             _status(ok8),
             r.name,
         )
@@ -658,9 +667,7 @@ def _lewk_claims(res: dict[str, Any]) -> list[Claim]:
         )
     )
     r = _Runs(res["relu"], "relu")
-    rates, ph = _rates(r), r.phases()
-    conv = rates[ph != "diverged"]
-    top = float(conv.max()) if conv.size else math.nan
+    top = _limits(r)[0]
     out.append(
         Claim(
             P,
@@ -669,7 +676,7 @@ def _lewk_claims(res: dict[str, Any]) -> list[Claim]:
             "the largest converging rate is > 4/λ₀ (2 critical units)",
             f"phases {_phase_text(r)}; largest converging rate {_g(top)} critical units "
             f"(η = {_g(2 * top)}/λ₀)",
-            _status(top > 2 if conv.size else False),
+            _status(top > 2),  # False when nothing converged
             r.name,
         )
     )
@@ -751,7 +758,7 @@ def run_recipe(
         tree = run_sweep(cfg, folder, overwrite=overwrite, progress=progress)
         results[name] = _first_group(tree)
         if reports:
-            figures += [p for p in write_report(folder) if p.suffix == ".png"]
+            figures += [p for p in write_report(folder, tree) if p.suffix == ".png"]
     return recipe.claims(results), figures
 
 
@@ -788,17 +795,18 @@ def claims_text(claims: list[Claim], width: int = 100) -> str:
 
 
 def write_claims(claims: list[Claim], out: Path, title: str) -> list[Path]:
+    from .report import write_csv
+
     out.mkdir(parents=True, exist_ok=True)
     md = out / "claims.md"
     md.write_text(claims_markdown(claims, title))
     js = out / "claims.json"
     js.write_text(json.dumps([asdict(c) for c in claims], indent=1, ensure_ascii=False) + "\n")
-    cs = out / "claims.csv"
-    with cs.open("w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(list(Claim.__dataclass_fields__))
-        for c in claims:
-            w.writerow(list(asdict(c).values()))
+    cs = write_csv(
+        out / "claims.csv",
+        list(Claim.__dataclass_fields__),
+        [list(asdict(c).values()) for c in claims],
+    )
     return [md, js, cs]
 
 
