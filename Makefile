@@ -29,7 +29,7 @@ catapult: setup
 	$(VENV)/bin/implicit-bias report results/catapult-demo
 
 test: setup
-	$(PY) -m pytest -q -n $(PYTEST_WORKERS)
+	$(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup
 
 test-slow: setup
 	$(PY) -m pytest -q -n $(PYTEST_WORKERS) -m slow

@@ -9,6 +9,7 @@ reproduction and checks the claims the papers make.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import subprocess
 import sys
@@ -38,16 +39,16 @@ def _shrink(cfg: dict) -> dict:
 
 @pytest.fixture
 def tiny(monkeypatch):
-    for key, recipe in list(rp.RECIPES.items()):
-        exps = recipe.experiments
+    for key, paper in list(rp.PAPERS.items()):
+        exps = paper.experiments
         monkeypatch.setitem(
-            rp.RECIPES,
+            rp.PAPERS,
             key,
-            rp.Recipe(
-                recipe.key,
-                recipe.title,
-                lambda quick, exps=exps: {k: _shrink(v) for k, v in exps(quick).items()},
-                recipe.claims,
+            dataclasses.replace(
+                paper,
+                experiments=lambda quick, exps=exps: {
+                    k: _shrink(v) for k, v in exps(quick).items()
+                },
             ),
         )
 
@@ -63,6 +64,7 @@ def test_reproduce_all_writes_claims_reports_and_resumes(tiny, tmp_path):
         assert c.claim and c.criterion and c.measured
     rows = json.loads((out / "claims.json").read_text())
     assert [r["key"] for r in rows] == [c.key for c in claims]
+    assert all(r["source"] and r["setting"] for r in rows)
     md = (out / "claims.md").read_text()
     assert md.count("| PASS |") + md.count("| FAIL |") + md.count("| n/a |") == len(claims)
     for paper in rp.PAPERS:
@@ -83,24 +85,24 @@ def test_a_failing_criterion_is_fail(tiny, tmp_path):
     out = tmp_path / "rep"
     rp.run_recipe("frei2023", out, quick=True, reports=False)
     ds = rp.open_experiment(out, "frei2023", "init_scale")
-    good = {c.key: c for c in rp.RECIPES["frei2023"].claims({"init_scale": ds})}
+    good = {c.key: c for c in rp.PAPERS["frei2023"].judge({"init_scale": ds})}
     bad_ds = ds.copy(deep=True)
     bad_ds["stable_rank_W1"][:] = 50.0  # no run is low rank any more
     bad_ds["boundary_agreement"][:] = 0.5
-    bad = {c.key: c for c in rp.RECIPES["frei2023"].claims({"init_scale": bad_ds})}
+    bad = {c.key: c for c in rp.PAPERS["frei2023"].judge({"init_scale": bad_ds})}
     assert bad["F1"].status == "FAIL" and bad["F2"].status == "FAIL"
-    assert bad["F5"].status == "FAIL"
     assert "50" in bad["F1"].measured
     assert good.keys() == bad.keys()
 
 
 def test_claims_text_counts():
     c = [
-        rp.Claim("p", "A", "x", "y", "1", "PASS", "e"),
-        rp.Claim("p", "B", "x", "y", "nan", "n/a", "e"),
+        rp.Claim("p", "A", "claim", "x", "src", "set", "y", "1", "PASS", "e"),
+        rp.Claim("p", "B", "claim", "x", "src", "set", "y", "nan", "n/a", "e"),
+        rp.Claim("p", "C", "sanity", "x", "src", "set", "y", "1", "PASS", "e"),
     ]
     text = rp.claims_text(c)
-    assert text.splitlines()[-1] == "1 of 2 claims PASS"
+    assert text.splitlines()[-1] == "1 of 2 claims PASS (1 sanity checks listed apart)"
     assert "n/a" in text
 
 
@@ -138,11 +140,14 @@ def test_cli_refuses_a_folder_of_another_config(tmp_path):
     assert not (tmp_path / "claims.md").exists()
 
 
+#: claims the README reports as FAIL on the quick settings, with the reason
+KNOWN_FAIL: set[str] = set()
+
+
 @pytest.mark.slow
 def test_quick_reproduction_claims(tmp_path):
-    """The real quick recipes (≈ 2–3 min on 2 cores): every claim the quick settings
-    reproduce holds. L10 (annealing generalises better) is measured but not asserted:
-    on the quick setting it does not hold (see README)."""
+    """The real quick recipes (a few minutes on 2 cores): every claim holds, except
+    those the README reports as honest FAILs (``KNOWN_FAIL``)."""
     res = subprocess.run(
         [
             sys.executable,
@@ -159,5 +164,7 @@ def test_quick_reproduction_claims(tmp_path):
     )
     assert res.returncode == 0, res.stderr[-2000:]
     rows = {r["key"]: r for r in json.loads((tmp_path / "claims.json").read_text())}
-    failing = {k: r["measured"] for k, r in rows.items() if r["status"] != "PASS" and k != "L10"}
+    failing = {
+        k: r["measured"] for k, r in rows.items() if r["status"] != "PASS" and k not in KNOWN_FAIL
+    }
     assert not failing

@@ -1,0 +1,325 @@
+"""Frei, Vardi, Bartlett, Srebro & Hu 2023 (ICLR; arXiv 2210.07082): implicit bias of
+two-layer leaky-ReLU nets on nearly-orthogonal (high-dimensional) data.
+
+The paper's net: f(x; W) = Σⱼ aⱼ φ(⟨wⱼ, x⟩), first layer trained, aⱼ = ±1/√m
+fixed, no biases, logistic loss. Its gradient-flow theorem (§3) is for the
+leaky ReLU φ(z) = max(γz, z): convergence in direction to a KKT point of the
+margin problem, rank ≤ 2, a linear decision boundary sign⟨v, x⟩ with v ≈ an
+approximately max-margin linear predictor. Its gradient-descent theorem (§4)
+is for the smoothed leaky ReLU with small init: one step drops the stable rank
+to O(1) and it stays small. Both need nearly-orthogonal data:
+‖xᵢ‖² ≥ C·n·max_{k≠i}|⟨xᵢ, x_k⟩| with C large (Gaussian mixtures with
+d ≫ n² log n). Here the gradient-flow rows run GD with a small step size,
+which tracks gradient flow; the setting column says so.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._base import Configs, Paper, Runs, Verdict, g, gl, with_
+
+SCALES = [1e-6, 1e-4, 1e-3, 1e-2, 0.05, 0.2]
+LEAK = 0.1
+#: stable rank ‖W‖²_F/‖W‖²₂ of a rank-2 KKT point of the leaky-ReLU margin problem:
+#: rows ∝ u (a > 0 half) and ∝ γu' … gives 2(1+γ²)/(1+γ)² (issue 10; 1.67 at γ = 0.1)
+RANK2_STABLE_RANK = 2 * (1 + LEAK**2) / (1 + LEAK) ** 2
+NET = "two-layer net, a = ±1/√m fixed, first layer trained, logistic loss"
+GD_SETTING = f"{NET}, smoothed leaky ReLU (γ {LEAK}, H 1), GD"
+GF_SETTING = f"{NET}, leaky ReLU (γ {LEAK}), GD with a small step (gradient-flow proxy)"
+
+
+def _sizes(quick: bool) -> tuple[int, int]:
+    # C ≈ d / (n (‖μ‖² + √d·√(2 ln n²))) ≥ 1: measured 1.8 at (20, 20000), μ = 8
+    return (20, 20000) if quick else (40, 50000)
+
+
+def _experiments(quick: bool) -> Configs:
+    n, d = _sizes(quick)
+    seeds = [0] if quick else [0, 1, 2]
+    data = {"kind": "gaussian_mixture", "n_train": n, "n_test": 500, "d": d, "mean_norm": 8.0}
+    model = {
+        "depth": 2,
+        "width": 100,
+        "activation": "smooth_leaky_relu",
+        "leak": LEAK,
+        "smoothing": 1.0,
+        "parametrization": "direct",
+        "last_layer": "fixed_sign",
+    }
+    metrics: dict[str, Any] = {
+        "every": 50,
+        "at": [1],
+        "sharpness": False,
+        "stable_rank": True,
+        "margins": True,
+        "kkt": True,
+    }
+    steps = 300 if quick else 1000
+
+    def exp(name: str, **over: Any) -> dict[str, Any]:
+        cfg = {
+            "name": f"frei2023-{name}",
+            "data": data,
+            "model": model,
+            "train": {"loss": "logistic", "steps": steps, "lr": 0.01},
+            "metrics": metrics,
+            "sweep": {"model.init_scale": SCALES, "seed": seeds},
+        }
+        return with_(cfg, **over)
+
+    return {
+        "init_scale": exp("init-scale"),
+        # the gradient-flow theorem's activation; a small step, longer (KKT is asymptotic)
+        "leaky": exp(
+            "leaky",
+            model__activation="leaky_relu",
+            train__steps=3 * steps,
+            metrics__every=3 * 50,
+            sweep={"model.init_scale": [1e-6]},
+        ),
+        # noisy labels (clean test labels): benign overfitting
+        "label_noise": exp(
+            "label-noise", data__label_noise=0.15, sweep={"model.init_scale": [1e-6]}
+        ),
+        # the same n at a low dimension: not nearly orthogonal
+        "low_dim": exp("low-dim", data__d=500, sweep={"model.init_scale": [1e-6]}),
+    }
+
+
+PAPER = Paper(
+    "frei2023",
+    "Frei et al. 2023 (arXiv 2210.07082): low rank and linear boundaries from small init",
+    _experiments,
+)
+
+
+def _scales(cfgs: Configs, name: str, scales: list[float], **over: Any) -> Configs:
+    return {name: with_(cfgs[name], sweep={"model.init_scale": scales}, **over)}
+
+
+def _large_init(cfgs: Configs, name: str) -> Configs:
+    """Init 0.2 for 300 steps: lazy training from a random first layer."""
+    return _scales(cfgs, name, [0.2], train__steps=300, metrics__every=50)
+
+
+def _low_dim(cfgs: Configs, name: str) -> Configs:
+    return {name: with_(cfgs[name], data__d=200, data__n_train=20)}
+
+
+def _small(r: Runs) -> np.ndarray:
+    s = r.coord("model.init_scale").astype(float)
+    return np.flatnonzero(s == s.min())
+
+
+# ------------------------------------------------------------------ setting
+@PAPER.claim(
+    "F0",
+    claim="A Gaussian mixture with d ≫ n² log n is nearly orthogonal: "
+    "‖xᵢ‖² ≥ C·n·max_{k≠i}|⟨xᵢ, x_k⟩| with C ≥ 1 (the theorems need C large).",
+    source="Frei et al. 2023, §2 (the near-orthogonality assumption and its "
+    "Gaussian-mixture example)",
+    setting="Gaussian mixture x = yμ + z, ‖μ‖ 8, n 20, d 20000 (quick)",
+    criterion="the data are linearly separable and C ≥ 1",
+    uses="init_scale",
+    control=lambda c: _low_dim(c, "init_scale"),
+    control_note="d = 200 < n² log n: the data are not nearly orthogonal",
+)
+def _f0(r: Runs) -> Verdict:
+    sep = bool(np.asarray(r.ds["data_separable"].values).all())
+    c = float(np.min(r.ds["data_near_orthogonality"].values))
+    return sep and c >= 1, f"separable {sep}; C = {g(c)}"
+
+
+# ------------------------------------------------------------------ GD theorem: stable rank
+@PAPER.claim(
+    "F1",
+    claim="With a small initialisation one GD step already drops the stable rank "
+    "‖W‖²_F/‖W‖²₂ of the first layer to O(1).",
+    source="Frei et al. 2023, §4 (gradient-descent theorem) and abstract",
+    setting=GD_SETTING + "; nearly-orthogonal Gaussian mixture",
+    criterion=f"at the smallest init: stable rank at step 1 ≤ {RANK2_STABLE_RANK:.3g} "
+    "(the rank-2 KKT value 2(1+γ²)/(1+γ)²)",
+    uses="init_scale",
+    control=lambda c: _scales(c, "init_scale", [0.2], train__steps=100),
+    control_note="init 0.2: the random first layer dominates (stable rank ≈ 75)",
+)
+def _f1(r: Runs) -> Verdict:
+    small = _small(r)
+    sr = r.trace("stable_rank_W1")[small]
+    sr1 = sr[:, list(r.steps).index(1)]
+    return bool(np.all(sr1 <= RANK2_STABLE_RANK)), f"step 0 {gl(sr[:, 0])}, step 1 {gl(sr1)}"
+
+
+@PAPER.claim(
+    "F2",
+    claim="… and it stays small for the rest of training.",
+    source="Frei et al. 2023, §4 (gradient-descent theorem) and abstract",
+    setting=GD_SETTING + "; nearly-orthogonal Gaussian mixture",
+    criterion=f"at the smallest init: stable rank ≤ {RANK2_STABLE_RANK:.3g} at every eval "
+    "step ≥ 1",
+    uses="init_scale",
+    control=lambda c: _scales(c, "init_scale", [0.05], train__steps=100),
+    control_note="init 0.05: stable rank stays near the random matrix's",
+)
+def _f2(r: Runs) -> Verdict:
+    small = _small(r)
+    later = r.trace("stable_rank_W1")[small][:, list(r.steps).index(1) :]
+    return bool(np.all(later <= RANK2_STABLE_RANK)), (
+        f"max over steps ≥ 1: {gl(later.max(1))}; final {gl(later[:, -1])}"
+    )
+
+
+@PAPER.claim(
+    "F3",
+    claim="With a large initialisation GD fits the data but the stable rank stays large.",
+    source="Frei et al. 2023, §5 experiments ('a small initialization scale is important "
+    "for finding low-rank networks')",
+    setting=GD_SETTING + "; nearly-orthogonal Gaussian mixture",
+    criterion="at the largest init: train accuracy 1 and the final stable rank ≥ 0.5× its "
+    "initial value (‖W_end − W₀‖_F/‖W₀‖_F reported)",
+    uses="init_scale",
+    control=lambda c: _scales(c, "init_scale", [1e-6], train__steps=100),
+    control_note="init 1e-6: the stable rank collapses",
+)
+def _f3(r: Runs) -> Verdict:
+    s = r.coord("model.init_scale").astype(float)
+    big = np.flatnonzero(s == s.max())
+    sr = r.trace("stable_rank_W1")[big]
+    acc = r.trace("train_acc")[big, -1]
+    moved = [
+        float(np.linalg.norm(r.ds["final_W1"].values[i] - r.ds["init_W1"].values[i]))
+        / max(float(np.linalg.norm(r.ds["init_W1"].values[i])), 1e-300)
+        for i in big
+    ]
+    ok = bool(np.all(acc == 1) and np.all(sr[:, -1] >= 0.5 * sr[:, 0]))
+    return ok, (
+        f"init {g(s.max())}: stable rank {gl(sr[:, 0])} → {gl(sr[:, -1])}; train acc "
+        f"{gl(acc)}; ‖ΔW‖/‖W₀‖ {gl(moved)}"
+    )
+
+
+@PAPER.claim(
+    "F4",
+    claim="Smaller initialisation, smaller stable rank.",
+    source="Frei et al. 2023, §5 experiments (stable rank against the init scale)",
+    setting=GD_SETTING + "; nearly-orthogonal Gaussian mixture",
+    criterion="the median final stable rank does not fall as the init grows (each ≥ 0.98× "
+    "the one below) and the largest init's is ≥ 5× the smallest's",
+    uses="init_scale",
+    control=lambda c: _scales(c, "init_scale", [0.05, 0.1, 0.2], train__steps=100),
+    control_note="only large inits: every stable rank is the random matrix's",
+)
+def _f4(r: Runs) -> Verdict:
+    scales = r.coord("model.init_scale").astype(float)
+    final = r.scalar("final_stable_rank_W1")
+    uniq = sorted(set(scales.tolist()))
+    med = np.array([float(np.median(final[scales == s])) for s in uniq])
+    ok = bool(np.all(med[1:] >= 0.98 * med[:-1]) and med[-1] >= 5 * med[0])
+    return ok, "init: stable rank " + ", ".join(
+        f"{s:g}: {g(m)}" for s, m in zip(uniq, med, strict=True)
+    )
+
+
+# ------------------------------------------------------------------ GF theorem
+@PAPER.claim(
+    "F5",
+    claim="The trained leaky-ReLU net has a linear decision boundary: sign f(x) = sign⟨v, x⟩ "
+    "with v = Wᵀa.",
+    source="Frei et al. 2023, §3 (gradient-flow theorem) and abstract",
+    setting=GF_SETTING + "; nearly-orthogonal Gaussian mixture",
+    criterion="test-set agreement of sign f and sign⟨v, x⟩ ≥ 0.99",
+    uses="leaky",
+    control=lambda c: _large_init(c, "leaky"),
+    control_note="init 0.2: lazy training keeps the random features, whose even part "
+    "0.45·Σaⱼ|⟨wⱼ, x⟩| bends the boundary (small init is no control: early alignment makes "
+    "the net linear on low-dimensional digits too, agreement 1.0)",
+)
+def _f5(r: Runs) -> Verdict:
+    agree = r.scalar("boundary_agreement")
+    return bool(np.all(agree >= 0.99)), f"agreement {gl(agree)}"
+
+
+@PAPER.claim(
+    "F6",
+    claim="v = Wᵀa is an approximately max-margin linear predictor.",
+    source="Frei et al. 2023, §3 (gradient-flow theorem) and abstract",
+    setting=GF_SETTING + "; nearly-orthogonal Gaussian mixture",
+    criterion="margin of v / hard-margin SVM margin ≥ 0.5 (our threshold: the paper's bound "
+    "is a γ-dependent constant); the cosine to the SVM direction is reported",
+    uses="leaky",
+    control=lambda c: _large_init(c, "leaky"),
+    control_note="init 0.2: v is dominated by the random init (3 steps from init 1e-6 are "
+    "no control: margin ratio 0.94 already)",
+)
+def _f6(r: Runs) -> Verdict:
+    ratio, cos = r.scalar("margin_ratio"), r.scalar("svm_cosine")
+    return bool(np.all(ratio >= 0.5)), f"margin ratio {gl(ratio)}; cosine {gl(cos)}"
+
+
+@PAPER.claim(
+    "F7",
+    claim="GD on the leaky-ReLU net converges in direction to a KKT point of the "
+    "max-margin problem min ½‖W‖² s.t. yᵢf(xᵢ; W) ≥ 1.",
+    source="Frei et al. 2023, §3 (via Lyu & Li 2020 and Ji & Telgarsky 2020, gradient "
+    "flow); for GD on the smoothed net Cai et al. 2025 (arXiv 2502.16075)",
+    setting=GF_SETTING + "; nearly-orthogonal Gaussian mixture",
+    criterion="KKT stationarity falls to ≤ 0.25× its step-1 value and is still falling "
+    "over the last third of training",
+    uses="leaky",
+    control=lambda c: _large_init(c, "leaky"),
+    control_note="init 0.2: lazy training, the net stays near its random init, far from "
+    "a KKT point",
+)
+def _f7(r: Runs) -> Verdict:
+    steps = list(r.steps)
+    kkt = r.trace("kkt_stationarity")[:, steps.index(1) :]
+    third = kkt[:, (2 * kkt.shape[1]) // 3]
+    ok = bool(np.all(kkt[:, -1] <= 0.25 * kkt[:, 0]) and np.all(kkt[:, -1] < third))
+    return ok, "stationarity " + "; ".join(gl(k) for k in kkt)
+
+
+# ------------------------------------------------------------------ dimension, label noise
+@PAPER.claim(
+    "F8",
+    claim="The low-rank bias of small-init GD is a high-dimensional effect: at the same n, "
+    "nearly-orthogonal data (large d) give a lower final stable rank than low-dimensional "
+    "data.",
+    source="Frei et al. 2023, §4–5 (the GD theorem needs d ≫ n²; experiments varying d)",
+    setting=GD_SETTING + "; Gaussian mixture, n 20, d 20000 vs 500, init 1e-6",
+    criterion=f"final stable rank at d 20000 ≤ {RANK2_STABLE_RANK:.3g} and below the one at "
+    "d 500",
+    uses=("init_scale", "low_dim"),
+    control=lambda c: {"init_scale": with_(c["init_scale"], data__d=500,
+                                           sweep={"model.init_scale": [1e-6]}),
+                       "low_dim": c["low_dim"]},  # fmt: skip
+    control_note="both at d 500: no dimension gap",
+)
+def _f8(high: Runs, low: Runs) -> Verdict:
+    a = float(np.median(high.scalar("final_stable_rank_W1")[_small(high)]))
+    b = float(np.median(low.scalar("final_stable_rank_W1")[_small(low)]))
+    return bool(a <= RANK2_STABLE_RANK and a < b), f"final stable rank: high d {g(a)}, low d {g(b)}"
+
+
+@PAPER.claim(
+    "F9",
+    claim="With label noise the network still interpolates the training data, keeps a low "
+    "stable rank, and generalises (benign overfitting).",
+    source="Frei, Chatterji & Bartlett 2022 (arXiv 2202.05928, benign overfitting of "
+    "two-layer leaky-ReLU nets on noisy Gaussian mixtures); the low rank: Frei et al. 2023 "
+    "§4 (no assumption on the labels)",
+    setting=GD_SETTING + "; Gaussian mixture, 15 % flipped training labels, clean test labels",
+    criterion=f"train accuracy 1, final stable rank ≤ {RANK2_STABLE_RANK:.3g}, clean test "
+    "accuracy ≥ 0.9",
+    uses="label_noise",
+    control=lambda c: {"label_noise": with_(c["label_noise"], data__mean_norm=0.0)},
+    control_note="‖μ‖ = 0: the labels carry no signal, test accuracy is chance",
+)
+def _f9(r: Runs) -> Verdict:
+    tr = r.trace("train_acc")[:, -1]
+    sr = r.scalar("final_stable_rank_W1")
+    te = r.scalar("final_test_acc")
+    ok = bool(np.all(tr == 1) and np.all(sr <= RANK2_STABLE_RANK) and np.all(te >= 0.9))
+    return ok, f"train acc {gl(tr)}; stable rank {gl(sr)}; test acc {gl(te)}"

@@ -1,0 +1,341 @@
+"""Liu, Huang & Xu 2023 (Appl. Sci. 13(6):3961; arXiv 2011.12547, first as Huang, Du,
+Xu & Liu 2020): large learning rates and data separability in deep linear nets.
+
+The paper's setting: deep linear networks, logistic loss, full-batch gradient
+descent; the catapult phase (Lewkowycz et al. 2020) exists on non-separable
+data and lands in flatter minima; on separable data the loss and its Hessian
+go to 0 along the max-margin direction. Proven on degenerate data
+(x_i = s_i·u), confirmed on non-degenerate data. Rates are in critical units
+2/sharpness₀ (``lr_units: critical``).
+
+Rows marked ``derived`` come from the exact GD recursion of a two-layer linear
+net on degenerate data (SPEC §1.1), not from the paper's text.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._base import Configs, Paper, Runs, Verdict, g, gl, with_
+
+RATES = [0.5, 0.8, 1.2, 1.6, 2.3, 3.0, 4.0, 6.0]
+DEGENERATE_P = 0.75  # fraction of points whose sign agrees with the label
+#: predicted catapult onset on degenerate non-separable data, in critical units: 1/(4p(1−p))
+ONSET = 1 / (4 * DEGENERATE_P * (1 - DEGENERATE_P))
+DEGENERATE_RATES = [round(ONSET * f, 4) for f in (0.4, 0.75, 0.9, 1.1, 1.5, 3.0, 8.0, 15.0)]
+WIDTHS = (1024, 4096)  # the width dependence of the degenerate window (L8)
+
+SETTING = "deep linear net (NTK), logistic loss, full-batch GD"
+ABSTRACT = "Liu et al. 2023, abstract and §1"
+
+
+def _experiments(quick: bool) -> Configs:
+    steps = 400 if quick else 2000
+    seeds = [0] if quick else [0, 1, 2]
+    model = {"depth": 2, "width": 256, "activation": "linear", "parametrization": "ntk"}
+    train = {"loss": "logistic", "steps": steps, "lr_units": "critical", "dtype": "float64"}
+    metrics = {"every": 20 if quick else 50, "sharpness": {"iters": 20}}
+    data = {"n_train": 200, "n_test": 1000, "d": 50}
+    overlap = {"kind": "overlap", "shift": 1.0, **data}
+
+    def exp(name: str, data: dict, model: dict, rates: list[float], **extra: Any) -> dict:
+        return {
+            "name": f"liu2023-{name}",
+            "data": data,
+            "model": model,
+            "train": {**train, **extra.pop("train", {})},
+            "metrics": metrics,
+            "sweep": {"train.lr": rates, "seed": seeds, **extra.pop("sweep", {})},
+        }
+
+    degenerate = {"kind": "degenerate", "separable": False, "label_noise": 1 - DEGENERATE_P}
+    out = {
+        "nonseparable": exp("nonseparable", overlap, model, RATES),
+        "separable_degenerate": exp(
+            "separable-degenerate",
+            {"kind": "degenerate", "separable": True, **data},
+            model,
+            [0.5, 1.6, 2.3, 4.0, 8.0, 20.0],
+        ),
+    }
+    for depth in (3, 4):
+        out[f"depth{depth}"] = exp(
+            f"depth{depth}", overlap, {**model, "depth": depth}, [0.5, 0.8, 1.6, 2.3, 3.0, 6.0]
+        )
+    for w in WIDTHS:
+        out[f"degenerate_w{w}"] = exp(
+            f"nonseparable-degenerate-w{w}",
+            {**degenerate, **data},
+            {**model, "width": w},
+            DEGENERATE_RATES,
+        )
+    return out
+
+
+PAPER = Paper(
+    "liu2023",
+    "Liu, Huang & Xu 2023 (arXiv 2011.12547): large learning rates and data separability",
+    _experiments,
+)
+
+
+def _separable(cfgs: Configs, name: str) -> Configs:
+    """The same runs on separable degenerate data (no catapult, no divergence)."""
+    return {
+        name: with_(
+            cfgs[name],
+            data={"kind": "degenerate", "separable": True, "n_train": 200, "n_test": 200, "d": 50},
+            train__steps=150,
+        )
+    }
+
+
+def _nonseparable_data(cfgs: Configs, name: str) -> Configs:
+    data = {"kind": "overlap", "shift": 1.0, "n_train": 200, "n_test": 200, "d": 50}
+    return {name: with_(cfgs[name], data=data, train__steps=150)}
+
+
+# ------------------------------------------------------------------ the three regimes
+@PAPER.claim(
+    "L1",
+    claim="Below the critical rate 2/λ₀ training is lazy: the loss falls without a spike "
+    "and the curvature stays near its initial value.",
+    source=f"{ABSTRACT} (the small-rate phase, after Lewkowycz et al. 2020)",
+    setting=f"{SETTING}; overlapping Gaussian classes, n 200, d 50, width 256",
+    criterion="every run with η < 2/λ₀ is 'lazy' and ends with 0.6 λ₀ < λ_end ≤ 1.05 λ₀",
+    uses="nonseparable",
+    control=lambda c: _separable(c, "nonseparable"),
+    control_note="separable data: the curvature vanishes as the margin grows",
+)
+def _l1(r: Runs) -> Verdict:
+    s0, s_end, ph = r.scalar("sharpness_init"), r.scalar("final_sharpness"), r.phases()
+    lazy = np.flatnonzero(r.rates < 1)
+    if not lazy.size:
+        return None, "no run below the critical rate"
+    ok = all(ph[i] == "lazy" and 0.6 * s0[i] < s_end[i] <= 1.05 * s0[i] for i in lazy)
+    return ok, f"phases {r.phase_text()}; λ_end/λ₀ at rate < 1: {gl(s_end[lazy] / s0[lazy])}"
+
+
+@PAPER.claim(
+    "L2",
+    claim="On non-separable data a catapult phase exists above the critical rate: the loss "
+    "first grows, then GD converges.",
+    source=f"{ABSTRACT}: 'the loss grows at the early stage of training and eventually "
+    "converges'",
+    setting=f"{SETTING}; overlapping Gaussian classes, n 200, d 50, width 256",
+    criterion="some run in (1, 4) critical units is 'catapult' and its loss rose above L₀",
+    uses="nonseparable",
+    control=lambda c: _separable(c, "nonseparable"),
+    control_note="separable degenerate data never catapults",
+)
+def _l2(r: Runs) -> Verdict:
+    rates, ph, rise = r.rates, r.phases(), r.loss_rise()
+    hit = (ph == "catapult") & (rates > 1) & (rates < 4) & (rise > 0)
+    return bool(hit.any()), (
+        f"phases {r.phase_text()}; loss peak/L₀ − 1 at catapult runs: "
+        + ", ".join(f"{x:g}: {g(y)}" for x, y in zip(rates[ph == 'catapult'], rise[ph == 'catapult'], strict=True))
+    )
+
+
+@PAPER.claim(
+    "L3",
+    claim="The catapult lands in a flatter minimum: final curvature below 2/η and below "
+    "that of a small-rate run at the same loss.",
+    source=f"{ABSTRACT}: 'converge to a flatter minimum in the catapult phase'",
+    setting=f"{SETTING}; overlapping Gaussian classes, n 200, d 50, width 256",
+    criterion="at least one catapult run in (1, 4) critical units, and every one ends with "
+    "λ_end·η/2 < 1 and λ_end < 0.75 × λ of the smallest-rate run at the same loss",
+    uses="nonseparable",
+    control=lambda c: {
+        "nonseparable": with_(
+            _nonseparable_data(c, "nonseparable")["nonseparable"],
+            model__depth=1,
+            sweep={"train.lr": [0.5, 1.2, 1.6, 2.3]},
+        )
+    },
+    control_note="a depth-1 linear model: the logistic minimiser is unique, no flatter "
+    "minimum to choose",
+)
+def _l3(r: Runs) -> Verdict:
+    rates, ph = r.rates, r.phases()
+    s_end, eta, loss = r.scalar("final_sharpness"), r.eta, r.scalar("final_loss")
+    ref = int(np.argmin(rates))
+    cat = np.flatnonzero((ph == "catapult") & (rates > 1) & (rates < 4))
+    rows = [
+        (rates[i], s_end[i] * eta[i] / 2, s_end[i] / r.sharpness_at_loss(ref, loss[i]))
+        for i in cat
+    ]
+    ok = bool(rows) and all(a < 1 and b < 0.75 for _, a, b in rows)
+    return ok, (
+        "rate: (λ_end·η/2, λ_end/λ_small) "
+        + (", ".join(f"{a:g}: ({g(b)}, {g(c)})" for a, b, c in rows) or "no catapult run")
+    )
+
+
+@PAPER.claim(
+    "L4",
+    claim="On non-degenerate overlapping data large rates diverge, a few times the critical "
+    "rate.",
+    source="derived (SPEC §1.1: divergence ≈ 4× critical on non-degenerate overlapping "
+    "data; the paper's maximal rate, after Lewkowycz et al. 2020)",
+    setting=f"{SETTING}; overlapping Gaussian classes, n 200, d 50, width 256",
+    criterion="the smallest diverging rate is ≤ 6 critical units, and every run at or above "
+    "it diverges",
+    uses="nonseparable",
+    control=lambda c: _separable(c, "nonseparable"),
+    control_note="separable degenerate data: the curvature falls before it can destabilise",
+)
+def _l4(r: Runs) -> Verdict:
+    rates, ph = r.rates, r.phases()
+    first = r.limits()[1]
+    ok = bool(first <= 6 and (ph[rates >= first] == "diverged").all())
+    div = sorted({float(x) for x in rates[ph == "diverged"]})
+    return ok, f"diverged at {div or 'none'}; smallest {g(first)}"
+
+
+# ------------------------------------------------------------------ separable data
+def _degenerate_nonseparable(cfgs: Configs, name: str) -> Configs:
+    data = {"kind": "degenerate", "separable": False, "label_noise": 1 - DEGENERATE_P}
+    return {
+        name: with_(
+            cfgs[name], data={**data, "n_train": 200, "n_test": 200, "d": 50}, train__steps=150
+        )
+    }
+
+
+@PAPER.claim(
+    "L5",
+    claim="Separable degenerate data never catapults and does not diverge.",
+    source="Liu et al. 2023, the separable-data analysis on degenerate data (abstract: "
+    "'depending on the separation conditions of data')",
+    setting=f"{SETTING}; degenerate separable data x_i = s_i·u, n 200, d 50",
+    criterion="every run, up to 20 critical units, is 'lazy'",
+    uses="separable_degenerate",
+    control=lambda c: _degenerate_nonseparable(c, "separable_degenerate"),
+    control_note="non-separable degenerate data catapults above its onset",
+)
+def _l5(r: Runs) -> Verdict:
+    return bool((r.phases() == "lazy").all()), f"phases {r.phase_text()}"
+
+
+@PAPER.claim(
+    "L6",
+    claim="On separable data the loss Hessian vanishes as the margin grows.",
+    source="Liu et al. 2023, the separable-data analysis (loss → 0 along the max-margin "
+    "direction, Soudry et al. 2018)",
+    setting=f"{SETTING}; degenerate separable data, n 200, d 50",
+    criterion="every run ends with λ_end < 0.05 λ₀",
+    uses="separable_degenerate",
+    control=lambda c: _nonseparable_data(c, "separable_degenerate"),
+    control_note="non-separable data: the logistic minimiser is finite, its curvature is not 0",
+)
+def _l6(r: Runs) -> Verdict:
+    ratio = r.scalar("final_sharpness") / r.scalar("sharpness_init")
+    return bool(np.all(ratio < 0.05)), f"λ_end/λ₀ {gl(ratio)} at rates {gl(r.rates)}"
+
+
+# ------------------------------------------------------------------ degenerate non-separable
+@PAPER.claim(
+    "L7",
+    claim="Degenerate non-separable data with a fraction p of agreeing labels has its "
+    "catapult onset at 2/(λ₀·p(1−p)), i.e. 1/(4p(1−p)) critical units "
+    f"(= {ONSET:.3g} for p = {DEGENERATE_P}).",
+    source="derived (SPEC §1.1, from the exact GD recursion of a two-layer linear net on "
+    "degenerate data)",
+    setting=f"{SETTING}; degenerate data, p = {DEGENERATE_P}, n 200, d 50, width 4096",
+    criterion="runs at ≤ 0.9× that rate are 'lazy', runs at ≥ 1.1× are not",
+    uses="degenerate_w4096",
+    control=lambda c: {
+        "degenerate_w4096": with_(
+            c["degenerate_w4096"],
+            data__label_noise=0.45,
+            model__width=1024,
+            train__steps=200,
+            sweep={"train.lr": [round(ONSET * f, 4) for f in (0.4, 0.9, 1.1, 1.5)]},
+        )
+    },
+    control_note="p = 0.55: the onset moves to 1.01 critical units, below 0.9 × 1.33",
+)
+def _l7(r: Runs) -> Verdict:
+    rates, ph = r.rates, r.phases()
+    below, above = rates <= 0.9 * ONSET, rates >= 1.1 * ONSET
+    ok = bool((ph[below] == "lazy").all() and (ph[above] != "lazy").all())
+    return ok, f"phases {r.phase_text()}"
+
+
+@PAPER.claim(
+    "L8",
+    claim="On degenerate non-separable data the catapult window's upper edge grows with the "
+    "width (the η²g²f/m term of the recursion).",
+    source="derived (SPEC §1.1: the exact GD recursion's η²g_t²f_t/m term; measured there: "
+    "divergence between 4 and 10.7 critical units at width 1024, above 10.7 at 4096)",
+    setting=f"{SETTING}; degenerate data, p = {DEGENERATE_P}, n 200, d 50, widths "
+    + " and ".join(map(str, WIDTHS)),
+    criterion=f"the smallest diverging rate at width {WIDTHS[1]} is larger than at width "
+    f"{WIDTHS[0]}, where some rate diverges",
+    uses=tuple(f"degenerate_w{w}" for w in WIDTHS),
+    control=lambda c: {
+        k: with_(
+            c[k], model__depth=1, train__steps=150, sweep={"train.lr": [2.3, 4.0, 10.6667, 20.0]}
+        )
+        for k in c
+    },
+    control_note="a depth-1 linear model: no hidden layer, no width, no η²g²f/m term "
+    "(non-degenerate overlapping data is no control: its edge grows with the width too, "
+    "6 → 20 critical units from width 1024 to 4096 at 200 steps)",
+)
+def _l8(narrow: Runs, wide: Runs) -> Verdict:
+    a, b = narrow.limits()[1], wide.limits()[1]
+    ok = bool(np.isfinite(a) and not b <= a)  # b NaN: nothing diverged at the wider net
+    return ok, (
+        f"smallest diverging rate: width {WIDTHS[0]} {g(a)}, width {WIDTHS[1]} "
+        f"{'none up to ' + g(max(wide.rates)) if not np.isfinite(b) else g(b)} (critical units)"
+    )
+
+
+@PAPER.claim(
+    "L9",
+    claim="GD ends at or below the edge of stability: final curvature ≤ 2/η.",
+    source="a consequence of convergence (a GD fixed point with λ > 2/η is unstable); "
+    "sanity check, not a claim",
+    setting=f"{SETTING}; degenerate data, p = {DEGENERATE_P}, width 4096",
+    criterion="every converged run: λ_end·η/2 ≤ 1.05",
+    uses="degenerate_w4096",
+    kind="sanity",
+)
+def _l9(r: Runs) -> Verdict:
+    ratio = r.scalar("final_sharpness") * r.eta / 2
+    conv = r.converged()
+    return bool(np.all(ratio[conv] <= 1.05)), f"λ_end·η/2 {gl(ratio)} at rates {gl(r.rates)}"
+
+
+# ------------------------------------------------------------------ depth
+def _depth_claim(depth: int) -> None:
+    name = f"depth{depth}"
+
+    @PAPER.claim(
+        f"L1{depth - 2}",
+        claim=f"The three regimes hold for deeper linear nets (depth {depth}): lazy below the "
+        "critical rate, a catapult above it, divergence beyond.",
+        source=f"{ABSTRACT} ('deep linear networks', any depth)",
+        setting=f"{SETTING}, depth {depth}, width 256; overlapping Gaussian classes",
+        criterion="every run < 1 critical unit is 'lazy', some run in (1, 4) is 'catapult' "
+        "with its loss above L₀, and the largest rate diverges",
+        uses=name,
+        control=lambda c: {
+            name: with_(_separable(c, name)[name], sweep={"train.lr": [0.5, 2.3, 6.0]})
+        },
+        control_note="separable degenerate data: no catapult, no divergence",
+    )
+    def _judge(r: Runs) -> Verdict:
+        rates, ph, rise = r.rates, r.phases(), r.loss_rise()
+        lazy = bool((ph[rates < 1] == "lazy").all())
+        cat = bool(((ph == "catapult") & (rates > 1) & (rates < 4) & (rise > 0)).any())
+        div = bool((ph[rates == rates.max()] == "diverged").all())
+        return lazy and cat and div, f"phases {r.phase_text()}"
+
+
+for _d in (3, 4):
+    _depth_claim(_d)
