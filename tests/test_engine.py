@@ -127,12 +127,12 @@ def test_divergence_is_a_result_not_a_crash():
         data={"kind": "overlap", "n_train": 24, "n_test": 10, "d": 5, "seed": 3},
         train={"loss": "mse", "lr": 1.0, "steps": 60},
         metrics={"every": 10, "sharpness": {"iters": 10}},
-        sweep={"train.lr": [0.01, 50.0]},
+        sweep={"train.lr": [0.1, 50.0]},
     )
     plan = make_plan(cfg)
     res = Trainer(plan.runs).train()
     phase = res.per_run["phase"]
-    assert phase[0] in ("lazy", "catapult") and phase[1] == "diverged"
+    assert phase[0] == "lazy" and phase[1] == "diverged"
     assert res.per_run["divergence_step"][1] > 0 and res.per_run["divergence_step"][0] == -1
     assert math.isnan(res.per_run["final_loss"][1]) and math.isnan(
         res.per_run["final_sharpness"][1]

@@ -14,6 +14,7 @@ import xarray as xr
 
 import implicit_bias as ib
 from implicit_bias import plots
+from implicit_bias.phases import PHASES
 from implicit_bias.report import summary_table, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -197,11 +198,13 @@ def test_summary_table_counts_phases(sweep_dir):
     ds = tree["group_000"].to_dataset()
     assert text.startswith("group_000: 8 runs")
     assert "model.init_scale" in text and "lr (critical units)" in text
-    counts = {p: int((ds["phase"].values == p).sum()) for p in ("lazy", "catapult", "diverged")}
-    assert f"{counts['lazy']} lazy" in text and f"{counts['diverged']} diverged" in text
+    counts = {p: int((ds["phase"].values == p).sum()) for p in PHASES}
+    for p in PHASES:  # all five labels are counted, also those no run has
+        assert f"{counts[p]} {p}" in text
+    assert text.splitlines()[1].split()[4:9] == list(PHASES)  # after "lr (critical units)", init
     body = [ln.split() for ln in text.splitlines()[2:]]
     assert len(body) == 4  # 2 rates × 2 init scales
-    assert sum(int(r[2]) + int(r[3]) + int(r[4]) for r in body) == 8
+    assert sum(int(c) for r in body for c in r[2:7]) == 8
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

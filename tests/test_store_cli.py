@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 import implicit_bias as ib
+from implicit_bias.phases import PHASES
 
 SMALL = {
     "name": "small",
@@ -66,7 +67,9 @@ def test_results_open_with_spec_names(tmp_path):
         assert ds[name].dims == ("run", "step")
     for name in ("phase", "sharpness_init", "final_loss", "final_sharpness"):
         assert ds[name].dims == ("run",)
-    assert set(ds["phase"].values) <= {"lazy", "catapult", "diverged"}
+    assert set(ds["phase"].values) <= set(PHASES)
+    for name in ("spike_step", "spike_height", "critical_ratio", "final_train_acc", "dead_units"):
+        assert ds[name].dims == ("run",)
     assert ds["X_train"].dims == ("sample", "feature") and ds["y_test"].shape == (50,)
     assert ds["init_W1"].shape == (4, 16, 6) and ds["final_W2"].shape == (4, 1, 16)
     # lr is the absolute rate: lr = train.lr × 2 / sharpness_init

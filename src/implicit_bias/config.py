@@ -141,8 +141,29 @@ class SharpnessConfig(_Strict):
 
 
 class PhaseConfig(_Strict):
+    """Thresholds of the phase rule (SPEC §3; :mod:`implicit_bias.phases`).
+
+    Attributes:
+        catapult_rise: a spike is a rise of the loss above its running minimum by more
+            than this × L₀ (Lewkowycz et al. 2020, arXiv 2003.02218).
+        diverge_factor: a loss above this × L₀ (or non-finite) is divergence.
+        eos_tolerance: the curvature is "at 2/η" when sharpness·η/2 ≥ 1 − this, and
+            "below 2/η" after a catapult when sharpness·η/2 < 1 + this (Cohen et al.
+            2021, arXiv 2103.00065: at the edge of stability it hovers around 2/η).
+        eos_rise: edge of stability needs the loss to rise above its running minimum
+            by more than this × L₀ once the curvature is at 2/η.
+        dead_acc_margin: a final training accuracy ≤ the majority-class fraction +
+            this is chance level (the net is ``dead``).
+        dead_spread: outputs whose standard deviation over the training points is ≤
+            this × rms(y) are constant (the net is ``dead``).
+    """
+
     catapult_rise: NonNegFloat = 0.01
     diverge_factor: Annotated[float, Field(gt=1)] = 1.0e6
+    eos_tolerance: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.05
+    eos_rise: NonNegFloat = 1.0e-3
+    dead_acc_margin: Probability = 0.05
+    dead_spread: NonNegFloat = 1.0e-6
 
 
 class TraceConfig(_Strict):

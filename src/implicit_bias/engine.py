@@ -346,15 +346,28 @@ class Trainer:
             arr = np_(torch.stack(vals, dim=1))
             res.per_step[name] = arr if arr.dtype == np.bool_ else arr.astype(np.float64)
         diverged = np_(div_step) >= 0
-        res.per_run = metrics.summaries(
-            loss=loss, diverged=diverged, per_step=res.per_step, runs=self.runs
-        )
-        res.per_run["divergence_step"] = np_(div_step)
-        res.per_run["sharpness_init"] = np_(sharp0).astype(np.float64)
-        res.per_run["lr"] = np_(lr_abs).astype(np.float64)
+        finals = {}
         for name, val in final_vals.items():
             arr = np_(val)
-            res.per_run[name] = arr if arr.dtype == np.bool_ else arr.astype(np.float64)
+            finals[name] = arr if arr.dtype == np.bool_ else arr.astype(np.float64)
+        sharp0_np = np_(sharp0).astype(np.float64)
+        lr_np = np_(lr_abs).astype(np.float64)
+        res.per_run = metrics.summaries(
+            loss=loss,
+            diverged=diverged,
+            per_step=res.per_step,
+            runs=self.runs,
+            train_acc=res.per_iteration["train_acc"],
+            lr_t=res.per_iteration["lr_t"],
+            eval_steps=self.eval_steps,
+            sharpness_init=sharp0_np,
+            lr=lr_np,
+            final=finals,
+        )
+        res.per_run["divergence_step"] = np_(div_step)
+        res.per_run["sharpness_init"] = sharp0_np
+        res.per_run["lr"] = lr_np
+        res.per_run.update({k: v for k, v in finals.items() if k not in res.per_run})
         keep = set(self.cfg.store.weights)
         for i, (w0, w1) in enumerate(zip(init_weights, params, strict=True)):
             if "init" in keep:

@@ -8,6 +8,7 @@ Values at the last eval step (θ_steps) are also reported as ``final_<name>``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import curvature
+from . import curvature, phases
 from .config import MetricsConfig
 from .losses import accuracy, mean_loss
 
@@ -205,10 +206,42 @@ def step_metrics(ctx: EvalContext) -> dict[str, Tensor]:
     return out
 
 
+def output_stats(ctx: EvalContext) -> dict[str, Tensor]:
+    """What the ``dead`` phase reads at θ_steps (SPEC §3), NaN for runs no longer active.
+
+    Returns:
+        ``output_spread`` ``(R,)``: the standard deviation of f(xᵢ) over the training
+        points divided by rms(y) (0 for a constant output). ``dead_units`` ``(R,)``:
+        for ReLU nets, the fraction of a hidden layer's units whose pre-activation is
+        ≤ 0 on every training point (ReLU' = 0 there, so they never train again), max
+        over hidden layers; 0 for activations without a flat part (linear, leaky).
+    """
+    from .models import activate
+
+    tr = ctx.trainer
+    params = ctx.params
+    f = tr.outputs(params, tr.X, tr.x_dim)  # (R, n)
+    y_rms = tr.y.square().mean(-1).sqrt()
+    spread = f.std(-1, correction=0) / y_rms
+    dead = torch.zeros(tr.R, dtype=f.dtype, device=f.device)
+    if tr.spec.activation == "relu" and tr.spec.depth > 1:
+        c = tr.spec.multipliers()
+        h = tr.X  # (n, d) or (R, n, d)
+        for layer in range(tr.spec.depth - 1):
+            z = (h @ params[layer].transpose(-1, -2)) * c[layer]  # (R, n, width)
+            inactive = (z <= 0).all(dim=-2).to(f.dtype).mean(-1)
+            dead = torch.maximum(dead, inactive)
+            h = activate(z, tr.spec)
+    ok = ctx.active if ctx.active is not None else torch.ones_like(dead, dtype=torch.bool)
+    nan = torch.full_like(dead, math.nan)
+    return {"output_spread": torch.where(ok, spread, nan), "dead_units": torch.where(ok, dead, nan)}
+
+
 def final_metrics(ctx: EvalContext) -> dict[str, Tensor]:
     """Run-level measurements at θ_steps that have no per-step trace."""
     tr = ctx.trainer
-    out: dict[str, Tensor] = {}
+    with torch.no_grad():
+        out: dict[str, Tensor] = output_stats(ctx)
     if not (ctx.cfg.stable_rank or ctx.cfg.margins):
         return out
     from . import diagnostics
@@ -281,32 +314,73 @@ def geometry_per_run(runs) -> dict[str, np.ndarray]:
 
 
 # ------------------------------------------------------------------ summaries
-PHASES = ("lazy", "catapult", "diverged")
-
-
-def phases(loss: np.ndarray, diverged: np.ndarray, catapult_rise: np.ndarray) -> np.ndarray:
-    """SPEC §3 phase per run from its loss trace ``(R, T)``.
-
-    ``diverged`` if flagged by the engine; ``catapult`` if
-    max_t (L_t − min_{s≤t} L_s) > catapult_rise · L₀ (the loss rose above its
-    running minimum: the spike of Lewkowycz et al. 2020); ``lazy`` otherwise.
-    """
-    filled = np.where(np.isfinite(loss), loss, -np.inf)
-    run_min = np.minimum.accumulate(np.where(np.isfinite(loss), loss, np.inf), axis=1)
-    rise = np.max(filled - run_min, axis=1)
-    catapult = rise > catapult_rise * loss[:, 0]
-    return np.where(diverged, "diverged", np.where(catapult, "catapult", "lazy")).astype("<U8")
+PHASES = phases.PHASES
 
 
 def summaries(
-    loss: np.ndarray, diverged: np.ndarray, per_step: dict[str, np.ndarray], runs
+    loss: np.ndarray,
+    diverged: np.ndarray,
+    per_step: dict[str, np.ndarray],
+    runs,
+    *,
+    train_acc: np.ndarray,
+    lr_t: np.ndarray,
+    eval_steps: list[int],
+    sharpness_init: np.ndarray,
+    lr: np.ndarray,
+    final: dict[str, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
-    rise = np.array([r.config.metrics.phase.catapult_rise for r in runs], dtype=np.float64)
-    out: dict[str, np.ndarray] = {"phase": phases(loss, diverged, rise)}
+    """Per-run summaries: ``final_*``, the phase (SPEC §3) and every input of its rule.
+
+    Args:
+        loss, train_acc, lr_t: per-iteration traces ``(R, T+1)``.
+        diverged: ``(R,)``.
+        per_step: eval-step traces ``(R, S, ...)``.
+        runs: the chunk's :class:`engine.RunSpec` (configs and data).
+        eval_steps: the S eval steps.
+        sharpness_init: λ₀ ``(R,)`` (NaN when not measured).
+        lr: the absolute base rate η ``(R,)``.
+        final: ``output_spread`` and ``dead_units`` ``(R,)`` from :func:`final_metrics`.
+    """
+    R = loss.shape[0]
+    final = final or {}
+    out: dict[str, np.ndarray] = {}
     # SPEC §3: a diverged run has no final loss or sharpness
     out["final_loss"] = np.where(diverged, np.nan, loss[:, -1])
     for name, arr in per_step.items():
         if name in FINAL_FROM_STEP or name.startswith(("stable_rank_W", "numerical_rank_W")):
             last = arr[:, -1].astype(np.float64)
             out[f"final_{name}"] = np.where(diverged, np.nan, last) if name == "sharpness" else last
+
+    # the curvature trace the rule reads (phases module docstring)
+    lr = np.asarray(lr, dtype=np.float64)
+    crit = lr * np.asarray(sharpness_init, dtype=np.float64) / 2
+    curv: np.ndarray | None = None
+    source = "none"
+    if "sharpness" in per_step:
+        curv, source = per_step["sharpness"], "sharpness"
+    elif "ntk_max" in per_step and runs[0].config.train.loss == "mse":
+        curv, source = per_step["ntk_max"], "ntk"
+        crit = np.where(np.isfinite(crit), crit, lr * curv[:, 0] / 2)
+    chance = np.empty(R)
+    for i, r in enumerate(runs):
+        y = np.asarray(r.data.y_train)
+        chance[i] = max(np.mean(y > 0), np.mean(y < 0)) if y.size else np.nan
+    th = phases.Thresholds.from_configs([r.config.metrics.phase for r in runs])
+    inp = phases.phase_inputs(
+        loss=loss,
+        train_acc=train_acc,
+        lr_t=lr_t,
+        diverged=diverged,
+        eval_steps=eval_steps,
+        curvature=curv,
+        curvature_source=source,
+        critical_ratio=crit,
+        chance_acc=chance,
+        output_spread=final.get("output_spread", np.full(R, np.nan)),
+        dead_units=final.get("dead_units", np.zeros(R)),
+        th=th,
+    )
+    out["phase"] = phases.classify(inp, diverged, loss[:, 0], out["final_loss"], th)
+    out.update(inp)
     return out

@@ -16,9 +16,10 @@ several groups of runs, e.g. a sweep over widths):
   sharpness is shown as λ_t/λ₀ and 2/η becomes 1/η_crit.
 - ``final_sharpness_vs_lr``: final sharpness of every run against η, coloured
   by phase, with the 2/η curve (catapult runs land below it).
-- ``phase_diagram``: phase over (η, init scale) when ``model.init_scale`` is
-  swept, else over (η, seed); a cell holding several runs is split into one
-  stripe per run.
+- ``phase_diagram``: phase (lazy, edge_of_stability, catapult, dead, diverged:
+  one colour and one marker each) over (η, init scale) when
+  ``model.init_scale`` is swept, else over (η, seed); a cell holding several
+  runs is split into one stripe per run.
 - ``stable_rank``: stable rank ‖W‖²_F/‖W‖²₂ of each weight matrix (except
   vectors) against eval step, one line per init scale.
 - ``margins``: normalized margin (and KKT stationarity) against eval step, and
@@ -51,7 +52,21 @@ from matplotlib.transforms import blended_transform_factory
 
 from .report import PHASES, GroupView, _root_config, fmt, group_views
 
-PHASE_COLORS = {"lazy": "#4C72B0", "catapult": "#DD8452", "diverged": "#3B3B3B"}
+#: one colour and one marker per phase (SPEC §3), distinct in grey scale too
+PHASE_COLORS = {
+    "lazy": "#4C72B0",
+    "edge_of_stability": "#55A868",
+    "catapult": "#DD8452",
+    "dead": "#C44E52",
+    "diverged": "#3B3B3B",
+}
+PHASE_MARKERS = {
+    "lazy": "o",
+    "edge_of_stability": "s",
+    "catapult": "^",
+    "dead": "X",
+    "diverged": "D",
+}
 MARKERS = "osD^vP*Xp<>h"
 MAX_PANELS = 12
 DPI = 110
@@ -472,11 +487,15 @@ def _run_markers(view: GroupView) -> Split:
 def _scatter_runs(
     ax, view: GroupView, y: np.ndarray, markers: Split
 ) -> tuple[list[Any], list[Any]]:
-    """Every run at (rate, y), coloured by phase, marker by condition; NaN runs as × on top."""
+    """Every run at (rate, y), coloured by phase; NaN runs as × on top.
+
+    The marker tells conditions apart when there are several, else the phase.
+    """
     ph = view.phases()
     x = view.rate
     top = blended_transform_factory(ax.transData, ax.transAxes)
     missing = False
+    by_phase = len(markers.order) == 1
     for key in markers.order:
         mk = markers.mask(key)
         for p in (*PHASES, "unknown"):
@@ -486,7 +505,7 @@ def _scatter_runs(
                     x[m],
                     y[m],
                     color=PHASE_COLORS.get(p, "0.6"),
-                    marker=markers.colors[key],
+                    marker=PHASE_MARKERS.get(p, "o") if by_phase else markers.colors[key],
                     s=28,
                     alpha=0.85,
                     edgecolors="white",
@@ -507,7 +526,14 @@ def _scatter_runs(
                 clip_on=False,
             )
     hs: list[Any] = [
-        Line2D([], [], ls="", marker="o", color=PHASE_COLORS[p], label=p)
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker=PHASE_MARKERS[p] if by_phase else "o",
+            color=PHASE_COLORS[p],
+            label=p,
+        )
         for p in PHASES
         if (ph == p).any()
     ]
@@ -648,12 +674,25 @@ def phase_diagram(view: GroupView, name: str, several: bool) -> Figure | None:
             np.ma.masked_invalid(M),
             cmap=cmap,
             vmin=-0.5,
-            vmax=2.5,
+            vmax=len(PHASES) - 0.5,
             aspect="auto",
             origin="lower",
             extent=(-0.5, nx - 0.5, -0.5, ny - 0.5),
             interpolation="nearest",
         )
+        # the phase's marker on each stripe too, so the labels survive grey-scale printing
+        for (ix, iy), idx in cells.items():
+            for j, r in enumerate(idx):
+                if ph[r] in PHASES:
+                    ax.scatter(
+                        ix - 0.5 + (j + 0.5) / S,
+                        iy,
+                        marker=PHASE_MARKERS[ph[r]],
+                        color="white",
+                        s=min(40.0, 240.0 / S),
+                        linewidths=0,
+                        zorder=3,
+                    )
         if S > 1:
             for b in np.arange(nx * S + 1) / S - 0.5:
                 ax.axvline(b, color="white", lw=0.6, alpha=0.8)
@@ -671,7 +710,18 @@ def phase_diagram(view: GroupView, name: str, several: bool) -> Figure | None:
             # else on the border between the rates around it (cells are categorical)
             k = int(np.searchsorted(xs, 1.0))
             ax.axvline(k if xs[k] == 1.0 else k - 0.5, color="k", ls="--", lw=1.4)
-    hs: list[Any] = [Patch(color=PHASE_COLORS[p], label=p) for p in PHASES]
+    hs: list[Any] = [
+        Line2D(
+            [],
+            [],
+            ls="",
+            marker=PHASE_MARKERS[p],
+            markersize=8,
+            color=PHASE_COLORS[p],
+            label=p,
+        )
+        for p in PHASES
+    ]
     if empty:
         hs.append(Patch(color="#eeeeee", label="no run"))
     if view.critical:

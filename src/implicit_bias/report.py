@@ -24,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-PHASES = ("lazy", "catapult", "diverged")
+from .phases import PHASES
+
 #: swept keys that are replicates: runs differing only in them are aggregated
 REPLICATE_KEYS = ("seed", "data.seed")
 #: per-run columns shown first in the tables, in this order, when present
