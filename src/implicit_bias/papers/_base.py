@@ -170,8 +170,13 @@ class Paper:
         return register
 
     def judge(self, results: Mapping[str, Any]) -> list[Claim]:
-        """Every claim row, judged on ``{experiment: Dataset}``."""
-        return [c.evaluate(self.key, results) for c in self.claims]
+        """Every claim row in key order (L1, L2, …, L10), judged on ``{experiment: Dataset}``."""
+
+        def order(c: ClaimSpec) -> tuple[str, int]:
+            head = c.key.rstrip("0123456789")
+            return head, int(c.key[len(head) :] or 0)
+
+        return [c.evaluate(self.key, results) for c in sorted(self.claims, key=order)]
 
     def control_configs(self, key: str) -> Configs:
         """The configs of claim ``key``'s negative control (from the quick ones)."""
@@ -292,3 +297,20 @@ class Runs:
         hit = steps[tr[steps] <= loss * (1 + 1e-3)]
         t = hit[0] if hit.size else steps[-1]
         return float(self.ds["sharpness"].values[i][list(steps).index(t)])
+
+
+# ------------------------------------------------------------------ shared criteria
+def test_acc_above_critical(r: Runs, gain: float) -> Verdict:
+    """Best test accuracy over rates above critical vs below (converged runs only)."""
+    rates, conv = r.rates, r.converged()
+    acc = r.scalar("final_test_acc")
+    by_rate = {float(x): float(np.mean(acc[(rates == x) & conv])) for x in sorted(set(rates[conv]))}
+    above = [a for x, a in by_rate.items() if x > 1]
+    below = [a for x, a in by_rate.items() if x < 1]
+    if not above or not below:
+        return False, f"test acc by rate {by_rate} (needs converged runs on both sides)"
+    best_above, best_below = max(above), max(below)
+    return best_above >= best_below + gain, (
+        f"best test acc above critical {g(best_above)} vs below {g(best_below)}; by rate "
+        + ", ".join(f"{x:g}: {g(a)}" for x, a in by_rate.items())
+    )

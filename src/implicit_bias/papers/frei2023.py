@@ -158,8 +158,7 @@ def _f1(r: Runs) -> Verdict:
     claim="… and it stays small for the rest of training.",
     source="Frei et al. 2023, §4 (gradient-descent theorem) and abstract",
     setting=GD_SETTING + "; nearly-orthogonal Gaussian mixture",
-    criterion=f"at the smallest init: stable rank ≤ {RANK2_STABLE_RANK:.3g} at every eval "
-    "step ≥ 1",
+    criterion=f"at the smallest init: stable rank ≤ {RANK2_STABLE_RANK:.3g} at every eval step ≥ 1",
     uses="init_scale",
     control=lambda c: _scales(c, "init_scale", [0.05], train__steps=100),
     control_note="init 0.05: stable rank stays near the random matrix's",
@@ -289,12 +288,12 @@ def _f7(r: Runs) -> Verdict:
     "data.",
     source="Frei et al. 2023, §4–5 (the GD theorem needs d ≫ n²; experiments varying d)",
     setting=GD_SETTING + "; Gaussian mixture, n 20, d 20000 vs 500, init 1e-6",
-    criterion=f"final stable rank at d 20000 ≤ {RANK2_STABLE_RANK:.3g} and below the one at "
-    "d 500",
+    criterion=f"final stable rank at d 20000 ≤ {RANK2_STABLE_RANK:.3g} and below the one at d 500",
     uses=("init_scale", "low_dim"),
-    control=lambda c: {"init_scale": with_(c["init_scale"], data__d=500,
-                                           sweep={"model.init_scale": [1e-6]}),
-                       "low_dim": c["low_dim"]},  # fmt: skip
+    control=lambda c: {
+        "init_scale": with_(c["init_scale"], data__d=500, sweep={"model.init_scale": [1e-6]}),
+        "low_dim": c["low_dim"],
+    },
     control_note="both at d 500: no dimension gap",
 )
 def _f8(high: Runs, low: Runs) -> Verdict:
