@@ -22,7 +22,11 @@ from implicit_bias import reproduce as rp
 def _shrink(cfg: dict) -> dict:
     cfg = copy.deepcopy(cfg)
     cfg["train"]["steps"] = 30
+    sched = cfg["train"].get("schedule")
+    if isinstance(sched, dict) and "at" in sched:  # keep the annealing step inside the run
+        sched["at"] = [15]
     cfg["metrics"]["every"] = 10
+    cfg["metrics"]["at"] = [s for s in cfg["metrics"].get("at", []) if s <= 30]
     cfg["model"]["width"] = min(cfg["model"]["width"], 64)
     data = cfg["data"]
     data["n_train"] = min(data.get("n_train") or 40, 40)

@@ -9,17 +9,70 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from typer.core import TyperCommand, TyperGroup
+
+
+def _plain_params(params: list[Any]) -> list[Any]:
+    """Help without typer's type labels: ``CONFIG`` not ``{config} <path>``, no ``<bool>``."""
+    for p in params:
+        if getattr(p, "_plain", False):
+            continue
+        if p.param_type_name == "argument":
+            name = (p.metavar or p.name or "arg").upper()
+            p.metavar = name
+            usage = name if p.required else f"[{name}]"
+            p._usage_display_name = lambda u=usage: u  # type: ignore[attr-defined]
+            p.display_type_rich = lambda ctx: None  # type: ignore[attr-defined]
+        elif p.param_type_name == "option":
+            label = None if p.is_flag else (p.metavar or (p.name or "value").upper())
+            p.display_type_rich = lambda ctx, label=label: label  # type: ignore[attr-defined]
+        p._plain = True  # type: ignore[attr-defined]
+    return params
+
+
+class _PlainCommand(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_params(super().get_params(ctx))
+
+
+class _PlainGroup(TyperGroup):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _plain_params(super().get_params(ctx))
+
 
 app = typer.Typer(
+    cls=_PlainGroup,
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     help="A workbench for the implicit bias of gradient descent: batched sweeps, "
     "phases, curvature, margins, paper reproductions.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"implicit-bias {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """A workbench for the implicit bias of gradient descent: batched sweeps, phases,
+    curvature, margins, paper reproductions."""
 
 
 def _fail(msg: str) -> None:
@@ -28,11 +81,24 @@ def _fail(msg: str) -> None:
 
 
 def _guard(fn):
-    """Turn user-input errors into one line and exit code 2."""
-    from ._errors import UserInputError
+    """Turn user-input errors into one line and exit code 2; config warnings into lines."""
+    import warnings
 
+    from ._errors import UserInputError
+    from .config import ConfigWarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, ConfigWarning):
+            typer.echo(f"warning: {message}", err=True)
+        else:
+            previous(message, category, filename, lineno, file, line)
+
+    previous = warnings.showwarning
     try:
-        return fn()
+        with warnings.catch_warnings():
+            warnings.simplefilter("default", ConfigWarning)
+            warnings.showwarning = show
+            return fn()
     except UserInputError as err:
         _fail(str(err))
     except FileNotFoundError as err:
@@ -44,23 +110,33 @@ def _guard(fn):
         raise typer.Exit(130) from None
 
 
-@app.command()
+@app.command(cls=_PlainCommand)
 def run(
-    config: Annotated[Path, typer.Argument(help="YAML config file")],
+    config: Annotated[Path, typer.Argument(help="YAML config file", metavar="CONFIG")],
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="override key=value (repeatable)")
+        list[str] | None,
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="override a key (repeatable); a swept key is changed with sweep.KEY=[v1,v2]",
+        ),
     ] = None,
     out: Annotated[
-        Path | None, typer.Option(help="results folder (default results/<name>/)")
+        Path | None,
+        typer.Option(metavar="DIR", help="results folder (default results/NAME/)"),
     ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu or cuda")] = None,
+    device: Annotated[str | None, typer.Option(metavar="cpu|cuda", help="device")] = None,
     workers: Annotated[
-        int | None, typer.Option(help="run chunks on a local Dask cluster of N workers")
+        int | None,
+        typer.Option(metavar="N", help="run chunks on a local Dask cluster of N workers"),
     ] = None,
     scheduler: Annotated[
-        str | None, typer.Option(help="address of a Dask scheduler (tcp://…)")
+        str | None,
+        typer.Option(metavar="ADDRESS", help="address of a Dask scheduler (tcp://HOST:PORT)"),
     ] = None,
-    overwrite: Annotated[bool, typer.Option(help="replace results of another config")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace results of another config")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Run a config (a sweep) and write a results folder."""
@@ -82,6 +158,7 @@ def run(
             workers=workers,
             scheduler=scheduler,
             progress=not quiet,
+            echo=typer.echo,
         )
         typer.echo(summary_table(tree))
         typer.echo(f"results: {tree.attrs.get('path', out)}")
@@ -89,12 +166,15 @@ def run(
     _guard(go)
 
 
-@app.command()
+@app.command(cls=_PlainCommand)
 def validate(
-    config: Annotated[Path, typer.Argument(help="YAML config file")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override key=value")] = None,
+    config: Annotated[Path, typer.Argument(help="YAML config file", metavar="CONFIG")],
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", metavar="KEY=VALUE", help="override a key (repeatable)"),
+    ] = None,
 ) -> None:
-    """Check a config (and its data) without running it."""
+    """Check a config (and its data) without running it; print its plan."""
 
     def go():
         from .config import load_config
@@ -106,10 +186,16 @@ def validate(
             f"ok: {cfg.name}: {len(plan.runs)} runs in {len(plan.groups)} group(s), "
             f"{len(plan.chunks)} chunk(s); config hash {cfg.config_hash()}"
         )
+        typer.echo(plan.summary())
         from .metrics import data_geometry
 
-        # the data diagnostics of SPEC §3, before committing to a long run
-        for ds in {r.data.fingerprint(): r.data for r in plan.runs}.values():
+        # the data diagnostics of SPEC §3, before committing to a long run (the
+        # data sets planning built: one per shape-relevant data config)
+        shown = {ds.fingerprint(): ds for ds in plan.datasets}
+        for k, ds in enumerate(shown.values()):
+            if k == 10:
+                typer.echo(f"... and {len(shown) - 10} more data sets")
+                break
             g = data_geometry(ds)[1]
             typer.echo(
                 f"data {ds.fingerprint()}: n={ds.X_train.shape[0]} d={ds.X_train.shape[1]} "
@@ -122,8 +208,10 @@ def validate(
     _guard(go)
 
 
-@app.command()
-def report(results: Annotated[Path, typer.Argument(help="results folder")]) -> None:
+@app.command(cls=_PlainCommand)
+def report(
+    results: Annotated[Path, typer.Argument(help="results folder", metavar="DIR")],
+) -> None:
     """Figures and tables of a results folder."""
 
     def go():
@@ -136,35 +224,44 @@ def report(results: Annotated[Path, typer.Argument(help="results folder")]) -> N
     _guard(go)
 
 
-@app.command()
+@app.command(cls=_PlainCommand)
 def reproduce(
-    paper: Annotated[str, typer.Argument(help="liu2023 | frei2023 | lewkowycz2020 | all")],
+    paper: Annotated[
+        str, typer.Argument(help="liu2023 | frei2023 | lewkowycz2020 | all", metavar="PAPER")
+    ],
     quick: Annotated[
-        bool, typer.Option(help="small, fast version (about a minute a paper)")
+        bool, typer.Option("--quick", help="small, fast version (about a minute a paper)")
     ] = False,
     out: Annotated[
         Path | None,
-        typer.Option(help="results folder (default results/reproduce[-quick])"),
+        typer.Option(metavar="DIR", help="results folder (default results/reproduce[-quick])"),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option(help="replace experiment folders made with another config")
+        bool,
+        typer.Option("--overwrite", help="replace experiment folders made with another config"),
     ] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Reproduce a paper's claims: runs, figures and a claims table."""
 
     def go():
         from .reproduce import claims_text, default_out
         from .reproduce import reproduce as _reproduce
+        from .sweep import ProgressBoard
 
         folder = out if out is not None else default_out(quick)
-        claims, files = _reproduce(
-            paper,
-            quick=quick,
-            out=folder,
-            progress=sys.stderr.isatty(),
-            overwrite=overwrite,
-            echo=lambda m: typer.echo(m, err=True),
-        )
+        # a bar over experiments (advanced at each "paper/experiment …" the
+        # reproduction announces) and under it each experiment's bar over runs
+        show = not quiet and sys.stderr.isatty()
+        with ProgressBoard(None, f"reproduce {paper}", enabled=show) as board:
+            claims, files = _reproduce(
+                paper,
+                quick=quick,
+                out=folder,
+                progress=board,
+                overwrite=overwrite,
+                echo=board.start if show else (lambda m: typer.echo(m, err=True)),
+            )
         typer.echo(claims_text(claims))
         typer.echo(f"claims table: {folder / 'claims.md'} (and .csv, .json)")
         reports = sorted({str(p.parent) for p in files if p.suffix == ".png"})
@@ -174,13 +271,14 @@ def reproduce(
     _guard(go)
 
 
-@app.command()
+@app.command(cls=_PlainCommand)
 def bench(
-    device: Annotated[str, typer.Option(help="cpu or cuda")] = "cpu",
-    quick: Annotated[bool, typer.Option(help="a smaller workload")] = False,
+    device: Annotated[str, typer.Option(metavar="cpu|cuda", help="device")] = "cpu",
+    quick: Annotated[bool, typer.Option("--quick", help="a smaller workload")] = False,
     json_: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
     repeats: Annotated[
-        int, typer.Option(help="best of N timings of each workload (noisy machines)")
+        int,
+        typer.Option(metavar="N", help="best of N timings of each workload (noisy machines)"),
     ] = 1,
 ) -> None:
     """Time the engine against a hand-written per-run baseline loop."""
@@ -190,12 +288,31 @@ def bench(
     def go():
         from .bench import main as bench_main
 
-        bench_main(device=device, quick=quick, as_json=json_, repeats=repeats)
+        res = bench_main(device=device, quick=quick, as_json=json_, repeats=repeats)
+        _record_bench(device, res)
 
     _guard(go)
 
 
-@app.command()
+def _record_bench(device: str, res: dict) -> None:
+    """Keep the achieved GFLOP/s so that ``validate``/``run`` can estimate times."""
+    import json
+
+    from .sweep import bench_record_path
+
+    try:
+        gflops = float(res["reference"]["ours_gflops"])
+        path = bench_record_path()
+        rec = json.loads(path.read_text()) if path.exists() else {}
+        rec[device] = {"gflops": gflops}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rec, indent=2))
+        typer.echo(f"bench figure kept for time estimates: {path}", err=True)
+    except (KeyError, TypeError, ValueError, OSError):
+        pass  # a partial bench (or a read-only home) only loses the estimate
+
+
+@app.command(cls=_PlainCommand)
 def info() -> None:
     """Versions, devices and threads."""
     import platform

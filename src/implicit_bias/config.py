@@ -12,20 +12,41 @@ import copy
 import hashlib
 import itertools
 import json
-from collections.abc import Iterable, Mapping
+import math
+import re
+import warnings
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ._errors import UserInputError
 
-PositiveInt = Annotated[int, Field(gt=0)]
-NonNegInt = Annotated[int, Field(ge=0)]
-PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
-Probability = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+# Strict numbers: ``true`` is not 1 and ``"3"`` is not 3 (an int is still a float).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+PositiveInt = Annotated[int, Strict(), Field(gt=0)]
+NonNegInt = Annotated[int, Strict(), Field(ge=0)]
+PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+Probability = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
+#: seeds must fit a signed 64-bit integer (numpy, torch and netCDF store them so)
+MAX_SEED = 2**63 - 1
+Seed = Annotated[int, Strict(), Field(ge=0, le=MAX_SEED)]
+
+
+class ConfigWarning(UserWarning):
+    """A config that runs but probably does not mean what it says (one line)."""
 
 
 class _Strict(BaseModel):
@@ -44,15 +65,15 @@ class DataConfig(_Strict):
     n_test: NonNegInt | None = None
     d: PositiveInt | None = None
     mean_norm: NonNegFloat | None = None
-    label_noise: Annotated[float, Field(ge=0, lt=0.5, allow_inf_nan=False)] | None = None
+    label_noise: Annotated[float, Strict(), Field(ge=0, lt=0.5, allow_inf_nan=False)] | None = None
     margin: NonNegFloat | None = None
     shift: NonNegFloat | None = None
-    p_positive: Annotated[float, Field(gt=0, lt=1, allow_inf_nan=False)] | None = None
-    separable: bool | None = None
+    p_positive: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)] | None = None
+    separable: Annotated[bool, Strict()] | None = None
     name: str | None = None
-    classes: list[list[int]] | list[int] | None = None
-    test_fraction: Annotated[float, Field(ge=0, lt=1)] | None = None
-    seed: int = 0
+    classes: list[list[Int]] | list[Int] | None = None
+    test_fraction: Annotated[float, Strict(), Field(ge=0, lt=1)] | None = None
+    seed: Seed = 0
     normalize: Literal["none", "unit", "standardize"] = "none"
 
     @model_validator(mode="after")
@@ -68,14 +89,14 @@ class DataConfig(_Strict):
 class ModelConfig(_Strict):
     """The bias-free fully connected network of SPEC §2."""
 
-    depth: Annotated[int, Field(ge=1)] = 2
+    depth: Annotated[int, Strict(), Field(ge=1)] = 2
     width: PositiveInt = 256
     activation: Literal["linear", "relu", "leaky_relu", "smooth_leaky_relu"] = "linear"
-    leak: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.1
+    leak: Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)] = 0.1
     smoothing: PositiveFloat = 1.0
     parametrization: Literal["ntk", "standard", "direct"] = "ntk"
     last_layer: Literal["trained", "fixed_sign"] = "trained"
-    init_scale: NonNegFloat = 1.0
+    init_scale: PositiveFloat = 1.0
 
     @model_validator(mode="after")
     def _fixed_sign_needs_hidden(self) -> ModelConfig:
@@ -135,9 +156,18 @@ class TrainConfig(_Strict):
 
 # ------------------------------------------------------------------------ metrics
 class SharpnessConfig(_Strict):
-    iters: Annotated[int, Field(ge=2)] = 20
+    iters: Annotated[int, Strict(), Field(ge=2)] = 20
     top_k: PositiveInt = 1
     tol: PositiveFloat = 1e-3
+
+    @model_validator(mode="after")
+    def _top_k_within_iters(self) -> SharpnessConfig:
+        if self.top_k > self.iters:
+            raise ValueError(
+                f"metrics.sharpness.top_k={self.top_k} exceeds metrics.sharpness.iters="
+                f"{self.iters} (Lanczos finds at most iters eigenvalues)"
+            )
+        return self
 
 
 class PhaseConfig(_Strict):
@@ -168,21 +198,21 @@ class PhaseConfig(_Strict):
 
 class TraceConfig(_Strict):
     probes: PositiveInt = 10
-    density: bool = False
-    iters: Annotated[int, Field(ge=2)] = 30
+    density: Annotated[bool, Strict()] = False
+    iters: Annotated[int, Strict(), Field(ge=2)] = 30
 
 
 class MetricsConfig(_Strict):
     every: PositiveInt = 10
     at: list[NonNegInt] = Field(default_factory=list)
     sharpness: SharpnessConfig | None = Field(default_factory=SharpnessConfig)
-    gn_sharpness: bool = False
-    ntk: bool = False
+    gn_sharpness: Annotated[bool, Strict()] = False
+    ntk: Annotated[bool, Strict()] = False
     ntk_gram_at: list[NonNegInt] = Field(default_factory=list)
-    stable_rank: bool = False
+    stable_rank: Annotated[bool, Strict()] = False
     rank_tol: PositiveFloat = 1e-3
-    margins: bool = False
-    kkt: bool = False
+    margins: Annotated[bool, Strict()] = False
+    kkt: Annotated[bool, Strict()] = False
     trace: TraceConfig | None = None
     phase: PhaseConfig = Field(default_factory=PhaseConfig)
 
@@ -208,7 +238,7 @@ class ExperimentConfig(_Strict):
     """A whole experiment: one set of runs, maybe a sweep."""
 
     name: str = "experiment"
-    seed: int = 0
+    seed: Seed = 0
     data: DataConfig
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -224,7 +254,22 @@ class ExperimentConfig(_Strict):
                 raise ValueError(f"sweep.{key} must be a non-empty list")
             if key == "sweep" or key.startswith("sweep."):
                 raise ValueError(f"sweep.{key}: cannot sweep over the sweep itself")
+            seen: set[str] = set()
+            for value in values:
+                blob = json.dumps(value, sort_keys=True, default=str)
+                if blob in seen:
+                    raise ValueError(
+                        f"sweep.{key} lists {value!r} twice; each value must appear once"
+                    )
+                seen.add(blob)
         return v
+
+    @model_validator(mode="after")
+    def _batch_within_data(self) -> ExperimentConfig:
+        bs, n = self.train.batch_size, self.data.n_train
+        if bs is not None and n is not None and bs > n:
+            raise ValueError(f"train.batch_size={bs} exceeds data.n_train={n}")
+        return self
 
     def config_hash(self) -> str:
         """A short hash of the resolved config (what identifies a results folder)."""
@@ -290,7 +335,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if not key:
         raise UserInputError(f"--set '{text}': empty key")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
+        parsed = yaml.load(value, Loader=_UniqueKeyLoader) if value.strip() else None
     except yaml.YAMLError:
         parsed = value
     return key, parsed
@@ -307,6 +352,7 @@ def apply_overrides(
         if isinstance(overrides, Mapping)
         else (parse_override(o) for o in overrides)
     )
+    plain: list[tuple[str, Any]] = []
     for key, value in items:
         if key.startswith("sweep."):
             sub = key[len("sweep.") :]
@@ -316,10 +362,71 @@ def apply_overrides(
             raw["sweep"][sub] = value if isinstance(value, list) else [value]
         else:
             _set_dotted(raw, key, value)
+            plain.append((key, value))
+    sweep = raw.get("sweep")
+    sweep = sweep if isinstance(sweep, dict) else {}
+    for key, value in plain:
+        for swept in sweep:
+            if _overlaps(key, str(swept)):
+                example = value if isinstance(value, list) else [value]
+                raise UserInputError(
+                    f"config error: override {key}={json.dumps(value, default=str)} would be "
+                    f"ignored: {swept} is swept (sweep.{swept}: "
+                    f"{json.dumps(sweep[swept], default=str)}); change the sweep instead, "
+                    f"e.g. --set 'sweep.{swept}={json.dumps(example, default=str)}'"
+                    if key == swept
+                    else f"config error: override {key}=... would be ignored where it "
+                    f"overlaps the swept key {swept}; set sweep.{swept} instead"
+                )
     return raw
 
 
+def _overlaps(a: str, b: str) -> bool:
+    """Whether dotted keys ``a`` and ``b`` are equal or one lies inside the other."""
+    return a == b or a.startswith(b + ".") or b.startswith(a + ".")
+
+
 # --------------------------------------------------------------------- loading
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that refuses a key given twice in one mapping."""
+
+
+class _DuplicateKey(yaml.YAMLError):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(f"{key}")
+        self.key, self.line = key, line
+
+
+def _unique_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False):
+    loader.flatten_mapping(node)
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            dup = key in seen
+        except TypeError:  # an unhashable key: let the normal constructor refuse it
+            dup = False
+        if dup:
+            raise _DuplicateKey(key, key_node.start_mark.line + 1)
+        try:
+            seen.add(key)
+        except TypeError:
+            pass
+    return loader.construct_mapping(node, deep=deep)
+
+
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads ``1e-3`` as a string
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+_UniqueKeyLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
+    _unique_mapping,  # type: ignore[arg-type]
+)
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     p = Path(path)
     if not p.exists():
@@ -327,7 +434,11 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if p.is_dir():
         raise UserInputError(f"config file is a directory: {p}")
     try:
-        raw = yaml.safe_load(p.read_text())
+        raw = yaml.load(p.read_text(), Loader=_UniqueKeyLoader)
+    except _DuplicateKey as err:
+        raise UserInputError(
+            f"config error: key '{err.key}' appears twice in one mapping of {p} (line {err.line})"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
@@ -367,35 +478,166 @@ def load_config(
         raw = read_yaml(source)
     raw = apply_overrides(raw, overrides)
     cfg = _validate(raw)
-    # Every point of the sweep must itself be a valid config.
-    expand_runs(cfg)
+    # Every point of the sweep must itself be a valid config (checked without
+    # building every run: see SweepSpace.check).
+    for msg in SweepSpace(cfg).check():
+        warnings.warn(msg, ConfigWarning, stacklevel=2)
     return cfg
 
 
 # ---------------------------------------------------------------------- sweeps
+#: Swept keys whose values are checked one at a time: no validator relates
+#: them to another key, so a value valid against the base config is valid
+#: against every combination. Every other swept key is checked in the product
+#: of all such "dependent" keys (in practice a few shapes and sizes).
+INDEPENDENT_KEYS = (
+    "name",
+    "seed",
+    "data.seed",
+    "train.lr",
+    "train.lr_units",
+    "train.schedule",
+    "model.init_scale",
+    "metrics.phase",
+    "store",
+)
+
+
+def _under(key: str, prefixes: Iterable[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+class SweepSpace:
+    """The runs of a config's sweep, addressed by index without materialising them.
+
+    Runs are the cartesian product of the ``sweep`` axes in their order (the
+    last axis varies fastest), so run ``i`` is a mixed-radix number whose
+    digits index each axis's list.
+    """
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+        self.keys = list(cfg.sweep)
+        self.values = [cfg.sweep[k] for k in self.keys]
+        self.sizes = [len(v) for v in self.values]
+        self.n_runs = math.prod(self.sizes)
+        self.strides = [math.prod(self.sizes[j + 1 :]) for j in range(len(self.keys))]
+        base = cfg.model_dump(mode="json")
+        base.pop("sweep", None)
+        self._base = base
+        self._cache: dict[str, ExperimentConfig] = {}
+        self.independent = [j for j, k in enumerate(self.keys) if _under(k, INDEPENDENT_KEYS)]
+        self.dependent = [j for j in range(len(self.keys)) if j not in self.independent]
+
+    def __len__(self) -> int:
+        return self.n_runs
+
+    def digits(self, index: int) -> list[int]:
+        """Each axis's position for run ``index``."""
+        if not 0 <= index < self.n_runs:
+            raise IndexError(index)
+        return [(index // st) % n for st, n in zip(self.strides, self.sizes, strict=True)]
+
+    def index(self, digits: Iterable[int]) -> int:
+        return sum(d * st for d, st in zip(digits, self.strides, strict=True))
+
+    def coords(self, digits: Iterable[int]) -> dict[str, Any]:
+        return {
+            k: self.values[j][d] for j, (k, d) in enumerate(zip(self.keys, digits, strict=True))
+        }
+
+    def config(self, coords: Mapping[str, Any]) -> ExperimentConfig:
+        """The validated config of one point (``sweep`` emptied, the values set)."""
+        raw = copy.deepcopy(self._base)
+        for key, value in coords.items():
+            _set_dotted(raw, key, value)
+        blob = json.dumps(raw, sort_keys=True, default=str)
+        cfg = self._cache.get(blob)
+        if cfg is None:
+            if len(self._cache) > 4096:
+                self._cache.clear()
+            cfg = self._cache[blob] = _validate(raw)
+        return cfg
+
+    def run(self, index: int) -> tuple[dict[str, Any], ExperimentConfig]:
+        """``(coords, run_config)`` of run ``index``."""
+        coords = self.coords(self.digits(index))
+        return coords, self.config(coords)
+
+    def dependent_points(self) -> Iterator[tuple[tuple[int, ...], ExperimentConfig]]:
+        """Each combination of the dependent axes (independent axes at their first value).
+
+        Yields ``(digits over the dependent axes, config)`` in run order.
+        """
+        for combo in itertools.product(*(range(self.sizes[j]) for j in self.dependent)):
+            digits = [0] * len(self.keys)
+            for j, d in zip(self.dependent, combo, strict=True):
+                digits[j] = d
+            yield combo, self.config(self.coords(digits))
+
+    def check(self) -> list[str]:
+        """Validate every run without building each; return one-line warnings.
+
+        Raises:
+            UserInputError: the first invalid point, naming its key.
+        """
+        found: list[str] = []
+        checked = [cfg for _, cfg in self.dependent_points()]
+        for j in self.independent:
+            for d in range(1, self.sizes[j]):
+                digits = [0] * len(self.keys)
+                digits[j] = d
+                checked.append(self.config(self.coords(digits)))
+        for cfg in checked:
+            for msg in config_warnings(cfg):
+                if msg not in found:
+                    found.append(msg)
+        return found
+
+    def __iter__(self) -> Iterator[tuple[dict[str, Any], ExperimentConfig]]:
+        for index in range(self.n_runs):
+            yield self.run(index)
+
+
+def config_warnings(cfg: ExperimentConfig) -> list[str]:
+    """One-line warnings about a valid config that probably says more than it does."""
+    steps = cfg.train.steps
+    out: list[str] = []
+    late = [s for s in cfg.metrics.at if s > steps]
+    if late:
+        out.append(f"metrics.at: steps {late} are beyond train.steps={steps} and never measured")
+    late = [s for s in cfg.metrics.ntk_gram_at if s > steps]
+    if late:
+        out.append(
+            f"metrics.ntk_gram_at: steps {late} are beyond train.steps={steps} and never measured"
+        )
+    sched = cfg.train.schedule
+    if isinstance(sched, StepSchedule):
+        late = [s for s in sched.at if s >= steps]
+        if late:
+            out.append(
+                f"train.schedule.at: steps {late} are not before train.steps={steps}; "
+                "the rate never changes there"
+            )
+    if isinstance(sched, WarmupSchedule) and sched.steps > steps:
+        out.append(
+            f"train.schedule.steps={sched.steps} is beyond train.steps={steps}; "
+            "the warmup never ends"
+        )
+    return out
+
+
 def expand_runs(cfg: ExperimentConfig) -> list[tuple[dict[str, Any], ExperimentConfig]]:
     """The runs of a config: cartesian product of ``sweep`` axes (× ``seed``).
+
+    This materialises every run; for large sweeps use :class:`SweepSpace`.
 
     Returns:
         A list of ``(coords, run_config)``: ``coords`` maps each swept dotted key
         to this run's value; ``run_config`` has ``sweep`` emptied and the values
         set (``seed`` set from ``sweep.seed`` when swept).
     """
-    base = cfg.model_dump(mode="json")
-    base.pop("sweep", None)
-    keys = list(cfg.sweep)
-    runs: list[tuple[dict[str, Any], ExperimentConfig]] = []
-    cache: dict[str, ExperimentConfig] = {}
-    for values in itertools.product(*(cfg.sweep[k] for k in keys)):
-        raw = copy.deepcopy(base)
-        coords = dict(zip(keys, values, strict=True))
-        for key, value in coords.items():
-            _set_dotted(raw, key, value)
-        blob = json.dumps(raw, sort_keys=True, default=str)
-        if blob not in cache:
-            cache[blob] = _validate(raw, prefix="")
-        runs.append((coords, cache[blob]))
-    return runs
+    return list(SweepSpace(cfg))
 
 
 def to_yaml(cfg: ExperimentConfig, extra: Mapping[str, Any] | None = None) -> str:

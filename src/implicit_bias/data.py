@@ -625,6 +625,11 @@ def _load_file(cfg: DataConfig, base_dir: Path | None, rng: np.random.Generator)
         )
 
     X, y, Xt, yt = _checked(X, y, Xt, yt, where)
+    classes = np.unique(y)
+    if len(classes) < 2:  # the real problem first, before any size
+        raise UserInputError(
+            f"{where}: every training label is {classes[0]:+g}; a classifier needs both classes"
+        )
     if cfg.d is not None and cfg.d != X.shape[1]:
         raise UserInputError(f"data.d={cfg.d} but {p} has {X.shape[1]} features")
     split = False
@@ -639,6 +644,11 @@ def _load_file(cfg: DataConfig, base_dir: Path | None, rng: np.random.Generator)
         te, tr = np.sort(perm[:held]), np.sort(perm[held:])
         X, y, Xt, yt = X[tr], y[tr], X[te], y[te]
         split = True
+    if len(yt) == 0 and cfg.n_test:
+        raise UserInputError(
+            f"data.n_test={cfg.n_test} but {p} has no test split: add X_test/y_test to the "
+            "file or hold out part of it with data.test_fraction"
+        )
     X, y = _subsample(rng, X, y, cfg.n_train, "data.n_train", p)
     Xt, yt = _subsample(rng, Xt, yt, cfg.n_test, "data.n_test", p)
     params = {"path": str(p), "format": suffix[1:], "split_from_train": split}

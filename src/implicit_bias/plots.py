@@ -88,6 +88,26 @@ class Split:
         return self.of_run == key
 
 
+#: lines stay distinguishable where they overlap: line style and marker cycle with the colour
+LINESTYLES: tuple[Any, ...] = ("-", "--", "-.", ":", (0, (5, 1, 1, 1, 1, 1)), (0, (3, 1)))
+#: at most this many markers per line (eval steps thinned evenly beyond it)
+MAX_MARKS = 24
+
+
+def _style(lines: Split, key: Any) -> tuple[Any, str]:
+    """(line style, marker) of one line of a split, cycling through both."""
+    k = lines.order.index(key) if key in lines.order else 0
+    return LINESTYLES[k % len(LINESTYLES)], MARKERS[k % len(MARKERS)]
+
+
+def _markevery(x: np.ndarray, marks: np.ndarray | None) -> list[int]:
+    """Indices of ``x`` at the eval steps ``marks`` (all of ``x`` if None), at most MAX_MARKS."""
+    idx = np.arange(len(x)) if marks is None else np.flatnonzero(np.isin(x, marks))
+    if len(idx) > MAX_MARKS:
+        idx = idx[np.unique(np.linspace(0, len(idx) - 1, MAX_MARKS).round().astype(int))]
+    return [int(i) for i in idx]
+
+
 def _sequential(n: int, cmap: str) -> list[Any]:
     if n == 1:
         return ["C0"]
@@ -97,7 +117,9 @@ def _sequential(n: int, cmap: str) -> list[Any]:
 def _rate_split(view: GroupView) -> Split:
     order = sorted({float(r) for r in view.rate})
     eta = r"$\eta$"
-    names = {r: f"{eta}={fmt(r)}" for r in order}
+    # in critical units a rate r means eta = r x 2/lambda_0 (lambda_0: the run's initial sharpness)
+    unit = r" $\times$ 2/$\lambda_0$" if view.critical else ""
+    names = {r: f"{eta} = {fmt(r)}{unit}" for r in order}
     colors = dict(zip(order, _sequential(len(order), "viridis"), strict=True))
     return Split(view.rate, order, names, colors, "learning rate")
 
@@ -232,8 +254,12 @@ def _draw_traces(
     lines: Split,
     ph: np.ndarray,
     log: bool = False,
+    marks: np.ndarray | None = None,
 ) -> tuple[tuple[float, float] | None, int]:
     """Median and range of each line over its runs that did not diverge; diverged runs dotted.
+
+    Each median line has its own line style and a marker at the eval steps
+    ``marks`` (every point of ``x`` when None), so overlapping lines stay apart.
 
     Returns the (min, max) of the drawn non-diverged values (None if none) and
     the number of diverged runs drawn.
@@ -270,7 +296,10 @@ def _draw_traces(
             med, lo, hi = (np.where(v > 0, v, np.nan) for v in (med, lo, hi))
         if not np.isfinite(med).any():
             continue
-        ax.plot(x, med, color=color, lw=1.6)
+        ls, mk = _style(lines, key)
+        ax.plot(
+            x, med, color=color, lw=1.6, ls=ls, marker=mk, ms=3.5, markevery=_markevery(x, marks)
+        )
         if ok.sum() > 1:
             ax.fill_between(
                 x,
@@ -329,6 +358,9 @@ def _line_handles(view: GroupView, lines: Split, with_band: bool) -> list[Any]:
             [],
             color=lines.colors[k],
             lw=1.6,
+            ls=_style(lines, k)[0],
+            marker=_style(lines, k)[1],
+            ms=3.5,
             label=lines.names[k] + _diverged_note(ph, lines.mask(k)),
         )
         for k in lines.order
@@ -356,10 +388,11 @@ def _trace_panel(
     ylabel: str,
     title: str,
     refs: tuple[float, ...] = (),
+    marks: np.ndarray | None = None,
 ) -> None:
     """One panel of median traces; log axes, the long-run x axis and diverged runs handled."""
     ph = view.phases()
-    rng, n_div = _draw_traces(ax, x, Y, sel, lines, ph, log=log)
+    rng, n_div = _draw_traces(ax, x, Y, sel, lines, ph, log=log, marks=marks)
     if rng is None:
         _empty_note(ax, x, "all runs diverged" if n_div else "no finite values")
     if log and (rng is not None or n_div):
@@ -402,6 +435,7 @@ def loss_curves(view: GroupView, name: str, several: bool) -> Figure | None:
             xlabel="iteration t",
             ylabel="training loss",
             title=panels.names[pk],
+            marks=np.asarray(ds["step"].values) if "step" in ds.dims else None,
         )
     several_seeds = any(lines.mask(k).sum() > 1 for k in lines.order)
     _legend(fig, _line_handles(view, lines, several_seeds), lines.title)

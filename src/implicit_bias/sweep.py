@@ -13,14 +13,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ._errors import UserInputError
-from .config import ExperimentConfig, expand_runs, load_config
+from .config import ExperimentConfig, SweepSpace, load_config
 from .data import Dataset, make_dataset, save_dataset
 from .engine import RunSpec, Trainer
 from .store import ChunkPlan, chunk_to_dataset, done_chunks, prepare_folder, write_chunk
@@ -45,10 +46,63 @@ MAX_CHUNK_RUNS = 512
 
 @dataclass
 class Plan:
+    """A sweep cut into groups and chunks, built lazily.
+
+    ``runs`` and ``chunks`` are sequences that build a run (its config and
+    data) or a chunk (its run indices) only when asked for one, so a plan of
+    10⁶ runs costs what its few distinct groups and data sets cost.
+    """
+
     config: ExperimentConfig
-    runs: list[RunSpec]
+    runs: Sequence[RunSpec]
     groups: list[dict[str, Any]]
-    chunks: list[ChunkPlan]
+    chunks: Sequence[ChunkPlan]
+    #: per group: number of runs, runs per chunk, estimated bytes per run
+    group_sizes: list[int] = field(default_factory=list)
+    chunk_sizes: list[int] = field(default_factory=list)
+    run_bytes: list[int] = field(default_factory=list)
+    #: per group: estimated seconds per run from a known ``bench`` figure, else None
+    run_seconds: list[float | None] = field(default_factory=list)
+    #: the data sets built while planning (one per distinct shape-relevant data config)
+    datasets: list[Dataset] = field(default_factory=list)
+
+    @property
+    def n_chunks(self) -> int:
+        return len(self.chunks)
+
+    def summary(self) -> str:
+        """One line: runs, groups, chunks, memory per chunk, time estimate."""
+        n = len(self.runs)
+        chunk_mem = max(
+            (b * k for b, k in zip(self.run_bytes, self.chunk_sizes, strict=True)), default=0
+        )
+        text = (
+            f"plan: {n} run{'s' * (n != 1)} in {len(self.groups)} group(s), "
+            f"{self.n_chunks} chunk(s) of up to {max(self.chunk_sizes, default=0)} runs; "
+            f"about {_fmt_bytes(chunk_mem)} per chunk"
+        )
+        if self.run_seconds and all(t is not None for t in self.run_seconds):
+            total = sum(t * g for t, g in zip(self.run_seconds, self.group_sizes, strict=True) if t)
+            return f"{text}; about {_fmt_seconds(total)} from the bench figure"
+        return f"{text}; time unknown (run `implicit-bias bench` for an estimate)"
+
+
+def _fmt_bytes(b: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if b < 1000 or unit == "PB":
+            return f"{b:.3g} {unit}"
+        b /= 1000
+    return f"{b:.3g} PB"  # pragma: no cover
+
+
+def _fmt_seconds(t: float) -> str:
+    if t < 120:
+        return f"{t:.3g} s"
+    if t < 7200:
+        return f"{t / 60:.3g} min"
+    if t < 2 * 86400:
+        return f"{t / 3600:.3g} h"
+    return f"{t / 86400:.3g} days"
 
 
 def _group_key(cfg: ExperimentConfig, data: Dataset) -> str:
@@ -98,37 +152,264 @@ def auto_chunk_runs(cfg: ExperimentConfig, n: int, d: int, m: int, group_size: i
     return math.ceil(group_size / n_chunks)
 
 
-def make_plan(cfg: ExperimentConfig, base_dir: Path | None = None) -> Plan:
-    """Expand the sweep, build each distinct data set once, and cut groups into chunks."""
-    expanded = expand_runs(cfg)
-    datasets: dict[str, Dataset] = {}
-    runs: list[RunSpec] = []
-    for i, (coords, rc) in enumerate(expanded):
+class _Runs(Sequence[RunSpec]):
+    """The runs of a sweep as a sequence; each is built (config, data) when indexed."""
+
+    def __init__(
+        self, space: SweepSpace, base_dir: Path | None, datasets: dict[str, Dataset]
+    ) -> None:
+        self.space, self.base_dir, self.datasets = space, base_dir, datasets
+
+    def __len__(self) -> int:
+        return self.space.n_runs
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        coords, rc = self.space.run(i)
         if "seed" in coords:
             rc = rc.model_copy(update={"seed": int(coords["seed"])})
+        return RunSpec(index=i, coords=coords, config=rc, data=self.data(rc))
+
+    def __iter__(self) -> Iterator[RunSpec]:
+        for i in range(len(self)):
+            yield self[i]
+
+    def data(self, rc: ExperimentConfig) -> Dataset:
         key = json.dumps(rc.data.model_dump(mode="json"), sort_keys=True)
-        if key not in datasets:
-            datasets[key] = make_dataset(rc.data, base_dir)
-        runs.append(RunSpec(index=i, coords=coords, config=rc, data=datasets[key]))
+        ds = self.datasets.get(key)
+        if ds is None:
+            check_data_size(rc)
+            ds = self.datasets[key] = make_dataset(rc.data, self.base_dir)
+        return ds
+
+
+class _Chunks(Sequence[ChunkPlan]):
+    """The chunks of a plan; a chunk's run indices are computed when it is asked for.
+
+    Group ``g`` holds the runs whose digits on the dependent axes are one of
+    ``members[g]`` (any digits on the independent axes), in index order; chunk
+    ``c`` is its members ``c·k … c·k + k − 1`` with ``k = sizes[g]``.
+    """
+
+    def __init__(
+        self, space: SweepSpace, members: list[list[tuple[int, ...]]], sizes: list[int]
+    ) -> None:
+        self.space, self.sizes = space, sizes
+        free = [j for j in space.independent]
+        self.group_runs = [len(m) * math.prod(space.sizes[j] for j in free) for m in members]
+        self.counts = [math.ceil(r / k) for r, k in zip(self.group_runs, sizes, strict=True)]
+        # how many of a group's dependent combos start with each prefix
+        self.prefix: list[dict[tuple[int, ...], int]] = []
+        for m in members:
+            cnt: dict[tuple[int, ...], int] = {}
+            for combo in m:
+                for t in range(len(combo) + 1):
+                    cnt[combo[:t]] = cnt.get(combo[:t], 0) + 1
+            self.prefix.append(cnt)
+        K = len(space.keys)
+        # runs completing a prefix through axis j, per dependent combo: the free axes after j
+        self.tail = [math.prod(space.sizes[i] for i in free if i > j) for j in range(K)]
+        self.is_dep = [j in set(space.dependent) for j in range(K)]
+
+    def __len__(self) -> int:
+        return sum(self.counts)
+
+    def ids(self) -> Iterator[tuple[int, int]]:
+        """``(group, chunk)`` of every chunk, in order, without building any."""
+        for g, n in enumerate(self.counts):
+            for c in range(n):
+                yield g, c
+
+    def get(self, g: int, c: int) -> ChunkPlan:
+        k = self.sizes[g]
+        if not 0 <= c < self.counts[g]:
+            raise IndexError((g, c))
+        start = c * k
+        runs = []
+        for idx in self._members(g, start):
+            runs.append(idx)
+            if len(runs) == k:
+                break
+        return ChunkPlan(group=g, chunk=c, runs=tuple(runs))
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        for g, n in enumerate(self.counts):
+            if i < n:
+                return self.get(g, i)
+            i -= n
+        raise IndexError(i)
+
+    def __iter__(self) -> Iterator[ChunkPlan]:
+        for g, c in self.ids():
+            yield self.get(g, c)
+
+    def _members(self, g: int, skip: int) -> Iterator[int]:
+        """Run indices of group ``g`` in ascending order, from its ``skip``-th on."""
+        sp, cnt, K = self.space, self.prefix[g], len(self.space.keys)
+        digits = [0] * K
+
+        def rec(j: int, dprefix: tuple[int, ...], skip: int) -> Iterator[int]:
+            if j == K:
+                yield sp.index(digits)
+                return
+            for d in range(sp.sizes[j]):
+                p = (*dprefix, d) if self.is_dep[j] else dprefix
+                total = cnt.get(p, 0) * self.tail[j]
+                if total == 0:
+                    continue
+                if skip >= total:
+                    skip -= total
+                    continue
+                digits[j] = d
+                yield from rec(j + 1, p, skip)
+                skip = 0
+
+        yield from rec(0, (), skip)
+
+
+def available_memory() -> int:
+    """Bytes of memory available now (MemAvailable on Linux; physical memory otherwise)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return 1 << 40
+
+
+def check_data_size(rc: ExperimentConfig) -> None:
+    """Refuse generated data whose arrays would not fit in memory (before drawing them).
+
+    Raises:
+        UserInputError: naming ``data.n_train`` (or ``n_test``/``d``) and the sizes.
+    """
+    from .data import DEFAULT_D, DEFAULT_N_TEST, DEFAULT_N_TRAIN
+
+    dc = rc.data
+    if dc.kind in ("file", "sklearn"):
+        return
+    n = DEFAULT_N_TRAIN if dc.n_train is None else dc.n_train
+    m = DEFAULT_N_TEST if dc.n_test is None else dc.n_test
+    d = DEFAULT_D if dc.d is None else dc.d
+    need = 8 * (n + m) * d * 2  # float64 X and X_test, drawn then normalised
+    have = available_memory()
+    if need > have:
+        key = "data.n_train" if n >= m else "data.n_test"
+        key = "data.d" if d > max(n, m) else key
+        raise UserInputError(
+            f"{key}: data of n_train={n}, n_test={m}, d={d} needs about {_fmt_bytes(need)}, "
+            f"more than the {_fmt_bytes(have)} of memory available"
+        )
+
+
+def _bench_gflops(device: str) -> float | None:
+    """The GFLOP/s ``implicit-bias bench`` measured on this device, if it was run."""
+    path = bench_record_path()
+    try:
+        rec = json.loads(path.read_text())
+        value = float(rec[device]["gflops"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return value if value > 0 else None
+
+
+def bench_record_path() -> Path:
+    """Where ``implicit-bias bench`` keeps its figure (``$IMPLICIT_BIAS_BENCH`` overrides)."""
+    env = os.environ.get("IMPLICIT_BIAS_BENCH")
+    if env:
+        return Path(env)
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache) / "implicit-bias" / "bench.json"
+
+
+def _run_seconds(rc: ExperimentConfig, n: int, d: int) -> float | None:
+    gflops = _bench_gflops(rc.train.device)
+    if gflops is None:
+        return None
+    from .bench import workload_flops
+
+    raw = rc.model_dump(mode="json")
+    raw["data"] |= {"n_train": n, "d": d}
+    raw["metrics"]["sharpness"] = raw["metrics"]["sharpness"] or False
+    raw.pop("sweep", None)
+    return workload_flops(raw) / 1e9 / gflops
+
+
+def make_plan(cfg: ExperimentConfig, base_dir: Path | None = None) -> Plan:
+    """Count the runs, groups and chunks of a sweep; build each distinct data shape once.
+
+    Runs are not materialised: ``plan.runs[i]`` and ``plan.chunks[j]`` build
+    one run or one chunk when asked. Groups depend only on the swept keys that
+    are not per-run (see :data:`implicit_bias.config.INDEPENDENT_KEYS`) and on
+    the data's shapes, so planning costs one validation and one data set per
+    combination of those keys, whatever the number of seeds, rates or scales.
+
+    Raises:
+        UserInputError: a run that cannot be built or would not fit in memory.
+    """
+    space = SweepSpace(cfg)
+    datasets: dict[str, Dataset] = {}
+    runs = _Runs(space, base_dir, datasets)
     group_of: dict[str, int] = {}
-    members: list[list[int]] = []
+    members: list[list[tuple[int, ...]]] = []
     groups: list[dict[str, Any]] = []
-    for r in runs:
-        gk = _group_key(r.config, r.data)
+    firsts: list[tuple[ExperimentConfig, Dataset]] = []
+    for combo, rc in space.dependent_points():
+        data = runs.data(rc)
+        gk = _group_key(rc, data)
         if gk not in group_of:
             group_of[gk] = len(members)
             members.append([])
             groups.append(json.loads(gk))
-        members[group_of[gk]].append(r.index)
-    chunks: list[ChunkPlan] = []
-    for g, idx in enumerate(members):
-        first = runs[idx[0]]
-        n, d = first.data.X_train.shape
-        m = first.data.X_test.shape[0]
-        size = auto_chunk_runs(first.config, n, d, m, len(idx))
-        for c, start in enumerate(range(0, len(idx), size)):
-            chunks.append(ChunkPlan(group=g, chunk=c, runs=tuple(idx[start : start + size])))
-    return Plan(config=cfg, runs=runs, groups=groups, chunks=chunks)
+            firsts.append((rc, data))
+        members[group_of[gk]].append(combo)
+    free = math.prod(space.sizes[j] for j in space.independent)
+    sizes, run_bytes, seconds, group_sizes = [], [], [], []
+    have = available_memory()
+    for (rc, data), m in zip(firsts, members, strict=True):
+        n, d = data.X_train.shape
+        t = data.X_test.shape[0]
+        bs = rc.train.batch_size
+        if bs is not None and bs > n:
+            raise UserInputError(
+                f"train.batch_size={bs} exceeds the {n} training samples of the data"
+            )
+        per = estimate_run_bytes(rc, n, d, t)
+        if per > have:
+            raise UserInputError(
+                f"model.width: one run of width {rc.model.width}, depth {rc.model.depth} on "
+                f"n_train={n}, d={d} needs about {_fmt_bytes(per)}, more than the "
+                f"{_fmt_bytes(have)} of memory available"
+            )
+        size = len(m) * free
+        group_sizes.append(size)
+        sizes.append(auto_chunk_runs(rc, n, d, t, size))
+        run_bytes.append(per)
+        seconds.append(_run_seconds(rc, n, d))
+    chunks = _Chunks(space, members, sizes)
+    return Plan(
+        config=cfg,
+        runs=runs,
+        groups=groups,
+        chunks=chunks,
+        group_sizes=group_sizes,
+        chunk_sizes=sizes,
+        run_bytes=run_bytes,
+        run_seconds=seconds,
+        datasets=list(datasets.values()),
+    )
 
 
 def train_chunk(
@@ -162,11 +443,21 @@ def run_sweep(
     device: str | None = None,
     workers: int | None = None,
     scheduler: str | None = None,
-    progress: bool = False,
+    progress: bool | ProgressBoard = False,
+    echo: Callable[[str], None] | None = None,
 ):
     """Run every missing chunk of a config; return the results as a DataTree.
 
     This is :func:`implicit_bias.run`; the CLI's ``run`` verb calls it too.
+
+    Args:
+        progress: ``True`` for a progress bar over run-steps (rich, on stderr);
+            a :class:`ProgressBoard` to show it on a display shared by several
+            sweeps (``reproduce``).
+        echo: called with the plan (one line) before any work starts.
+
+    Raises:
+        UserInputError: bad input, found before any results folder is written.
     """
     from .store import open_results
 
@@ -179,24 +470,114 @@ def run_sweep(
         from .engine import resolve_device
 
         resolve_device("cuda")
+    if scheduler is not None:
+        check_scheduler_address(scheduler)
     out = Path(out) if out is not None else Path("results") / cfg.name
+    chunks = plan.chunks
+    assert isinstance(chunks, _Chunks)
+    if _finished(out, cfg, chunks):
+        # nothing left to do: read, never rewrite (the folder may be read-only)
+        return open_results(out)
+    check_out_folder(out)
     prepare_folder(out, cfg, overwrite)
-    for ds in {id(r.data): r.data for r in plan.runs}.values():
-        path = out / "data" / f"{ds.fingerprint()}.npz"
-        if not path.exists():  # named by content: a resumed run has it already
-            save_dataset(ds, path)
     have = done_chunks(out)
-    todo = [c for c in plan.chunks if c.filename not in have]
+    todo_ids = [(g, c) for g, c in chunks.ids() if ChunkPlan(g, c, ()).filename not in have]
+    if echo is not None:
+        left = f"{len(todo_ids)} chunk(s) to run" if have else "starting"
+        echo(f"{plan.summary()}; {left}")
     steps = cfg.train.steps
-    if todo and (workers or scheduler):
+    if todo_ids and (workers or scheduler):
+        todo = [chunks.get(g, c) for g, c in todo_ids]
+        for c in todo:
+            _save_data(out, [plan.runs[i] for i in c.runs])
         _run_dask(plan, todo, out, workers, scheduler, progress)
-    elif todo:
-        total = sum(len(c.runs) for c in todo) * (steps + 1)
+    elif todo_ids:
+        total = sum(
+            min(chunks.sizes[g], chunks.group_runs[g] - c * chunks.sizes[g]) for g, c in todo_ids
+        ) * (steps + 1)
         with _progress(progress, total, f"{cfg.name}: {len(plan.runs)} runs") as advance:
-            for c in todo:
-                R = len(c.runs)
-                execute_chunk(plan, c, out, progress=lambda k, R=R: advance(k * R))
+            for g, k in todo_ids:
+                chunk = chunks.get(g, k)  # only the chunk being executed is built
+                runs = [plan.runs[i] for i in chunk.runs]
+                _save_data(out, runs)
+                R = len(runs)
+                train_chunk(
+                    runs, chunk, plan.groups[g], out, progress=lambda k, R=R: advance(k * R)
+                )
     return open_results(out)
+
+
+def _save_data(out: Path, runs: Iterable[RunSpec]) -> None:
+    """Write each data set of ``runs`` once (named by content: a resumed run has it)."""
+    for ds in {id(r.data): r.data for r in runs}.values():
+        path = out / "data" / f"{ds.fingerprint()}.npz"
+        if not path.exists():
+            save_dataset(ds, path)
+
+
+def _finished(out: Path, cfg: ExperimentConfig, chunks: _Chunks) -> bool:
+    """Whether ``out`` already holds every chunk of ``cfg`` (so nothing is written)."""
+    import yaml
+
+    from .store import CONFIG_FILE
+
+    try:
+        old = yaml.safe_load((out / CONFIG_FILE).read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return False
+    if not isinstance(old, dict) or old.get("config_hash") != cfg.config_hash():
+        return False
+    have = done_chunks(out)
+    return all(ChunkPlan(g, c, ()).filename in have for g, c in chunks.ids())
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse a results path that cannot be a writable folder, before anything is written.
+
+    Raises:
+        UserInputError: a file on the path, or a folder that is not writable.
+    """
+    p = Path(out)
+    probe = p
+    while not probe.exists() and not probe.is_symlink() and probe != probe.parent:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise UserInputError(f"--out {out}: {probe} is a file, not a folder")
+    dirs = [probe, p / "chunks", p / "data"]
+    for d in dirs:
+        if d.is_dir() and not os.access(d, os.W_OK | os.X_OK):
+            raise UserInputError(f"--out {out}: folder {d} is not writable (permission denied)")
+
+
+_ADDRESS = re.compile(r"^(?:(?:tcp|tls|inproc|ucx|ws|wss)://)?[\w.\-\[\]:]+:\d{1,5}/?$")
+
+
+def check_scheduler_address(address: str) -> None:
+    """Refuse a ``--scheduler`` that is not a Dask address (``tcp://HOST:PORT``).
+
+    Raises:
+        UserInputError: naming ``--scheduler``.
+    """
+    if not _ADDRESS.match(address):
+        raise UserInputError(
+            f"--scheduler {address!r}: not a scheduler address (expected tcp://HOST:PORT)"
+        )
+
+
+#: seconds to wait for a ``--scheduler`` before giving up with one line
+CONNECT_TIMEOUT = float(os.environ.get("IMPLICIT_BIAS_CONNECT_TIMEOUT", 10))
+
+
+def _connect(scheduler: str):
+    from dask.distributed import Client
+
+    try:
+        return Client(scheduler, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as err:
+        raise UserInputError(
+            f"--scheduler {scheduler}: cannot connect within {CONNECT_TIMEOUT:g} s "
+            f"({type(err).__name__}); is the scheduler running?"
+        ) from None
 
 
 def _with(overrides, key: str, value: Any):
@@ -207,39 +588,108 @@ def _with(overrides, key: str, value: Any):
     return [*overrides, f"{key}={value}"]
 
 
+def _rich_progress():
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.percentage:>3.0f}%"),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
+
+
+class ProgressBoard:
+    """One progress display shared by a series of sweeps (``reproduce``).
+
+    A bar over experiments, and under it each sweep's bar over run-steps as
+    :func:`run_sweep` draws it. Pass the board as ``progress=`` to
+    :func:`run_sweep` and call :meth:`start` before each experiment (or pass
+    :meth:`start` where a ``echo("paper/experiment …")`` callback is taken)::
+
+        with ProgressBoard(len(experiments), "liu2023") as board:
+            for name, cfg in experiments:
+                board.start(name)
+                run_sweep(cfg, out / name, progress=board)
+
+    Disabled (``enabled=False``), it draws nothing and costs nothing.
+    """
+
+    def __init__(self, total: int | None = None, label: str = "experiments", enabled: bool = True):
+        self.total, self.label, self.enabled = total, label, enabled
+        self.bar: Any = None
+        self._task: Any = None
+        self._started = 0
+
+    def __bool__(self) -> bool:
+        return self.enabled
+
+    def __enter__(self) -> ProgressBoard:
+        if self.enabled:
+            self.bar = _rich_progress()
+            self.bar.__enter__()
+            self._task = self.bar.add_task(self.label, total=self.total)
+        return self
+
+    def start(self, name: str) -> None:
+        """Mark the previous experiment done and show ``name`` as the current one."""
+        name = name.rstrip(" …").strip()
+        if self.bar is not None:
+            if self._started:
+                self.bar.advance(self._task, 1)
+            self.bar.update(self._task, description=f"{self.label}: {name}")
+        self._started += 1
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.bar is not None:
+            if self._started and exc[0] is None:
+                self.bar.advance(self._task, 1)
+                self.bar.update(self._task, description=f"{self.label}: done")
+            self.bar.__exit__(*exc)
+            self.bar = None
+
+
 class _progress:
-    """A rich progress bar over run-steps (no-op when disabled)."""
+    """A rich progress bar over run-steps (no-op when disabled).
 
-    def __init__(self, enabled: bool, total: int, label: str):
+    ``enabled`` may be a :class:`ProgressBoard`: the bar is then a task of the
+    board's display, removed when the sweep ends.
+    """
+
+    def __init__(self, enabled: bool | ProgressBoard, total: int, label: str):
         self.enabled, self.total, self.label = enabled, total, label
+        self.own = not isinstance(enabled, ProgressBoard)
 
-    def __enter__(self):
+    def __enter__(self) -> Callable[[int], None]:
         if not self.enabled:
             return lambda k: None
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        if isinstance(self.enabled, ProgressBoard):
+            self.bar = self.enabled.bar
+            if self.bar is None:
+                return lambda k: None
+        else:
+            self.bar = _rich_progress()
+            self.bar.__enter__()
+        self.task = self.bar.add_task(self.label, total=self.total)
+        return lambda k: self.bar.advance(self.task, k)
 
-        self.bar = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.percentage:>3.0f}%"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self.bar.__enter__()
-        task = self.bar.add_task(self.label, total=self.total)
-        return lambda k: self.bar.advance(task, k)
-
-    def __exit__(self, *exc):
-        if self.enabled:
+    def __exit__(self, *exc: Any) -> None:
+        if not self.enabled or getattr(self, "bar", None) is None:
+            return
+        if self.own:
             self.bar.__exit__(*exc)
-        return False
+        else:
+            self.bar.remove_task(self.task)
 
 
 def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, workers, scheduler, progress):
@@ -250,7 +700,7 @@ def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, workers, scheduler, 
             "--workers/--scheduler need dask: pip install 'implicit-bias[dask]'"
         ) from None
     if scheduler:
-        client = Client(scheduler)
+        client = _connect(scheduler)
         cluster = None
     else:
         cluster = LocalCluster(
