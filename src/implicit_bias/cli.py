@@ -27,16 +27,28 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    typer.echo(f"warning: {' '.join(str(message).split())}", err=True)
+
+
 def _guard(fn):
-    """Turn user-input errors into one line and exit code 2."""
-    from ._errors import UserInputError
+    """Turn user-input errors into one line and exit code 2 (failed chunks: exit 1)."""
+    import warnings
+
+    from ._errors import ChunksFailed, ChunkWarning, UserInputError
 
     try:
-        return fn()
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", ChunkWarning)
+            warnings.showwarning = _one_line_warning
+            return fn()
     except UserInputError as err:
         _fail(str(err))
     except FileNotFoundError as err:
         _fail(f"file not found: {err.filename or err}")
+    except ChunksFailed as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo(
             "interrupted; finished chunks are kept, run the same command to resume", err=True

@@ -19,11 +19,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ._errors import UserInputError
+from ._errors import ChunksFailed, UserInputError
 from .config import ExperimentConfig, expand_runs, load_config
 from .data import Dataset, make_dataset, save_dataset
 from .engine import RunSpec, Trainer
-from .store import ChunkPlan, chunk_to_dataset, done_chunks, prepare_folder, write_chunk
+from .store import (
+    ChunkPlan,
+    chunk_to_dataset,
+    folder_lock,
+    prepare_folder,
+    remove_stale_tmp,
+    verified_chunks,
+    write_chunk,
+)
+
+#: Dask re-runs a chunk this many times when it fails (a lost worker, a crash).
+DASK_RETRIES = 2
 
 # Keys that may differ between the runs of one batched group.
 _PER_RUN_KEYS = {
@@ -180,23 +191,25 @@ def run_sweep(
 
         resolve_device("cuda")
     out = Path(out) if out is not None else Path("results") / cfg.name
-    prepare_folder(out, cfg, overwrite)
-    for ds in {id(r.data): r.data for r in plan.runs}.values():
-        path = out / "data" / f"{ds.fingerprint()}.npz"
-        if not path.exists():  # named by content: a resumed run has it already
-            save_dataset(ds, path)
-    have = done_chunks(out)
-    todo = [c for c in plan.chunks if c.filename not in have]
-    steps = cfg.train.steps
-    if todo and (workers or scheduler):
-        _run_dask(plan, todo, out, workers, scheduler, progress)
-    elif todo:
-        total = sum(len(c.runs) for c in todo) * (steps + 1)
-        with _progress(progress, total, f"{cfg.name}: {len(plan.runs)} runs") as advance:
-            for c in todo:
-                R = len(c.runs)
-                execute_chunk(plan, c, out, progress=lambda k, R=R: advance(k * R))
-    return open_results(out)
+    with folder_lock(out):  # one writer per folder; refuses folders that are not ours
+        prepare_folder(out, cfg, overwrite)
+        for ds in {id(r.data): r.data for r in plan.runs}.values():
+            path = out / "data" / f"{ds.fingerprint()}.npz"
+            if not path.exists():  # named by content: a resumed run has it already
+                save_dataset(ds, path)
+        remove_stale_tmp(out)
+        have = verified_chunks(out, plan.chunks)  # damaged ones are named, removed, redone
+        todo = [c for c in plan.chunks if c.filename not in have]
+        steps = cfg.train.steps
+        if todo and (workers or scheduler):
+            _run_dask(plan, todo, out, workers, scheduler, progress)
+        elif todo:
+            total = sum(len(c.runs) for c in todo) * (steps + 1)
+            with _progress(progress, total, f"{cfg.name}: {len(plan.runs)} runs") as advance:
+                for c in todo:
+                    R = len(c.runs)
+                    execute_chunk(plan, c, out, progress=lambda k, R=R: advance(k * R))
+        return open_results(out)
 
 
 def _with(overrides, key: str, value: Any):
@@ -257,9 +270,12 @@ def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, workers, scheduler, 
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
         )
         client = Client(cluster)
+    failed: list[str] = []
     try:
-        # each task gets its runs (configs and data) as built here, once
-        futures = [
+        # each task gets its runs (configs and data) as built here, once; a task
+        # that fails (or whose worker is lost) is retried, then reported, while
+        # the other chunks go on
+        futures = {
             client.submit(
                 train_chunk,
                 [plan.runs[i] for i in c.runs],
@@ -267,16 +283,25 @@ def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, workers, scheduler, 
                 plan.groups[c.group],
                 out.resolve(),
                 pure=False,
-            )
+                retries=DASK_RETRIES,
+            ): c
             for c in todo
-        ]
+        }
         with _progress(
             progress, len(todo), f"{plan.config.name}: {len(todo)} chunks on dask"
         ) as adv:
             for fut in as_completed(futures):
-                fut.result()
+                if fut.status == "error":
+                    err = fut.exception()
+                    why = " ".join(str(err).split())[:200]
+                    failed.append(f"{futures[fut].filename} ({type(err).__name__}: {why})")
                 adv(1)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+    if failed:
+        raise ChunksFailed(
+            f"{len(failed)} of {len(todo)} chunk(s) failed in {out}: {'; '.join(sorted(failed))}; "
+            "the finished chunks are kept: run the same command again to redo the failed ones"
+        )
