@@ -1,7 +1,8 @@
-"""The one exception type that user-facing input errors raise.
+"""The exception types that user-facing errors raise.
 
-The CLI turns it into a single line on stderr and exit code 2; the Python API
-lets it propagate so notebooks see a normal exception.
+The CLI turns a :class:`UserInputError` into a single line on stderr and exit
+code 2, :class:`ChunksFailed` into one line and exit code 1; the Python API
+lets them propagate so notebooks see a normal exception.
 """
 
 from __future__ import annotations
@@ -15,3 +16,18 @@ class UserInputError(ValueError):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))
+
+
+class ChunksFailed(RuntimeError):
+    """Some chunks of a sweep failed (on Dask); the finished ones are kept.
+
+    The CLI prints the message as one line and exits 1; running the same
+    command again redoes only the failed chunks.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+class ChunkWarning(UserWarning):
+    """A chunk in a results folder was damaged or misplaced; it is removed and redone."""

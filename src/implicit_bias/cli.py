@@ -80,16 +80,21 @@ def _fail(msg: str) -> None:
     raise typer.Exit(2)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    typer.echo(f"warning: {' '.join(str(message).split())}", err=True)
+
+
 def _guard(fn):
-    """Turn user-input errors into one line and exit code 2; config warnings into lines."""
+    """Turn user-input errors into one line and exit code 2 (failed chunks: exit 1);
+    config and chunk warnings into one line each."""
     import warnings
 
-    from ._errors import UserInputError
+    from ._errors import ChunksFailed, ChunkWarning, UserInputError
     from .config import ConfigWarning
 
     def show(message, category, filename, lineno, file=None, line=None):
-        if issubclass(category, ConfigWarning):
-            typer.echo(f"warning: {message}", err=True)
+        if issubclass(category, ConfigWarning | ChunkWarning):
+            _one_line_warning(message, category, filename, lineno, file, line)
         else:
             previous(message, category, filename, lineno, file, line)
 
@@ -97,12 +102,16 @@ def _guard(fn):
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default", ConfigWarning)
+            warnings.simplefilter("always", ChunkWarning)
             warnings.showwarning = show
             return fn()
     except UserInputError as err:
         _fail(str(err))
     except FileNotFoundError as err:
         _fail(f"file not found: {err.filename or err}")
+    except ChunksFailed as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo(
             "interrupted; finished chunks are kept, run the same command to resume", err=True

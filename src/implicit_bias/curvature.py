@@ -22,6 +22,12 @@ import torch
 from torch import Tensor
 from torch.func import grad, jacrev, jvp, vjp, vmap
 
+from . import _linalg
+
+# what a run that breaks here is recorded as (see :mod:`implicit_bias._linalg`)
+_EIGH = "Lanczos tridiagonal linalg.eigh did not converge"
+_NONFINITE = "Lanczos: non-finite operator (Hessian/NTK) product or eigen-solve"
+
 with warnings.catch_warnings():
     # The first forward-mode AD call imports torch's jvp decompositions, which
     # torch.jit.script them and (torch >= 2.9) warn that jit.script is deprecated;
@@ -259,7 +265,9 @@ def _tridiagonalize(
         if stop_tol is not None and j >= k and j % 2 == 1:
             # Early stop: the Ritz residual of the top-k pairs is |β_j·s_{j,i}|
             # (Parlett 1998 §13.2); stop once every run has it below tol·|θ|/2.
-            theta, S = torch.linalg.eigh(_tridiagonal(alpha[:, : j + 1], beta[:, :j]))
+            Tj = _tridiagonal(alpha[:, : j + 1], beta[:, :j])
+            theta, S, broke = _linalg.eigh(torch.where(bad[:, None, None], 0.0, Tj), _EIGH)
+            bad |= broke  # a run whose T does not diagonalise is done (NaN), not the batch
             est = beta[:, j, None].abs() * S[:, -1, -k:].abs()
             done = (est <= 0.5 * stop_tol * theta[:, -k:].abs()).all(1) | bad
             if bool(done.all()):
@@ -313,7 +321,9 @@ def lanczos(
     if not 1 <= k <= m:
         raise ValueError(f"need 1 <= k <= min(iters, P) = {m}, got k={k}")
     Q, T, bad = _tridiagonalize(matvec, v0, m, generator, tol if early_stop else None, k)
-    theta, S = torch.linalg.eigh(T)  # ascending
+    theta, S, broke = _linalg.eigh(T, _EIGH)  # ascending; NaN for runs it fails on
+    bad = bad | broke
+    _linalg.note_failure(_NONFINITE, bad)
     theta, S = theta[:, -k:].flip(-1), S[:, :, -k:].flip(-1)
     vecs = torch.einsum("rmk,rmp->rkp", S, Q)
     vecs = vecs / vecs.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v0.dtype).tiny)
@@ -398,7 +408,9 @@ def spectral_density(
     for _ in range(probes):
         z = _rademacher(R, P, dtype, device, generator)
         _, T, bad = _tridiagonalize(matvec, z, m, generator)
-        theta, S = torch.linalg.eigh(T)
+        theta, S, broke = _linalg.eigh(T, _EIGH)
+        bad = bad | broke
+        _linalg.note_failure(_NONFINITE, bad)
         nodes.append(torch.where(bad[:, None], float("nan"), theta))
         weights.append(torch.where(bad[:, None], float("nan"), S[:, 0, :] ** 2 / probes))
     return torch.cat(nodes, 1), torch.cat(weights, 1)

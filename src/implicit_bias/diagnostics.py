@@ -26,7 +26,7 @@ from scipy.optimize import linprog, nnls
 from torch import Tensor
 from torch.func import jacrev, vmap
 
-from . import models
+from . import _linalg, models
 from .models import ModelSpec
 
 XDim = int | None | Literal["auto"]
@@ -67,7 +67,7 @@ def singular_values(W: Tensor) -> Tensor:
     Returns:
         ``(R, min(out, in))``.
     """
-    return torch.linalg.svdvals(W)
+    return _linalg.svdvals(W, "singular values linalg.svdvals")[0]
 
 
 def stable_rank(W: Tensor) -> Tensor:
@@ -89,7 +89,7 @@ def _gram_eigenvalues(W: Tensor) -> Tensor:
     accurate to ≈ eps·σ_1², i.e. σ_k down to ≈ 1e-8·σ_1."""
     W = W.double()
     G = W @ W.mT if W.shape[-2] <= W.shape[-1] else W.mT @ W
-    return torch.linalg.eigvalsh(G).flip(-1).clamp_min(0)
+    return _linalg.eigvalsh(G, "weight Gram linalg.eigvalsh")[0].flip(-1).clamp_min(0)
 
 
 def numerical_rank(W: Tensor, tol: float | None = None) -> Tensor:
@@ -108,7 +108,7 @@ def numerical_rank(W: Tensor, tol: float | None = None) -> Tensor:
     if tol >= 1e-6:  # the Gram route resolves σ down to ≈ 1e-8 σ_1
         s = _gram_eigenvalues(W).sqrt()
     else:
-        s = torch.linalg.svdvals(W)
+        s = _linalg.svdvals(W, "numerical rank linalg.svdvals")[0]
     return (s > tol * s[..., :1]).sum(-1)
 
 
@@ -199,7 +199,7 @@ def _gram_root(K: Tensor) -> Tensor:
     matrix product and an m × m eigh, which is several times faster than a
     Householder QR of the tall matrix on CPU.
     """
-    s, V = torch.linalg.eigh(K)
+    s, V, _ = _linalg.eigh(K, "KKT Gram linalg.eigh")  # NaN for a matrix it fails on
     return V * s.clamp_min(0).sqrt().unsqueeze(-2)
 
 

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from . import batched, curvature, metrics
+from . import _linalg, batched, curvature, metrics
 from .config import ExperimentConfig
 from .data import Dataset
 from .losses import accuracy, mean_loss
@@ -236,8 +236,12 @@ class Trainer:
             r.config.train.lr_units == "critical" for r in self.runs
         )
         sharp0 = torch.full((R,), math.nan, dtype=dt, device=dev)
-        if need_init_sharp:
-            sharp0 = metrics.top_sharpness(ctx)[0][:, 0]  # kept in ctx.state for step 0
+        # A curvature / linear-algebra step that breaks for a run (_linalg) marks that
+        # run diverged at that step, with the step's name in divergence_cause.
+        causes = [""] * R
+        with _linalg.recording() as init_broke:
+            if need_init_sharp:
+                sharp0 = metrics.top_sharpness(ctx)[0][:, 0]  # kept in ctx.state for step 0
 
         lr_base = torch.tensor([r.config.train.lr for r in self.runs], dtype=torch.float64)
         critical = torch.tensor([r.config.train.lr_units == "critical" for r in self.runs])
@@ -252,6 +256,8 @@ class Trainer:
         acc_tr = torch.full((steps + 1, R), math.nan, dtype=dt, device=dev)
         active = torch.ones(R, dtype=torch.bool, device=dev)
         div_step = torch.full((R,), -1, dtype=torch.long, device=dev)
+        # why: 1 loss non-finite or above diverge_factor × L₀, 2 update non-finite, 3 a step broke
+        div_kind = torch.zeros(R, dtype=torch.long, device=dev)
         pending = torch.zeros(R, dtype=torch.bool, device=dev)  # update went non-finite
         factor = torch.tensor(
             [r.config.metrics.phase.diverge_factor for r in self.runs], dtype=dt, device=dev
@@ -281,13 +287,23 @@ class Trainer:
             # Divergence: a non-finite loss, a loss above diverge_factor × L₀, or an update gone non-finite.
             bad = active & (pending | ~torch.isfinite(loss_t) | (loss_t > factor * L0))
             div_step = torch.where(bad, torch.full_like(div_step, t), div_step)
+            div_kind = torch.where(bad, torch.where(pending, 2, 1), div_kind)
             active = active & ~bad
             loss_tr[t] = torch.where(active | bad, loss_t, torch.nan)
             acc_tr[t] = torch.where(active | bad, acc_t, torch.nan)
 
             if t in eval_set:
                 ctx.params, ctx.step, ctx.active = params, t, active
-                for name, val in metrics.step_metrics(ctx).items():
+                with _linalg.recording() as broke:
+                    vals = metrics.step_metrics(ctx)
+                if t == 0:
+                    broke = init_broke + broke
+                if broke:
+                    hit = self._broke(broke, active, t, causes)
+                    div_step = torch.where(hit, torch.full_like(div_step, t), div_step)
+                    div_kind = torch.where(hit, 3, div_kind)
+                    active = active & ~hit
+                for name, val in vals.items():
                     mask = active.reshape(-1, *([1] * (val.dim() - 1)))
                     if val.dtype == torch.bool:
                         val = val & mask
@@ -321,11 +337,37 @@ class Trainer:
             self.progress(steps % 50 + 1)
 
         ctx.params, ctx.active = params, active
-        final_vals = metrics.final_metrics(ctx)
-        return self._collect(
+        with _linalg.recording() as broke:
+            final_vals = metrics.final_metrics(ctx)
+        if broke:
+            hit = self._broke(broke, active, steps, causes)
+            div_step = torch.where(hit, torch.full_like(div_step, steps), div_step)
+            div_kind = torch.where(hit, 3, div_kind)
+        res = self._collect(
             loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
             init_weights, params,
         )  # fmt: skip
+        kinds = div_kind.cpu().tolist()
+        names = {1: "loss", 2: "non-finite update"}
+        res.per_run["divergence_cause"] = np.array(
+            [names.get(k, c) for k, c in zip(kinds, causes, strict=True)], dtype=str
+        )
+        return res
+
+    def _broke(
+        self, records: list[tuple[str, Tensor]], active: Tensor, t: int, causes: list[str]
+    ) -> Tensor:
+        """Runs still active that a curvature / linear-algebra step broke at step t
+        (their cause written into ``causes``), as an ``(R,)`` mask."""
+        hit = torch.zeros_like(active)
+        for what, mask in records:
+            if mask.shape != active.shape:  # not over runs: nothing to attribute
+                continue
+            new = active & mask.to(active.device) & ~hit
+            for r in torch.nonzero(new).flatten().tolist():
+                causes[r] = f"{what} at step {t}"
+            hit |= new
+        return hit
 
     # ------------------------------------------------------------------ collect
     def _collect(

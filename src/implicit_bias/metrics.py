@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import curvature, phases
+from . import _linalg, curvature, phases
 from .config import MetricsConfig
 from .losses import accuracy, mean_loss
 
@@ -101,7 +101,7 @@ def _ntk(ctx: EvalContext) -> dict[str, Tensor]:
         from .batched import jacobian_gram
 
         gram = jacobian_gram(ctx.params, tr.X, tr.spec, tr.a)[0] / tr.n
-        out = {"ntk_max": torch.linalg.eigvalsh(gram)[:, -1]}
+        out = {"ntk_max": _linalg.eigvalsh(gram, "NTK Gram linalg.eigvalsh")[0][:, -1]}
         if ctx.step in ctx.cfg.ntk_gram_at:
             ctx.state.setdefault("ntk_gram", {})[ctx.step] = gram
         return out

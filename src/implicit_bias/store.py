@@ -2,20 +2,42 @@
 
 Layout of ``DIR``::
 
+    .implicit-bias         marker: this folder was written by implicit-bias (JSON)
+    .implicit-bias.lock    the writer's lock (filelock), .implicit-bias.owner its pid/host
     config.yaml            resolved config with its hash
     data/<fingerprint>.npz  each distinct data set, once
     chunks/g<group>-c<chunk>.nc   one netCDF file per finished chunk
 
-A chunk file appears only when whole: it is written as ``<name>.nc.tmp`` in
-``chunks/`` and renamed (``os.replace`` is atomic on POSIX). A rerun of the
-same command skips the chunks that exist.
+A folder is written only when it is new, empty, or ours (the marker, or the
+``config.yaml`` + ``chunks/`` of a folder written before the marker existed);
+``--overwrite`` removes only what this tool writes there.
+
+A chunk file appears only when whole: it is written as
+``<name>.<host>-<pid>-<random>.tmp`` in ``chunks/`` and renamed (``os.replace``
+is atomic on POSIX). Each chunk records its ``group``, ``chunk``, ``runs`` and
+the ``sha256`` of its content (every variable, coordinates included, and those
+three attributes) in its attributes; a chunk is trusted only when it opens,
+sits under its own name and matches its checksum. A rerun of the same command
+redoes the chunks that are missing or fail that check.
+
+One process writes a folder at a time: :func:`folder_lock` holds an OS lock
+(:mod:`filelock`) on ``.implicit-bias.lock`` for the whole run; a second run
+on the same folder does not wait but stops at once, naming the holder. The OS
+releases the lock when its holder dies, even by ``kill -9``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import uuid
+import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,7 +46,7 @@ import numpy as np
 import xarray as xr
 import yaml
 
-from ._errors import UserInputError
+from ._errors import ChunkWarning, UserInputError
 from .config import ExperimentConfig, to_yaml
 
 if TYPE_CHECKING:  # keep torch out of open_results / report start-up
@@ -33,6 +55,19 @@ if TYPE_CHECKING:  # keep torch out of open_results / report start-up
 CONFIG_FILE = "config.yaml"
 CHUNK_DIR = "chunks"
 DATA_DIR = "data"
+MARKER_FILE = ".implicit-bias"
+LOCK_FILE = ".implicit-bias.lock"
+OWNER_FILE = ".implicit-bias.owner"
+REPORT_DIR = "report"
+#: what ``--overwrite`` removes: the entries this tool writes, nothing else
+_OWN_ENTRIES = (MARKER_FILE, CONFIG_FILE, CHUNK_DIR, DATA_DIR, REPORT_DIR)
+#: entries that do not make a folder "not empty" (a lock taken before the marker was written)
+_LOCK_ENTRIES = (LOCK_FILE, OWNER_FILE)
+_CHUNK_NAME = re.compile(r"^g(\d+)-c(\d+)\.nc$")
+
+#: Test hook: seconds to sleep after a chunk's temporary file is written and
+#: before it is renamed into place (the fault tests kill -9 a run there).
+_WRITE_DELAY_ENV = "IMPLICIT_BIAS_TEST_WRITE_DELAY"
 
 
 @dataclass(frozen=True)
@@ -49,22 +84,56 @@ class ChunkPlan:
 
 
 # ------------------------------------------------------------------- folder
+def is_results_folder(out: Path) -> bool:
+    """Whether ``out`` was written by this tool: our marker, or (written before the
+    marker existed) a ``config.yaml`` with its ``config_hash`` beside ``chunks/``."""
+    out = Path(out)
+    if (out / MARKER_FILE).is_file():
+        return True
+    if not (out / CHUNK_DIR).is_dir():
+        return False
+    return _config_hash_of(out) is not None
+
+
+def _config_hash_of(out: Path) -> str | None:
+    try:
+        old = yaml.safe_load((out / CONFIG_FILE).read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return old.get("config_hash") if isinstance(old, dict) else None
+
+
+def check_writable_folder(out: Path) -> None:
+    """Refuse a path that is a file, or a non-empty folder this tool did not write.
+
+    Raises:
+        UserInputError: ``out`` is a file, or a folder with other content (even
+            under ``--overwrite``: only folders of ours are ever replaced).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"results path is a file, not a folder: {out}")
+    if not out.is_dir() or is_results_folder(out):
+        return
+    if any(p.name not in _LOCK_ENTRIES for p in out.iterdir()):
+        raise UserInputError(
+            f"{out} is not empty and is not an implicit-bias results folder; refusing to "
+            "write into it (with or without --overwrite): choose a new or empty --out"
+        )
+
+
 def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> None:
     """Create ``out`` for ``cfg``, or check that it already belongs to ``cfg``.
 
     Raises:
-        UserInputError: the folder holds results of another config (and not ``overwrite``).
+        UserInputError: the folder is not ours (see :func:`check_writable_folder`),
+            or holds results of another config (and not ``overwrite``).
     """
     out = Path(out)
+    check_writable_folder(out)
     cfg_path = out / CONFIG_FILE
-    if out.exists() and not out.is_dir():
-        raise UserInputError(f"results path is a file, not a folder: {out}")
-    if cfg_path.exists():
-        try:
-            old = yaml.safe_load(cfg_path.read_text()) or {}
-            old_hash = old.get("config_hash")
-        except (yaml.YAMLError, AttributeError):
-            old_hash = None
+    if out.is_dir() and is_results_folder(out):
+        old_hash = _config_hash_of(out)
         if old_hash != cfg.config_hash():
             if not overwrite:
                 raise UserInputError(
@@ -72,20 +141,26 @@ def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> None:
                     "use --overwrite or another --out"
                 )
             _clear(out)
-    elif out.exists() and any(out.iterdir()):
-        if not overwrite and (out / CHUNK_DIR).exists():
-            raise UserInputError(
-                f"results folder {out} has chunks but no {CONFIG_FILE}; use --overwrite"
-            )
-        if overwrite:
-            _clear(out)
     (out / CHUNK_DIR).mkdir(parents=True, exist_ok=True)
     (out / DATA_DIR).mkdir(exist_ok=True)
-    _atomic_write_text(cfg_path, to_yaml(cfg, {"config_hash": cfg.config_hash()}))
+    marker = {"tool": "implicit-bias", "version": _version(), "config_hash": cfg.config_hash()}
+    _atomic_write_text(out / MARKER_FILE, json.dumps(marker, sort_keys=True) + "\n")
+    text = to_yaml(cfg, {"config_hash": cfg.config_hash()})
+    if not cfg_path.is_file() or cfg_path.read_text() != text:
+        _atomic_write_text(cfg_path, text)
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def _clear(out: Path) -> None:
+    """Remove what this tool writes in ``out`` (and its temporary files); keep the rest."""
     for child in out.iterdir():
+        if child.name not in _OWN_ENTRIES and not child.name.endswith(".tmp"):
+            continue
         if child.is_dir() and not child.is_symlink():
             shutil.rmtree(child)
         else:
@@ -93,14 +168,176 @@ def _clear(out: Path) -> None:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f"{path.name}.{_tmp_tag()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _tmp_tag() -> str:
+    """Unique per process and call: two writers never share a temporary file."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+@contextlib.contextmanager
+def folder_lock(out: Path) -> Iterator[None]:
+    """Hold the one-writer lock of results folder ``out`` (created if missing).
+
+    Does not wait: a folder in use is an error naming its holder. The lock is
+    an OS lock (:class:`filelock.FileLock`), released when the holder exits or
+    is killed.
+
+    Raises:
+        UserInputError: ``out`` is not ours (:func:`check_writable_folder`), or
+            another process holds its lock.
+    """
+    from filelock import FileLock, Timeout
+
+    out = Path(out)
+    check_writable_folder(out)  # before creating anything in a folder that is not ours
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserInputError(f"results path is a file, not a folder: {out}") from None
+    lock = FileLock(out / LOCK_FILE, timeout=0, thread_local=False)
+    try:
+        lock.acquire()
+    except Timeout:
+        try:
+            holder = (out / OWNER_FILE).read_text().strip()
+        except OSError:
+            holder = "another process"
+        raise UserInputError(
+            f"results folder {out} is in use by {holder or 'another process'}; "
+            "wait for that run to finish, or use another --out"
+        ) from None
+    try:
+        _atomic_write_text(out / OWNER_FILE, f"pid {os.getpid()} on host {socket.gethostname()}")
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            (out / OWNER_FILE).unlink()
+        lock.release()
+
+
+def remove_stale_tmp(out: Path) -> None:
+    """Delete temporary files a killed writer left in ``chunks/`` (call under the lock)."""
+    d = Path(out) / CHUNK_DIR
+    if d.is_dir():
+        for p in d.glob("*.tmp"):
+            with contextlib.suppress(OSError):
+                p.unlink()
 
 
 def done_chunks(out: Path) -> set[str]:
+    """Names of the chunk files present (not verified: see :func:`verified_chunks`)."""
     d = Path(out) / CHUNK_DIR
     return {p.name for p in d.glob("*.nc")} if d.exists() else set()
+
+
+# ------------------------------------------------------------- verification
+def chunk_checksum(ds: xr.Dataset) -> str:
+    """sha256 of a chunk's content: every variable and coordinate (name, dims,
+    values) and the ``group``, ``chunk`` and ``runs`` attributes.
+
+    Values are hashed in a canonical form that survives the netCDF round trip
+    (floats as little-endian float64, integers as int64, booleans as bytes,
+    strings as UTF-8), so the sum of a chunk read back equals the sum of the
+    chunk written.
+    """
+    h = hashlib.sha256()
+    for key in ("group", "chunk", "runs"):
+        h.update(f"{key}={ds.attrs.get(key)!s}\n".encode())
+    for name in sorted(map(str, ds.variables)):
+        var = ds.variables[name]
+        vals = np.asarray(var.values)
+        h.update(f"{name}:{','.join(map(str, var.dims))}:{vals.shape}:".encode())
+        kind = vals.dtype.kind
+        if kind in "OUS":
+            h.update(b"s" + "\x1f".join(str(v) for v in vals.ravel()).encode())
+        elif kind == "b":
+            h.update(b"b" + np.ascontiguousarray(vals, dtype=np.uint8).tobytes())
+        elif kind in "iu":
+            h.update(b"i" + np.ascontiguousarray(vals, dtype="<i8").tobytes())
+        elif kind == "f":
+            h.update(b"f" + np.ascontiguousarray(vals, dtype="<f8").tobytes())
+        else:
+            h.update(kind.encode() + np.ascontiguousarray(vals).tobytes())
+        h.update(b"\n")
+    return h.hexdigest()
+
+
+def _parse_name(name: str) -> tuple[int, int] | None:
+    m = _CHUNK_NAME.match(name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
+
+
+def read_chunk(path: Path, runs: Iterable[int] | None = None) -> tuple[xr.Dataset | None, str]:
+    """Open a chunk file and check it: returns ``(dataset, "")``, or ``(None, why)``.
+
+    Checks that the file opens, that its ``group``/``chunk`` attributes match its
+    name, that its ``run`` coordinate matches its ``runs`` attribute (and
+    ``runs`` when given: the plan's), and its ``sha256``. A chunk written
+    before checksums existed (no ``sha256``) is checked for its place only.
+    """
+    path = Path(path)
+    place = _parse_name(path.name)
+    if place is None:
+        return None, "is not named like a chunk (g<group>-c<chunk>.nc)"
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as opened:
+            ds = opened.load()
+    except Exception as err:  # any failure to read is a damaged chunk
+        return None, f"does not open ({type(err).__name__})"
+    try:
+        got = (int(ds.attrs["group"]), int(ds.attrs["chunk"]))
+    except (KeyError, TypeError, ValueError):
+        return None, "has no group/chunk attributes"
+    if got != place:
+        return None, f"holds chunk g{got[0]:03d}-c{got[1]:05d}, not its own"
+    have = [int(r) for r in np.asarray(ds["run"].values)] if "run" in ds.coords else []
+    if "runs" in ds.attrs:
+        try:
+            recorded = [int(r) for r in json.loads(str(ds.attrs["runs"]))]
+        except (TypeError, ValueError):
+            return None, "has an unreadable runs attribute"
+        if recorded != have:
+            return None, f"holds runs {have}, its attributes say {recorded}"
+    if runs is not None and list(runs) != have:
+        return None, f"holds runs {have}, not the planned {list(runs)}"
+    if "sha256" in ds.attrs and chunk_checksum(ds) != ds.attrs["sha256"]:
+        return None, "fails its checksum (sha256)"
+    return ds, ""
+
+
+def verified_chunks(out: Path, plans: Iterable[ChunkPlan]) -> set[str]:
+    """The planned chunks of ``out`` that pass :func:`read_chunk`; every other
+    ``.nc`` file in ``chunks/`` is named in one :class:`ChunkWarning` and
+    removed, so that the run redoes it (call under :func:`folder_lock`)."""
+    d = Path(out) / CHUNK_DIR
+    planned = {p.filename: p for p in plans}
+    good: set[str] = set()
+    bad: list[str] = []
+    for f in sorted(d.glob("*.nc")) if d.is_dir() else []:
+        plan = planned.get(f.name)
+        if plan is None:
+            why = "is not a chunk of this config's plan"
+        else:
+            _, why = read_chunk(f, plan.runs)
+        if why:
+            bad.append(f"{f.name} {why}")
+            f.unlink()
+        else:
+            good.add(f.name)
+    if bad:
+        warnings.warn(
+            f"{len(bad)} damaged chunk(s) in {d} removed and redone: " + "; ".join(bad),
+            ChunkWarning,
+            stacklevel=2,
+        )
+    return good
 
 
 # -------------------------------------------------------------- to xarray
@@ -184,9 +421,18 @@ def chunk_to_dataset(res: ChunkResult, plan: ChunkPlan, group_attrs: dict[str, A
 
 
 def write_chunk(out: Path, plan: ChunkPlan, ds: xr.Dataset) -> Path:
-    """Write one chunk atomically: to ``<name>.tmp``, fsync, rename."""
+    """Write one chunk atomically: to a temporary file unique to this process, fsync, rename.
+
+    Records ``group``, ``chunk``, ``runs`` and ``sha256`` (:func:`chunk_checksum`)
+    in the chunk's attributes.
+    """
     final = Path(out) / CHUNK_DIR / plan.filename
-    tmp = final.with_name(final.name + ".tmp")
+    tmp = final.with_name(f"{final.name}.{_tmp_tag()}.tmp")
+    ds = ds.copy()
+    ds.attrs.update(
+        group=int(plan.group), chunk=int(plan.chunk), runs=json.dumps([int(r) for r in plan.runs])
+    )
+    ds.attrs["sha256"] = chunk_checksum(ds)
     # Compress the traces (NaN after divergence, slowly varying); data and weights
     # are random-looking floats that zlib shrinks by ≈ 3 % at ≈ 25 MB/s (measured):
     # not worth 0.2 s on Frei et al.-sized data.
@@ -195,10 +441,18 @@ def write_chunk(out: Path, plan: ChunkPlan, ds: xr.Dataset) -> Path:
         for v in ds.data_vars
         if ds[v].dtype.kind == "f" and ("iteration" in ds[v].dims or "step" in ds[v].dims)
     }
-    ds.to_netcdf(tmp, engine="h5netcdf", encoding=enc, invalid_netcdf=True)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, final)
+    try:
+        ds.to_netcdf(tmp, engine="h5netcdf", encoding=enc, invalid_netcdf=True)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        delay = os.environ.get(_WRITE_DELAY_ENV)
+        if delay:
+            import time
+
+            time.sleep(float(delay))
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
     return final
 
 
@@ -210,18 +464,36 @@ def open_results(path: str | Path) -> xr.DataTree:
     a Dataset with dim ``run`` concatenated over the group's finished chunks.
     The root carries the resolved config (``attrs['config']``) and the folder (``attrs['path']``).
 
+    Every chunk is checked (:func:`read_chunk`) before it is used.
+
     Raises:
-        UserInputError: the folder is missing or holds no results.
+        UserInputError: the folder is missing or holds no results, or a chunk is
+            damaged (names the files and the command that redoes them).
     """
     out = Path(path)
     if not (out / CONFIG_FILE).exists():
         raise UserInputError(f"not a results folder (no {CONFIG_FILE}): {out}")
     files = sorted((out / CHUNK_DIR).glob("*.nc"))
     groups: dict[int, list[xr.Dataset]] = {}
+    bad: list[str] = []
+    owner: dict[tuple[int, int], str] = {}  # (group, run) -> file: a run in two chunks
     for f in files:
-        with xr.open_dataset(f, engine="h5netcdf") as ds:
-            ds = ds.load()
-        groups.setdefault(int(ds.attrs["group"]), []).append(ds)
+        ds, why = read_chunk(f)
+        if ds is None:
+            bad.append(f"{f.name} {why}")
+            continue
+        g = int(ds.attrs["group"])
+        for r in np.asarray(ds["run"].values).tolist():
+            if (g, r) in owner:
+                bad.append(f"{f.name} repeats run {r} of {owner[(g, r)]}")
+                break
+            owner[(g, r)] = f.name
+        groups.setdefault(g, []).append(ds)
+    if bad:
+        raise UserInputError(
+            f"damaged chunk(s) in {out / CHUNK_DIR}: {'; '.join(bad)}; to redo them, "
+            f"run the command that made the folder again: implicit-bias run <config> --out {out}"
+        )
     children: dict[str, xr.Dataset] = {}
     for g, parts in sorted(groups.items()):
         children[f"group_{g:03d}"] = _concat_chunks(parts)

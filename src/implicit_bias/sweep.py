@@ -20,11 +20,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import UserInputError
+from ._errors import ChunksFailed, UserInputError
 from .config import ExperimentConfig, SweepSpace, load_config
 from .data import Dataset, make_dataset, save_dataset
 from .engine import RunSpec, Trainer
-from .store import ChunkPlan, chunk_to_dataset, done_chunks, prepare_folder, write_chunk
+from .store import (
+    ChunkPlan,
+    chunk_to_dataset,
+    done_chunks,
+    folder_lock,
+    prepare_folder,
+    remove_stale_tmp,
+    verified_chunks,
+    write_chunk,
+)
+
+#: Dask re-runs a chunk this many times when it fails (a lost worker, a crash).
+DASK_RETRIES = 2
 
 # Keys that may differ between the runs of one batched group.
 _PER_RUN_KEYS = {
@@ -476,35 +488,45 @@ def run_sweep(
     chunks = plan.chunks
     assert isinstance(chunks, _Chunks)
     if _finished(out, cfg, chunks):
-        # nothing left to do: read, never rewrite (the folder may be read-only)
-        return open_results(out)
+        # nothing left to do: read, never rewrite (the folder may be read-only); a
+        # damaged chunk found on reading falls through to the repair below
+        try:
+            return open_results(out)
+        except UserInputError:
+            pass
     check_out_folder(out)
-    prepare_folder(out, cfg, overwrite)
-    have = done_chunks(out)
-    todo_ids = [(g, c) for g, c in chunks.ids() if ChunkPlan(g, c, ()).filename not in have]
-    if echo is not None:
-        left = f"{len(todo_ids)} chunk(s) to run" if have else "starting"
-        echo(f"{plan.summary()}; {left}")
-    steps = cfg.train.steps
-    if todo_ids and (workers or scheduler):
-        todo = [chunks.get(g, c) for g, c in todo_ids]
-        for c in todo:
-            _save_data(out, [plan.runs[i] for i in c.runs])
-        _run_dask(plan, todo, out, workers, scheduler, progress)
-    elif todo_ids:
-        total = sum(
-            min(chunks.sizes[g], chunks.group_runs[g] - c * chunks.sizes[g]) for g, c in todo_ids
-        ) * (steps + 1)
-        with _progress(progress, total, f"{cfg.name}: {len(plan.runs)} runs") as advance:
-            for g, k in todo_ids:
-                chunk = chunks.get(g, k)  # only the chunk being executed is built
-                runs = [plan.runs[i] for i in chunk.runs]
-                _save_data(out, runs)
-                R = len(runs)
-                train_chunk(
-                    runs, chunk, plan.groups[g], out, progress=lambda k, R=R: advance(k * R)
-                )
-    return open_results(out)
+    with folder_lock(out):  # one writer per folder; refuses folders that are not ours
+        prepare_folder(out, cfg, overwrite)
+        remove_stale_tmp(out)
+        ids = {ChunkPlan(g, c, ()).filename: (g, c) for g, c in chunks.ids()}
+        present = done_chunks(out)
+        # damaged or foreign chunks are named, removed and redone
+        have = verified_chunks(out, [chunks.get(*ids[f]) for f in present if f in ids])
+        todo_ids = [gc for f, gc in ids.items() if f not in have]
+        if echo is not None:
+            left = f"{len(todo_ids)} chunk(s) to run" if have else "starting"
+            echo(f"{plan.summary()}; {left}")
+        steps = cfg.train.steps
+        if todo_ids and (workers or scheduler):
+            todo = [chunks.get(g, c) for g, c in todo_ids]
+            for c in todo:
+                _save_data(out, [plan.runs[i] for i in c.runs])
+            _run_dask(plan, todo, out, workers, scheduler, progress)
+        elif todo_ids:
+            total = sum(
+                min(chunks.sizes[g], chunks.group_runs[g] - c * chunks.sizes[g])
+                for g, c in todo_ids
+            ) * (steps + 1)
+            with _progress(progress, total, f"{cfg.name}: {len(plan.runs)} runs") as advance:
+                for g, k in todo_ids:
+                    chunk = chunks.get(g, k)  # only the chunk being executed is built
+                    runs = [plan.runs[i] for i in chunk.runs]
+                    _save_data(out, runs)
+                    R = len(runs)
+                    train_chunk(
+                        runs, chunk, plan.groups[g], out, progress=lambda k, R=R: advance(k * R)
+                    )
+        return open_results(out)
 
 
 def _save_data(out: Path, runs: Iterable[RunSpec]) -> None:
@@ -707,9 +729,12 @@ def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, workers, scheduler, 
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
         )
         client = Client(cluster)
+    failed: list[str] = []
     try:
-        # each task gets its runs (configs and data) as built here, once
-        futures = [
+        # each task gets its runs (configs and data) as built here, once; a task
+        # that fails (or whose worker is lost) is retried, then reported, while
+        # the other chunks go on
+        futures = {
             client.submit(
                 train_chunk,
                 [plan.runs[i] for i in c.runs],
@@ -717,16 +742,25 @@ def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, workers, scheduler, 
                 plan.groups[c.group],
                 out.resolve(),
                 pure=False,
-            )
+                retries=DASK_RETRIES,
+            ): c
             for c in todo
-        ]
+        }
         with _progress(
             progress, len(todo), f"{plan.config.name}: {len(todo)} chunks on dask"
         ) as adv:
             for fut in as_completed(futures):
-                fut.result()
+                if fut.status == "error":
+                    err = fut.exception()
+                    why = " ".join(str(err).split())[:200]
+                    failed.append(f"{futures[fut].filename} ({type(err).__name__}: {why})")
                 adv(1)
     finally:
         client.close()
         if cluster is not None:
             cluster.close()
+    if failed:
+        raise ChunksFailed(
+            f"{len(failed)} of {len(todo)} chunk(s) failed in {out}: {'; '.join(sorted(failed))}; "
+            "the finished chunks are kept: run the same command again to redo the failed ones"
+        )

@@ -1,0 +1,289 @@
+"""Issue 11, data safety: a folder is ours or untouched, chunks are verified before
+they are trusted, one writer per folder, a run that breaks numerically is a
+diverged run, and a failing Dask chunk does not stop the others."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+import implicit_bias as ib
+from implicit_bias import _linalg
+from implicit_bias._errors import ChunksFailed, ChunkWarning
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+TINY = {
+    "name": "tiny",
+    "data": {"kind": "overlap", "n_train": 16, "n_test": 20, "d": 4},
+    "model": {"depth": 2, "width": 8, "activation": "linear", "parametrization": "ntk"},
+    "train": {"loss": "logistic", "steps": 10, "dtype": "float64"},
+    "metrics": {"every": 5, "sharpness": {"iters": 6}},
+    "store": {"chunk_runs": 1},
+    "sweep": {"train.lr": [0.1, 0.2, 0.3]},
+}
+
+
+def _write(tmp_path: Path, cfg: dict, name: str = "cfg.yaml") -> Path:
+    p = tmp_path / name
+    p.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return p
+
+
+def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    e = {**os.environ, **(env or {})}
+    e["PYTHONPATH"] = os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))
+    return subprocess.run(
+        [sys.executable, "-m", "implicit_bias", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=e,
+    )
+
+
+def _one_line(err: str) -> str:
+    err = err.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1, err
+    return err
+
+
+def _ds(tree) -> object:
+    return tree["group_000"].to_dataset()
+
+
+# ------------------------------------------------- 1. only our folders are touched
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_foreign_folder_is_refused_and_untouched(tmp_path, overwrite):
+    thesis = tmp_path / "thesis"
+    (thesis / "code").mkdir(parents=True)
+    (thesis / "thesis.tex").write_text("\\section{Results}")
+    (thesis / "code" / "a.py").write_text("x = 1")
+    before = sorted(str(p.relative_to(thesis)) for p in thesis.rglob("*"))
+    p = _write(tmp_path, TINY)
+    args = ["run", str(p), "--out", str(thesis), "-q"] + (["--overwrite"] if overwrite else [])
+    r = _cli(*args)
+    assert r.returncode == 2, r.stderr
+    assert str(thesis) in _one_line(r.stderr) and "not an implicit-bias results folder" in r.stderr
+    assert sorted(str(p.relative_to(thesis)) for p in thesis.rglob("*")) == before
+    assert (thesis / "thesis.tex").read_text() == "\\section{Results}"
+
+
+def test_empty_folder_is_used_and_marked(tmp_path):
+    out = tmp_path / "empty"
+    out.mkdir()
+    ib.run(TINY, out=out)
+    marker = json.loads((out / ".implicit-bias").read_text())
+    assert marker["tool"] == "implicit-bias" and "config_hash" in marker
+
+
+def test_overwrite_replaces_our_folder_only(tmp_path):
+    out = tmp_path / "res"
+    ib.run(TINY, out=out)
+    (out / "notes.txt").write_text("mine")
+    other = {**TINY, "train": {**TINY["train"], "steps": 6}}
+    tree = ib.run(other, out=out, overwrite=True)
+    assert _ds(tree).sizes["iteration"] == 7
+    assert (out / "notes.txt").read_text() == "mine"  # not ours: kept
+
+
+def test_folder_of_the_previous_version_is_recognised(tmp_path):
+    """config.yaml + chunks/ without the marker: resumed, and replaceable by --overwrite."""
+    out = tmp_path / "res"
+    ref = _ds(ib.run(TINY, out=out))
+    (out / ".implicit-bias").unlink()
+    chunks = sorted((out / "chunks").glob("*.nc"))
+    chunks[-1].unlink()
+    mtimes = {c.name: c.stat().st_mtime_ns for c in chunks[:-1]}
+    got = _ds(ib.run(TINY, out=out))
+    assert all((out / "chunks" / k).stat().st_mtime_ns == v for k, v in mtimes.items())
+    np.testing.assert_array_equal(got["loss"].values, ref["loss"].values)
+    (out / ".implicit-bias").unlink()
+    other = {**TINY, "train": {**TINY["train"], "steps": 6}}
+    assert _ds(ib.run(other, out=out, overwrite=True)).sizes["iteration"] == 7
+
+
+# --------------------------------------------------- 2. chunks verified before use
+def _damage(kind: str, out: Path) -> str:
+    chunks = sorted((out / "chunks").glob("*.nc"))
+    target = chunks[1]
+    if kind == "truncate":
+        os.truncate(target, 100)
+    elif kind == "swap":  # a valid chunk copied over another
+        target.write_bytes(chunks[0].read_bytes())
+    elif kind == "bits":  # one bit of the stored X_train flipped
+        x = ib.open_results(out)["group_000"]["X_train"].values
+        raw = target.read_bytes()
+        at = raw.find(np.ascontiguousarray(x, dtype="<f8").tobytes()[:64])
+        assert at > 0
+        b = bytearray(raw)
+        b[at + 3] ^= 0x10
+        target.write_bytes(bytes(b))
+    return target.name
+
+
+@pytest.mark.parametrize("kind", ["truncate", "swap", "bits"])
+def test_damaged_chunk_is_refused_then_redone(tmp_path, kind):
+    out = tmp_path / "res"
+    ref = _ds(ib.run(TINY, out=out))
+    name = _damage(kind, out)
+    with pytest.raises(ib.UserInputError, match=name) as err:
+        ib.open_results(out)
+    assert f"implicit-bias run <config> --out {out}" in str(err.value)
+    r = _cli("report", str(out))
+    assert r.returncode == 2 and name in _one_line(r.stderr)
+    assert not (out / "report").exists()
+    # the same command names it in one warning line and redoes it
+    p = _write(tmp_path, TINY)
+    r = _cli("run", str(p), "--out", str(out), "-q")
+    assert r.returncode == 0, r.stderr
+    warn = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warn) == 1 and name in warn[0], r.stderr
+    got = _ds(ib.open_results(out))
+    assert list(got["run"].values) == [0, 1, 2]
+    for v in ("loss", "sharpness", "final_W1", "X_train"):
+        np.testing.assert_allclose(got[v].values, ref[v].values, rtol=0, atol=1e-12)
+
+
+def test_api_warns_and_redoes_a_damaged_chunk(tmp_path):
+    out = tmp_path / "res"
+    ib.run(TINY, out=out)
+    name = _damage("swap", out)
+    with pytest.warns(ChunkWarning, match=name):
+        tree = ib.run(TINY, out=out)
+    assert list(_ds(tree)["run"].values) == [0, 1, 2]
+
+
+# ---------------------------------------------------------- 3. one writer a folder
+def test_second_writer_is_refused_naming_the_holder(tmp_path):
+    from filelock import FileLock
+
+    out = tmp_path / "res"
+    ib.run(TINY, out=out)
+    holder = FileLock(out / ".implicit-bias.lock", thread_local=False)
+    with holder:
+        (out / ".implicit-bias.owner").write_text("pid 4242 on host elsewhere")
+        p = _write(tmp_path, TINY)
+        r = _cli("run", str(p), "--out", str(out), "-q")
+        assert r.returncode == 2
+        err = _one_line(r.stderr)
+        assert "in use" in err and "pid 4242 on host elsewhere" in err and str(out) in err
+    # released: the next run goes ahead
+    assert _cli("run", str(p), "--out", str(out), "-q").returncode == 0
+
+
+# -------------------------------------------- 4. numerical breakage = diverged run
+def test_linalg_fails_per_matrix_not_per_batch():
+    g = torch.Generator().manual_seed(0)
+    good = torch.randn(5, 5, generator=g, dtype=torch.float64)
+    good = good + good.T
+    bad = torch.full((5, 5), float("nan"), dtype=torch.float64)
+    with _linalg.recording() as rec:
+        vals, vecs, failed = _linalg.eigh(torch.stack([good, bad, good]), "test eigh")
+    assert failed.tolist() == [False, True, False]
+    assert torch.isnan(vals[1]).all() and torch.isnan(vecs[1]).all()
+    np.testing.assert_array_equal(vals[0].numpy(), torch.linalg.eigh(good)[0].numpy())
+    assert rec and rec[0][0] == "test eigh" and rec[0][1].tolist() == [False, True, False]
+
+
+def test_float32_rate_1e30_beside_a_healthy_rate_is_a_diverged_run(tmp_path):
+    """Today: torch._C._LinAlgError (linalg.eigh failed to converge) for the chunk."""
+    cfg = {
+        **TINY,
+        "train": {**TINY["train"], "dtype": "float32", "steps": 20},
+        "metrics": {"every": 5, "sharpness": {"iters": 6}, "stable_rank": True, "ntk": True},
+        "store": {"chunk_runs": 2},
+        "sweep": {"train.lr": [0.1, 1e30]},
+    }
+    got = _ds(ib.run(cfg, out=tmp_path / "a"))
+    assert list(got["phase"].values) == ["lazy", "diverged"]
+    # the healthy run is what it is beside a healthy neighbour (same batch size: exact) ...
+    pair = _ds(ib.run({**cfg, "sweep": {"train.lr": [0.1, 0.2]}}, out=tmp_path / "b"))
+    # ... and alone (batch size 1: float32 rounding of the batched kernels only)
+    alone = _ds(ib.run({**cfg, "sweep": {"train.lr": [0.1]}}, out=tmp_path / "c"))
+    for v in ("loss", "sharpness", "ntk_max", "stable_rank_W1", "final_W1", "test_loss"):
+        np.testing.assert_array_equal(got[v].values[0], pair[v].values[0])
+        np.testing.assert_allclose(got[v].values[0], alone[v].values[0], rtol=2e-6, atol=1e-7)
+
+
+def test_a_linalg_failure_marks_the_run_diverged_with_the_step(tmp_path, monkeypatch):
+    """float64: eigh made to fail on any batch holding a matrix above 1e3 (as float32
+    eigh fails at a rate of 1e30): the run with init scale 100 (curvature ≈ 10⁴×)
+    breaks at step 0 and is diverged, with the step; the other equals the run
+    alone within 1e-12."""
+    eigh = torch.linalg.eigh
+
+    def fragile(A, *args, **kwargs):
+        if bool((A.abs() > 1e3).any()):
+            raise torch.linalg.LinAlgError("linalg.eigh: failed to converge (injected)")
+        return eigh(A, *args, **kwargs)
+
+    cfg = {
+        **TINY,
+        "train": {**TINY["train"], "lr": 1e-6, "loss": "mse"},
+        "store": {"chunk_runs": 2},
+        "sweep": {"model.init_scale": [1.0, 100.0]},
+    }
+    monkeypatch.setattr(torch.linalg, "eigh", fragile)
+    got = _ds(ib.run(cfg, out=tmp_path / "a"))
+    alone = _ds(ib.run({**cfg, "sweep": {"model.init_scale": [1.0]}}, out=tmp_path / "b"))
+    assert list(got["phase"].values) == ["lazy", "diverged"]
+    assert list(got["divergence_step"].values) == [-1, 0]
+    cause = got["divergence_cause"].values
+    assert cause[0] == "" and "eigh" in cause[1] and "step 0" in cause[1]
+    assert np.isfinite(got["loss"].values[1, 0]) and np.isnan(got["loss"].values[1, 1:]).all()
+    for v in ("loss", "sharpness", "final_W1", "final_sharpness", "test_loss"):
+        np.testing.assert_allclose(got[v].values[0], alone[v].values[0], rtol=0, atol=1e-12)
+
+
+# ------------------------------------------------- 5. Dask: failures do not spread
+def test_dask_failing_chunk_keeps_the_others_then_is_redone(tmp_path, monkeypatch):
+    distributed = pytest.importorskip("dask.distributed")
+    from implicit_bias import sweep
+
+    class Flaky(sweep.Trainer):
+        def train(self):
+            if any(r.index == 1 for r in self.runs):
+                raise RuntimeError("injected failure")
+            return super().train()
+
+    out = tmp_path / "res"
+    with distributed.LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+    ) as cluster:
+        monkeypatch.setattr(sweep, "Trainer", Flaky)
+        with pytest.raises(ChunksFailed, match=r"g000-c00001\.nc") as err:
+            ib.run(TINY, out=out, scheduler=cluster.scheduler_address)
+        assert "1 of 3" in str(err.value)
+        assert sorted(p.name for p in (out / "chunks").iterdir()) == [
+            "g000-c00000.nc",
+            "g000-c00002.nc",
+        ]
+        kept = {p.name: p.stat().st_mtime_ns for p in (out / "chunks").iterdir()}
+        monkeypatch.setattr(sweep, "Trainer", Flaky.__mro__[1])
+        tree = ib.run(TINY, out=out, scheduler=cluster.scheduler_address)
+    assert all((out / "chunks" / k).stat().st_mtime_ns == v for k, v in kept.items())
+    ref = _ds(ib.run(TINY, out=tmp_path / "ref"))
+    for v in ("loss", "sharpness", "final_W1"):
+        np.testing.assert_allclose(_ds(tree)[v].values, ref[v].values, rtol=0, atol=1e-12)
+
+
+def test_cli_failed_chunks_exit_1_one_line(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from implicit_bias import cli, sweep
+
+    def boom(*a, **k):
+        raise ChunksFailed("1 of 3 chunk(s) failed in X: g000-c00001.nc (RuntimeError: x)")
+
+    monkeypatch.setattr(sweep, "run_sweep", boom)
+    r = CliRunner().invoke(cli.app, ["run", str(_write(tmp_path, TINY)), "-q"])
+    assert r.exit_code == 1 and "g000-c00001.nc" in _one_line(r.stderr)
