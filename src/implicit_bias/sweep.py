@@ -571,7 +571,10 @@ def check_out_folder(out: Path) -> None:
             raise UserInputError(f"--out {out}: folder {d} is not writable (permission denied)")
 
 
-_ADDRESS = re.compile(r"^(?:(?:tcp|tls|inproc|ucx|ws|wss)://)?[\w.\-\[\]:]+:\d{1,5}/?$")
+_ADDRESS = re.compile(
+    r"^(?:(?:tcp|tls|ucx|ws|wss)://)?[\w.\-\[\]:]+:\d{1,5}/?$"
+    r"|^inproc://\S+$"  # an in-process scheduler (Dask's tests, notebooks)
+)
 
 
 def check_scheduler_address(address: str) -> None:

@@ -307,14 +307,10 @@ def _w7(r: Runs) -> Verdict:
     "the best below 1 by ≥ 0.005",
     uses="relu",
     control=lambda c: {
-        "relu": with_(
-            c["relu"],
-            model__activation="linear",
-            train__steps=150,
-            sweep={"train.lr": [0.5, 0.9, 1.3, 1.7]},
-        )
+        "relu": with_(c["relu"], train__steps=150, sweep={"train.lr": [0.3, 0.5, 0.7, 0.9]})
     },
-    control_note="a linear net: one linear predictor whatever the rate, no gain from the catapult",
+    control_note="only rates below 2/λ₀: no large-rate phase to be best in (a linear net is "
+    "no control at a fixed budget: larger rates train further, 0.874 vs 0.868)",
 )
 def _w8(r: Runs) -> Verdict:
     return test_acc_above_critical(r, 0.005)
