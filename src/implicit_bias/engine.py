@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from . import batched, curvature, metrics
+from . import batched, curvature, metrics, precision
 from .config import ExperimentConfig
 from .data import Dataset
 from .losses import accuracy, mean_loss
@@ -248,7 +248,8 @@ class Trainer:
         )
         sharp0 = torch.full((R,), math.nan, dtype=dt, device=dev)
         if need_init_sharp:
-            sharp0 = metrics.top_sharpness(ctx)[0][:, 0]  # kept in ctx.state for step 0
+            with precision.full(dev):
+                sharp0 = metrics.top_sharpness(ctx)[0][:, 0]  # kept in ctx.state for step 0
 
         lr_base = torch.tensor([r.config.train.lr for r in self.runs], dtype=torch.float64)
         critical = torch.tensor([r.config.train.lr_units == "critical" for r in self.runs])
@@ -279,64 +280,73 @@ class Trainer:
         order: Tensor | None = None
         ar = torch.arange(R, device=dev)[:, None]
 
-        for t in range(steps + 1):
-            if sgd:
-                full_f = self.outputs(params, self.X, self.x_dim)
-                loss_t = mean_loss(full_f, self.y, self.loss_kind)
-                acc_t = accuracy(full_f, self.y)
-            else:
-                loss_t, f_t, pas = batched.forward_loss(
-                    params, self.X, self.y, self.spec, self.a, self.loss_kind
-                )
-                acc_t = accuracy(f_t, self.y)
-            if L0 is None:
-                L0 = loss_t.detach().clone()
-            # Divergence: a non-finite loss, a loss above diverge_factor × L₀, or an update
-            # gone non-finite. All of it stays on the device: masks, no host reads.
-            bad = active & (pending | ~torch.isfinite(loss_t) | (loss_t > factor * L0))
-            div_step.masked_fill_(bad, t)
-            was_active = active  # = active | bad after the update below
-            active = active & ~bad
-            torch.where(was_active, loss_t, nan, out=loss_tr[t])
-            torch.where(was_active, acc_t, nan, out=acc_tr[t])
-
-            if t in eval_set:
-                ctx.params, ctx.step, ctx.active = params, t, active
-                for name, val in metrics.step_metrics(ctx).items():
-                    mask = active.reshape(-1, *([1] * (val.dim() - 1)))
-                    if val.dtype == torch.bool:
-                        val = val & mask
-                    else:
-                        val = torch.where(mask, val, torch.nan)
-                    step_vals.setdefault(name, []).append(val)
-            if t == steps:
-                break
-            if sgd:
-                epoch, pos = divmod(t, per_epoch)
-                if pos == 0:
-                    order = _to_device(
-                        _stack([minibatch_order(r.config.seed, self.n, epoch) for r in self.runs]),
-                        dev,
+        # the training GEMMs at train.matmul_precision (TF32 with `high` on CUDA)
+        with precision.matmul_precision(cfg.train.matmul_precision, dev):
+            for t in range(steps + 1):
+                if sgd:
+                    full_f = self.outputs(params, self.X, self.x_dim)
+                    loss_t = mean_loss(full_f, self.y, self.loss_kind)
+                    acc_t = accuracy(full_f, self.y)
+                else:
+                    loss_t, f_t, pas = batched.forward_loss(
+                        params, self.X, self.y, self.spec, self.a, self.loss_kind
                     )
-                assert order is not None
-                idx = order[:, pos * bs : (pos + 1) * bs]
-                Xb = self.X[idx] if self.x_dim is None else self.X[ar, idx]
-                yb = self.y[idx] if self.x_dim is None else self.y[ar, idx]
-                _, _, pas = batched.forward_loss(params, Xb, yb, self.spec, self.a, self.loss_kind)
-            y_step = yb if sgd else self.y
-            # Backward fused with the in-place update. A non-finite gradient (or rate)
-            # leaves the run's weights as they were (the last finite ones) and flags
-            # it diverged at t + 1.
-            scale = torch.where(active, neg_lr[:, t], 0.0)
-            finite = batched.descend(pas, params, y_step, self.spec, self.loss_kind, scale)
-            pending = active & ~finite
-            if self.progress is not None and (t + 1) % 50 == 0:
-                self.progress(50)
+                    acc_t = accuracy(f_t, self.y)
+                if L0 is None:
+                    L0 = loss_t.detach().clone()
+                # Divergence: a non-finite loss, a loss above diverge_factor × L₀, or an update
+                # gone non-finite. All of it stays on the device: masks, no host reads.
+                bad = active & (pending | ~torch.isfinite(loss_t) | (loss_t > factor * L0))
+                div_step.masked_fill_(bad, t)
+                was_active = active  # = active | bad after the update below
+                active = active & ~bad
+                torch.where(was_active, loss_t, nan, out=loss_tr[t])
+                torch.where(was_active, acc_t, nan, out=acc_tr[t])
+
+                if t in eval_set:
+                    ctx.params, ctx.step, ctx.active = params, t, active
+                    with precision.full(dev):  # curvature always in full precision
+                        vals = metrics.step_metrics(ctx)
+                    for name, val in vals.items():
+                        mask = active.reshape(-1, *([1] * (val.dim() - 1)))
+                        if val.dtype == torch.bool:
+                            val = val & mask
+                        else:
+                            val = torch.where(mask, val, torch.nan)
+                        step_vals.setdefault(name, []).append(val)
+                if t == steps:
+                    break
+                if sgd:
+                    epoch, pos = divmod(t, per_epoch)
+                    if pos == 0:
+                        order = _to_device(
+                            _stack(
+                                [minibatch_order(r.config.seed, self.n, epoch) for r in self.runs]
+                            ),
+                            dev,
+                        )
+                    assert order is not None
+                    idx = order[:, pos * bs : (pos + 1) * bs]
+                    Xb = self.X[idx] if self.x_dim is None else self.X[ar, idx]
+                    yb = self.y[idx] if self.x_dim is None else self.y[ar, idx]
+                    _, _, pas = batched.forward_loss(
+                        params, Xb, yb, self.spec, self.a, self.loss_kind
+                    )
+                y_step = yb if sgd else self.y
+                # Backward fused with the in-place update. A non-finite gradient (or rate)
+                # leaves the run's weights as they were (the last finite ones) and flags
+                # it diverged at t + 1.
+                scale = torch.where(active, neg_lr[:, t], 0.0)
+                finite = batched.descend(pas, params, y_step, self.spec, self.loss_kind, scale)
+                pending = active & ~finite
+                if self.progress is not None and (t + 1) % 50 == 0:
+                    self.progress(50)
         if self.progress is not None:
             self.progress(steps % 50 + 1)
 
         ctx.params, ctx.active = params, active
-        final_vals = metrics.final_metrics(ctx)
+        with precision.full(dev):
+            final_vals = metrics.final_metrics(ctx)
         return self._collect(
             loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
             init_weights, params,
