@@ -38,9 +38,19 @@ _PER_RUN_KEYS = {
     ("store",),
 }
 
-#: memory budget per chunk used to choose ``store.chunk_runs`` automatically
+#: memory budget per chunk used to choose ``store.chunk_runs`` automatically on the
+#: CPU (lowered where the available RAM is smaller); on CUDA only when set explicitly
 CHUNK_BYTES = int(os.environ.get("IMPLICIT_BIAS_CHUNK_BYTES", 1 << 30))
+_CHUNK_BYTES_SET = "IMPLICIT_BIAS_CHUNK_BYTES" in os.environ
+#: most runs in one automatic chunk on the CPU (none on CUDA: memory decides)
 MAX_CHUNK_RUNS = 512
+#: share of the free device memory (CUDA) a chunk may plan for: the per-run
+#: estimate is rough, and the allocator's caching and fragmentation need room
+CUDA_MEMORY_FRACTION = 0.7
+#: share of the available RAM (CPU) a chunk may plan for
+RAM_FRACTION = 0.5
+#: where a results folder records the chunk sizes it was started with
+CHUNKING_FILE = "chunking.json"
 
 
 @dataclass
@@ -88,11 +98,52 @@ def estimate_run_bytes(cfg: ExperimentConfig, n: int, d: int, m: int) -> int:
     return int(per)
 
 
+def available_ram() -> int | None:
+    """Bytes of RAM available to a new allocation (psutil, else /proc/meminfo), or None."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def chunk_budget(device: str) -> tuple[int, int | None]:
+    """``(bytes, most runs or None)`` one chunk may plan for on ``device``.
+
+    CUDA: 70 % of the free device memory (``torch.cuda.mem_get_info``), no run
+    cap; ``IMPLICIT_BIAS_CHUNK_BYTES``, when set, is the budget instead. CPU (and
+    CUDA configs planned on a machine without a GPU, e.g. a login node that
+    submits to ``--scheduler``): ``CHUNK_BYTES`` (1 GiB) and at most
+    ``MAX_CHUNK_RUNS`` runs, lowered to half the available RAM where that is smaller.
+    """
+    if device == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            if _CHUNK_BYTES_SET:
+                return CHUNK_BYTES, None
+            free, _total = torch.cuda.mem_get_info()
+            return max(1, int(free * CUDA_MEMORY_FRACTION)), None
+    ram = available_ram()
+    budget = CHUNK_BYTES if ram is None else min(CHUNK_BYTES, int(ram * RAM_FRACTION))
+    return max(1, budget), MAX_CHUNK_RUNS
+
+
 def auto_chunk_runs(cfg: ExperimentConfig, n: int, d: int, m: int, group_size: int) -> int:
+    """``store.chunk_runs``, or as many runs as fit the device's budget (:func:`chunk_budget`)."""
     if cfg.store.chunk_runs is not None:
         return cfg.store.chunk_runs
-    fit = max(1, CHUNK_BYTES // max(estimate_run_bytes(cfg, n, d, m), 1))
-    k = min(fit, MAX_CHUNK_RUNS, group_size)
+    budget, cap = chunk_budget(cfg.train.device)
+    fit = max(1, budget // max(estimate_run_bytes(cfg, n, d, m), 1))
+    k = min(fit, group_size) if cap is None else min(fit, cap, group_size)
     # equal-sized chunks rather than one full and one small
     n_chunks = math.ceil(group_size / k)
     return math.ceil(group_size / n_chunks)
@@ -129,6 +180,67 @@ def make_plan(cfg: ExperimentConfig, base_dir: Path | None = None) -> Plan:
         for c, start in enumerate(range(0, len(idx), size)):
             chunks.append(ChunkPlan(group=g, chunk=c, runs=tuple(idx[start : start + size])))
     return Plan(config=cfg, runs=runs, groups=groups, chunks=chunks)
+
+
+def settle_chunking(plan: Plan, out: Path) -> Plan:
+    """The plan with the chunk sizes ``out`` was started with, which it records.
+
+    Automatic chunk sizes depend on the device and its free memory; a folder
+    resumed elsewhere (another GPU, the CPU, another budget) must keep the
+    chunks it has, so the sizes per group are written to ``chunking.json`` the
+    first time and reused afterwards. A folder from before that file has its
+    sizes read off its first chunk of each group.
+    """
+    path = Path(out) / CHUNKING_FILE
+    planned = _group_sizes(plan)
+    recorded: dict[int, int] = {}
+    if path.exists():
+        raw = json.loads(path.read_text())
+        recorded = {int(g): int(k) for g, k in raw["chunk_runs"].items()}
+    else:
+        recorded = _sizes_from_chunks(Path(out), planned)
+    sizes = {g: recorded.get(g, k) for g, k in planned.items()}
+    if sizes != planned:
+        plan = _recut(plan, sizes)
+    if not path.exists() or recorded != sizes:
+        text = json.dumps({"chunk_runs": {str(g): k for g, k in sizes.items()}}, indent=1)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
+    return plan
+
+
+def _group_sizes(plan: Plan) -> dict[int, int]:
+    sizes: dict[int, int] = {}
+    for c in plan.chunks:
+        sizes[c.group] = max(sizes.get(c.group, 0), len(c.runs))
+    return sizes
+
+
+def _sizes_from_chunks(out: Path, planned: dict[int, int]) -> dict[int, int]:
+    """Run counts of the chunks ``g<group>-c00000.nc`` already in ``out``."""
+    import h5py
+
+    found: dict[int, int] = {}
+    for g in planned:
+        f = out / "chunks" / ChunkPlan(group=g, chunk=0, runs=()).filename
+        if f.exists():
+            with h5py.File(f, "r") as h:
+                found[g] = int(h["run"].shape[0])
+    return found
+
+
+def _recut(plan: Plan, sizes: dict[int, int]) -> Plan:
+    """The plan's groups cut into chunks of ``sizes[group]`` runs."""
+    members: dict[int, list[int]] = {}
+    for c in plan.chunks:
+        members.setdefault(c.group, []).extend(c.runs)
+    chunks = [
+        ChunkPlan(group=g, chunk=c, runs=tuple(idx[start : start + sizes[g]]))
+        for g, idx in members.items()
+        for c, start in enumerate(range(0, len(idx), sizes[g]))
+    ]
+    return Plan(config=plan.config, runs=plan.runs, groups=plan.groups, chunks=chunks)
 
 
 def train_chunk(
@@ -181,6 +293,7 @@ def run_sweep(
         resolve_device("cuda")
     out = Path(out) if out is not None else Path("results") / cfg.name
     prepare_folder(out, cfg, overwrite)
+    plan = settle_chunking(plan, out)  # the chunking the folder was started with
     for ds in {id(r.data): r.data for r in plan.runs}.values():
         path = out / "data" / f"{ds.fingerprint()}.npz"
         if not path.exists():  # named by content: a resumed run has it already
