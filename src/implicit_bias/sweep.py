@@ -287,7 +287,7 @@ def run_sweep(
     cfg = load_config(config, overrides)
     base_dir = Path(config).resolve().parent if isinstance(config, str | Path) else Path.cwd()
     plan = make_plan(cfg, base_dir)  # all input errors surface here, before any folder exists
-    if cfg.train.device == "cuda":
+    if cfg.train.device == "cuda" and not scheduler:  # with --scheduler the workers have the GPUs
         from .engine import resolve_device
 
         resolve_device("cuda")
@@ -362,9 +362,14 @@ def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, workers, scheduler, 
         raise UserInputError(
             "--workers/--scheduler need dask: pip install 'implicit-bias[dask]'"
         ) from None
-    if scheduler:
+    if scheduler:  # workers started elsewhere (GPU workers too: nothing changes here)
         client = Client(scheduler)
         cluster = None
+    elif plan.config.train.device == "cuda":  # one single-threaded worker per GPU
+        from .dask_gpu import gpu_cluster
+
+        cluster = gpu_cluster(workers)
+        client = Client(cluster)
     else:
         cluster = LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
