@@ -241,7 +241,7 @@ class Trainer:
         params = self.init()  # updated in place below
         init_weights = tuple(p.clone() for p in params)
 
-        ctx = metrics.EvalContext(trainer=self, params=params, state={}, step=0)
+        ctx = metrics.EvalContext(chunk=self, params=params, state={}, step=0)
         # Sharpness at θ₀: reported always when on, and needed for lr_units=critical.
         need_init_sharp = cfg.metrics.sharpness is not None or any(
             r.config.train.lr_units == "critical" for r in self.runs

@@ -49,7 +49,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import LogFormatter
 from matplotlib.transforms import blended_transform_factory
 
-from .report import PHASES, GroupView, _root_config, fmt, group_views
+from .views import PHASES, GroupView, _root_config, fmt, group_views
 
 PHASE_COLORS = {"lazy": "#4C72B0", "catapult": "#DD8452", "diverged": "#3B3B3B"}
 MARKERS = "osD^vP*Xp<>h"
