@@ -29,6 +29,17 @@ def _baseline_module():
     return mod
 
 
+def test_phase_diagram_yaml_matches_code():
+    import yaml
+
+    raw = yaml.safe_load((ROOT / "benchmarks" / "phase-diagram.yaml").read_text())
+    assert raw == bench.phase_diagram_config()
+    assert len(raw["sweep"]["train.lr"]) == len(raw["sweep"]["seed"]) == 32
+    assert load_config(raw).model.width == 256
+    # no phase diagram on the CPU bench (its speed and output stay as they were)
+    assert "phase_diagram" not in bench.goals({"reference": {"speedup": 20.0}}, "cpu")
+
+
 def test_reference_yaml_matches_code():
     import yaml
 
@@ -146,8 +157,17 @@ def test_cuda_logic_without_gpu(monkeypatch):
         bench.main(device="tpu", as_json=True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(bench, "machine", lambda device: {"device": device})
-    res = bench.main(device="cuda", as_json=True, _runs=2, _steps=5, _cb=(1, 2), _memory=())
-    assert "speedup_20x" in res["goals"]
+    res = bench.main(
+        device="cuda", as_json=True, _runs=2, _steps=5, _cb=(1, 2), _memory=(), _pd=(4, 5)
+    )
+    assert "speedup_20x" in res["goals"] and "speedup_100x" in res["goals"]
+    # the phase diagram row (issue 12): highest and high, TFLOP/s of the training, % of peak
+    pd = res["phase_diagram"]
+    assert [r["matmul_precision"] for r in pd] == ["highest", "high"]
+    assert pd[0]["runs"] == 4 and pd[0]["engine_pct_peak"] == pytest.approx(
+        100 * pd[0]["gflop"] / 1.5 / 50.0
+    )
+    assert res["goals"]["phase_diagram_50pct_peak"] == (pd[0]["engine_pct_peak"] >= 50)
     runs = [c for c in calls if "run" in c]
     assert runs and all(c[-2:] == ["--device", "cuda"] for c in runs)
     assert all(c[-2:] == ["--device", "cuda"] for c in calls if "baseline" in " ".join(c))

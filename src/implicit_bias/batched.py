@@ -88,8 +88,12 @@ def _dloss_df(f: Tensor, y: Tensor, loss_kind: LossName) -> Tensor:
     return loss_grad(f, y, loss_kind) / f.shape[-1]
 
 
-def _backward(pas: _Pass, y: Tensor, spec: ModelSpec, loss_kind: LossName) -> _Backward:
-    delta = _dloss_df(pas.f, y, loss_kind).unsqueeze(-1)  # (R, n, 1)
+def _backward(
+    pas: _Pass, y: Tensor, spec: ModelSpec, loss_kind: LossName, delta: Tensor | None = None
+) -> _Backward:
+    """Backprop from ∂loss/∂f ``delta`` ``(R, n, 1)`` (computed from ``pas.f`` if not given)."""
+    if delta is None:
+        delta = _dloss_df(pas.f, y, loss_kind).unsqueeze(-1)  # (R, n, 1)
     n_hidden = spec.depth - 1
     d1s = [activation_grad(z, spec) for z in pas.zs]
     backs: list[Tensor] = [delta] * n_hidden
@@ -301,15 +305,13 @@ def descend(
     """
     if isinstance(pas, _ChainPass):
         return _chain_descend(pas, params, y, spec, loss_kind, scale)
-    bwd = _backward(pas, y, spec, loss_kind)
-    finite, s, all_ok = _guard(bwd.delta.flatten(1), scale)
+    delta, finite, s = _guard(_dloss_df(pas.f, y, loss_kind), scale)
+    bwd = _backward(pas, y, spec, loss_kind, delta=delta.unsqueeze(-1))
     # Every signal is formed before the first in-place update below (pas.ws may
     # alias the weights themselves where c = 1).
     for W, (D, h, cl) in zip(params, bwd.signals(pas, spec), strict=True):
         R, n, o = D.shape
         k = (s * cl).view(-1, 1, 1)
-        if not all_ok:  # NaN rows of D for stopped runs must not reach W
-            D = torch.where(finite.view(-1, 1, 1), D, torch.zeros_like(D))
         if h.dim() == 2 and n < h.shape[1]:
             # shared wide inputs (d ≫ n): fold the rate into the small D and
             # accumulate with one GEMM, no extra pass over W
@@ -319,24 +321,25 @@ def descend(
     return finite
 
 
-def _guard(delta: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, bool]:
-    """Which runs may step: ``finite (R,)`` (∂loss/∂f ``(R, n)`` and the rate are
-    finite), the rate zeroed elsewhere, and ``all_ok`` — every run finite, known
-    without masking. On the CPU that host check is free and spares masking in
-    the common case; elsewhere ``all_ok`` is False (no sync in the step loop)."""
+def _guard(delta: Tensor, scale: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Which runs may step, decided on the device (no host read, no sync).
+
+    Returns ``delta`` (∂loss/∂f ``(R, n)``) with the rows of runs that may not
+    step zeroed, so that no NaN of a stopped run reaches the weights (masking
+    the ``(R, n)`` signal before backprop, not each ``(R, n, width)`` layer
+    signal after it); ``finite (R,)``: ∂loss/∂f and the rate are finite; and
+    the rate, zeroed elsewhere. Where every run is finite the masked delta is
+    ``delta`` bit for bit."""
     finite = torch.isfinite(delta).all(dim=1) & torch.isfinite(scale)
-    s = torch.where(finite, scale, torch.zeros_like(scale))
-    return finite, s, delta.device.type == "cpu" and bool(finite.all())
+    s = torch.where(finite, scale, 0.0)
+    return torch.where(finite[:, None], delta, 0.0), finite, s
 
 
 def _chain_descend(
     pas: _ChainPass, params: Params, y: Tensor, spec: ModelSpec, loss_kind: LossName, scale: Tensor
 ) -> Tensor:
     """:func:`descend` for linear nets: each update is a rank-one ``baddbmm_``."""
-    delta = _dloss_df(pas.f, y, loss_kind)
-    finite, s, all_ok = _guard(delta, scale)
-    if not all_ok:
-        delta = torch.where(finite[:, None], delta, torch.zeros_like(delta))
+    delta, finite, s = _guard(_dloss_df(pas.f, y, loss_kind), scale)
     c = spec.multipliers()
     for k, (W, (col, row)) in enumerate(zip(params, _chain_grads(pas, delta, spec), strict=True)):
         W.baddbmm_(col * (s * c[k]).view(-1, 1, 1), row)

@@ -87,6 +87,31 @@ def compute_bound_config(runs: int = 8, steps: int = 100) -> dict[str, Any]:
     }
 
 
+#: learning rates of the phase diagram, in critical units 2/λ₀: 32 log-spaced from
+#: 0.25 to 32 (lazy, catapult and diverged runs)
+PD_LRS = [round(0.25 * 2 ** (7 * i / 31), 4) for i in range(32)]
+
+
+def phase_diagram_config(runs: int = 1024, steps: int = 1000) -> dict[str, Any]:
+    """The GPU phase diagram of issue 12 (``benchmarks/phase-diagram.yaml`` at the defaults).
+
+    32 rates × 32 seeds, depth-3 ReLU width 256, NTK, n = 512, d = 32, logistic,
+    sharpness every 100 steps (20 Lanczos iterations), float32. ``runs`` takes
+    the first rates and then seeds as :func:`reference_config` does.
+    """
+    lrs = PD_LRS[: max(1, min(len(PD_LRS), runs))]
+    seeds = list(range(max(1, runs // len(lrs))))
+    return {
+        "name": "bench-phase-diagram",
+        "data": {"kind": "overlap", "n_train": 512, "n_test": 0, "d": 32},
+        "model": {"depth": 3, "width": 256, "activation": "relu", "parametrization": "ntk"},
+        "train": {"loss": "logistic", "steps": steps, "lr_units": "critical", "dtype": "float32"},
+        "metrics": {"every": 100, "sharpness": {"iters": 20}},
+        "store": {"weights": []},
+        "sweep": {"train.lr": lrs, "seed": seeds},
+    }
+
+
 # ----------------------------------------------------------------------- FLOPs
 def pass_flops(
     shapes: list[tuple[int, int]], n: int, trained: int | None = None
@@ -134,8 +159,22 @@ def workload_flops(cfg: dict[str, Any]) -> float:
     return float(runs * ((steps + 1) * fwd + steps * bwd + n_eval * iters * 2 * (fwd + bwd)))
 
 
-def matmul_peak(device: str = "cpu", size: int = 2048, reps: int = 30) -> float:
-    """Measured fp32 matmul rate in GFLOP/s: best of ``reps`` ``torch.mm`` of size²."""
+def matmul_peak(device: str = "cpu", size: int | None = None, reps: int = 30) -> float:
+    """Measured fp32 matmul rate in GFLOP/s: best of ``reps`` ``torch.mm`` of size²
+    (2048 on the CPU; 8192 on CUDA, where 2048 is too small to fill the GPU), at
+    full float32 precision whatever the process-wide setting."""
+    import torch
+
+    size = size or (8192 if device == "cuda" else 2048)
+    if device == "cuda":
+        from .precision import full
+
+        with full(torch.device("cuda")):
+            return _matmul_peak(device, size, reps)
+    return _matmul_peak(device, size, reps)
+
+
+def _matmul_peak(device: str, size: int, reps: int) -> float:
     import torch
 
     a = torch.randn(size, size, device=device)
@@ -255,6 +294,7 @@ def main(
     _steps: int | None = None,
     _cb: tuple[int, int] | None = None,
     _memory: tuple[int, ...] | None = None,
+    _pd: tuple[int, int] | None = None,
     repeats: int = 1,
 ) -> dict[str, Any]:
     """Time the reference workload, the compute-bound case and memory; print a table or JSON.
@@ -267,6 +307,8 @@ def main(
         _cb: ``(runs, steps)`` of the compute-bound case; ``(0, 0)`` skips it.
         _memory: run counts for the memory check (chunk size fixed to the
             first); ``()`` skips it.
+        _pd: ``(runs, steps)`` of the phase diagram (CUDA only; 1024 × 1000, or
+            64 × 100 with ``quick``); ``(0, 0)`` skips it.
         repeats: take the best of this many timings of each workload (start-up
             times are the best of max(3, repeats), of 1 with ``quick``).
 
@@ -338,6 +380,11 @@ def main(
                 **_rates(f, t["time_s"], peak),
                 **{f"engine_{k}": v for k, v in _rates(f, t["engine_s"], peak).items()},
             }
+        pd_runs, pd_steps = _pd if _pd is not None else ((64, 100) if quick else (1024, 1000))
+        if device == "cuda" and pd_runs:
+            res["phase_diagram"] = phase_diagram_rows(
+                tmp_path, device, pd_runs, pd_steps, peak, repeats, startup, say
+            )
         res["memory"] = []
         if mem_runs:
             # fixed chunk size for every run count, then the largest count as one chunk
@@ -370,6 +417,36 @@ def main(
     return res
 
 
+def phase_diagram_rows(
+    tmp: Path, device: str, runs: int, steps: int, peak: float, repeats: int, startup: int, say
+) -> list[dict[str, Any]]:
+    """The phase diagram (:func:`phase_diagram_config`) at ``matmul_precision`` highest
+    and high: training TFLOP/s (``train_seconds`` of the chunks) and % of ``peak``."""
+    rows = []
+    for level in ("highest", "high"):
+        cfg = phase_diagram_config(runs, steps)
+        cfg["train"]["matmul_precision"] = level
+        n_runs = math.prod(len(v) for v in cfg["sweep"].values())
+        say(f"phase diagram: {n_runs} runs × {steps} steps, matmul_precision {level} …")
+        path = _write(cfg, tmp / f"phase-{level}.yaml")
+        t = time_ours(path, tmp / f"out-phase-{level}", device, repeats, startup)
+        chunks = len(list((tmp / f"out-phase-{level}-0" / "chunks").glob("*.nc")))
+        f = workload_flops(cfg)
+        rows.append(
+            {
+                "matmul_precision": level,
+                "runs": n_runs,
+                "steps": steps,
+                "chunks": chunks,
+                "gflop": f / 1e9,
+                "ours": t,
+                **_rates(f, t["time_s"], peak),
+                **{f"engine_{k}": v for k, v in _rates(f, t["engine_s"], peak).items()},
+            }
+        )
+    return rows
+
+
 def goals(res: dict[str, Any], device: str) -> dict[str, bool]:
     """Issue 5's targets: speed-up ≥ 10× on CPU (≥ 20× on CUDA), compute-bound ≥ 50% of peak."""
     out = {
@@ -380,6 +457,10 @@ def goals(res: dict[str, Any], device: str) -> dict[str, bool]:
         # "the engine reaches ≥ 50 %": the training as timed inside `run`; the
         # whole-process rate (pct_peak, with imports and I/O) is reported beside it
         out["compute_bound_50pct_peak"] = res["compute_bound"]["engine_pct_peak"] >= 50
+    if device == "cuda":  # issue 12
+        out["speedup_100x"] = res["reference"]["speedup"] >= 100
+        for row in res.get("phase_diagram", [])[:1]:  # float32 `highest`
+            out["phase_diagram_50pct_peak"] = row["engine_pct_peak"] >= 50
     return out
 
 
@@ -457,6 +538,17 @@ def print_table(res: dict[str, Any]) -> None:
             "",
             f"{cb['engine_gflops']:.1f}",
             f"{cb['engine_pct_peak']:.0f}%",
+        )
+    for pd in res.get("phase_diagram", []):
+        t.add_row(
+            f"phase diagram {pd['runs']}×{pd['steps']} ({pd['matmul_precision']}, "
+            f"{pd['chunks']} chunk{'s' if pd['chunks'] != 1 else ''})",
+            f"{pd['gflop']:.0f}",
+            f"{pd['ours']['engine_s']:.2f}",
+            "",
+            "",
+            f"{pd['engine_gflops']:.1f}",
+            f"{pd['engine_pct_peak']:.0f}%",
         )
     con.print(t)
     con.print(

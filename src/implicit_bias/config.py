@@ -145,6 +145,9 @@ class TrainConfig(_Strict):
     batch_size: PositiveInt | None = None
     dtype: Literal["float32", "float64"] = "float32"
     device: Literal["cpu", "cuda"] = "cpu"
+    #: float32 matmuls of the training steps: ``high`` allows TF32 on CUDA (curvature
+    #: and eigensolvers stay in full precision; a no-op on the CPU), see precision.py
+    matmul_precision: Literal["highest", "high"] = "highest"
 
     @field_validator("schedule", mode="before")
     @classmethod
@@ -274,6 +277,10 @@ class ExperimentConfig(_Strict):
     def config_hash(self) -> str:
         """A short hash of the resolved config (what identifies a results folder)."""
         raw = self.model_dump(mode="json")
+        # keys added with a default that reproduces the old behaviour do not change
+        # the identity of folders made before them
+        if raw["train"].get("matmul_precision") == "highest":
+            del raw["train"]["matmul_precision"]
         # the sweep's key order fixes the run order, so it is part of the identity
         raw["sweep_order"] = list(self.sweep)
         blob = json.dumps(raw, sort_keys=True, default=str)

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from . import _linalg, batched, curvature, metrics
+from . import _linalg, batched, curvature, metrics, precision
 from .config import ExperimentConfig
 from .data import Dataset
 from .losses import accuracy, mean_loss
@@ -107,6 +107,14 @@ def _shared_or_stacked(arrays: list[np.ndarray], dtype, device) -> tuple[Tensor,
     return torch.as_tensor(np.stack(arrays), dtype=dtype, device=device), 0
 
 
+def _to_device(t: Tensor, device: torch.device) -> Tensor:
+    """``t`` (on the host) on ``device``; to a GPU through pinned memory, asynchronously
+    (a pageable host→device copy synchronises the stream)."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def _run_generator(seed: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed((int(seed) * 1_000_003 + salt) & 0x7FFF_FFFF_FFFF_FFFF)
 
@@ -185,10 +193,11 @@ class Trainer:
         return mv
 
     def init(self) -> Params:
+        # drawn and stacked on the host, then moved once per layer: one host→device
+        # copy per layer rather than one per run and layer (1024 runs × 3 layers were
+        # 3072 synchronising pageable copies in the H200 profile)
         def one(r: RunSpec) -> Params:
-            return init_params(
-                self.spec, r.config.seed, r.config.model.init_scale, self.dtype, self.device
-            )
+            return init_params(self.spec, r.config.seed, r.config.model.init_scale, self.dtype)
 
         # torch's CPU normal sampler is serial and releases the GIL: draw the
         # runs' weights on a few threads (Frei et al.-sized first layers are
@@ -200,7 +209,9 @@ class Trainer:
                 per_run = list(pool.map(one, self.runs))
         else:
             per_run = [one(r) for r in self.runs]
-        return tuple(_stack([p[i] for p in per_run]) for i in range(len(per_run[0])))
+        return tuple(
+            _to_device(_stack([p[i] for p in per_run]), self.device) for i in range(len(per_run[0]))
+        )
 
     def outputs(self, params: Params, X: Tensor, x_dim: int | None) -> Tensor:
         """f on every run: ``(R, n)``."""
@@ -212,7 +223,7 @@ class Trainer:
             torch.randn(P, generator=_run_generator(r.config.seed, 17), dtype=torch.float64)
             for r in self.runs
         ]
-        return _stack(v).to(self.dtype).to(self.device)
+        return _to_device(_stack(v).to(self.dtype), self.device)
 
     # -------------------------------------------------------------------- train
     def train(self) -> ChunkResult:
@@ -230,7 +241,7 @@ class Trainer:
         params = self.init()  # updated in place below
         init_weights = tuple(p.clone() for p in params)
 
-        ctx = metrics.EvalContext(trainer=self, params=params, state={}, step=0)
+        ctx = metrics.EvalContext(chunk=self, params=params, state={}, step=0)
         # Sharpness at θ₀: reported always when on, and needed for lr_units=critical.
         need_init_sharp = cfg.metrics.sharpness is not None or any(
             r.config.train.lr_units == "critical" for r in self.runs
@@ -239,7 +250,7 @@ class Trainer:
         # A curvature / linear-algebra step that breaks for a run (_linalg) marks that
         # run diverged at that step, with the step's name in divergence_cause.
         causes = [""] * R
-        with _linalg.recording() as init_broke:
+        with _linalg.recording() as init_broke, precision.full(dev):
             if need_init_sharp:
                 sharp0 = metrics.top_sharpness(ctx)[0][:, 0]  # kept in ctx.state for step 0
 
@@ -250,7 +261,9 @@ class Trainer:
         s0 = torch.where(s0 > 0, s0, torch.nan)
         lr_abs = torch.where(critical, lr_base * 2.0 / s0, lr_base)
         mult = np.stack([multipliers(r.config.train.schedule, steps) for r in self.runs])
-        lr_table = (lr_abs[:, None] * torch.as_tensor(mult)).to(dt).to(dev)  # (R, steps+1)
+        lr_table = _to_device((lr_abs[:, None] * torch.as_tensor(mult)).to(dt), dev)  # (R, steps+1)
+        neg_lr = -lr_table  # the update's scale per step (negation is exact)
+        nan = torch.full((), math.nan, dtype=dt, device=dev)  # made once: no tensor per step
 
         loss_tr = torch.full((steps + 1, R), math.nan, dtype=dt, device=dev)
         acc_tr = torch.full((steps + 1, R), math.nan, dtype=dt, device=dev)
@@ -272,77 +285,86 @@ class Trainer:
         order: Tensor | None = None
         ar = torch.arange(R, device=dev)[:, None]
 
-        for t in range(steps + 1):
-            if sgd:
-                full_f = self.outputs(params, self.X, self.x_dim)
-                loss_t = mean_loss(full_f, self.y, self.loss_kind)
-                acc_t = accuracy(full_f, self.y)
-            else:
-                loss_t, f_t, pas = batched.forward_loss(
-                    params, self.X, self.y, self.spec, self.a, self.loss_kind
-                )
-                acc_t = accuracy(f_t, self.y)
-            if L0 is None:
-                L0 = loss_t.detach().clone()
-            # Divergence: a non-finite loss, a loss above diverge_factor × L₀, or an update gone non-finite.
-            bad = active & (pending | ~torch.isfinite(loss_t) | (loss_t > factor * L0))
-            div_step = torch.where(bad, torch.full_like(div_step, t), div_step)
-            div_kind = torch.where(bad, torch.where(pending, 2, 1), div_kind)
-            active = active & ~bad
-            loss_tr[t] = torch.where(active | bad, loss_t, torch.nan)
-            acc_tr[t] = torch.where(active | bad, acc_t, torch.nan)
+        # the training GEMMs at train.matmul_precision (TF32 with `high` on CUDA)
+        with precision.matmul_precision(cfg.train.matmul_precision, dev):
+            for t in range(steps + 1):
+                if sgd:
+                    full_f = self.outputs(params, self.X, self.x_dim)
+                    loss_t = mean_loss(full_f, self.y, self.loss_kind)
+                    acc_t = accuracy(full_f, self.y)
+                else:
+                    loss_t, f_t, pas = batched.forward_loss(
+                        params, self.X, self.y, self.spec, self.a, self.loss_kind
+                    )
+                    acc_t = accuracy(f_t, self.y)
+                if L0 is None:
+                    L0 = loss_t.detach().clone()
+                # Divergence: a non-finite loss, a loss above diverge_factor × L₀, or an update
+                # gone non-finite. All of it stays on the device: masks, no host reads.
+                bad = active & (pending | ~torch.isfinite(loss_t) | (loss_t > factor * L0))
+                div_step.masked_fill_(bad, t)
+                div_kind = torch.where(bad, torch.where(pending, 2, 1), div_kind)
+                was_active = active  # = active | bad after the update below
+                active = active & ~bad
+                torch.where(was_active, loss_t, nan, out=loss_tr[t])
+                torch.where(was_active, acc_t, nan, out=acc_tr[t])
 
-            if t in eval_set:
-                ctx.params, ctx.step, ctx.active = params, t, active
-                with _linalg.recording() as broke:
-                    vals = metrics.step_metrics(ctx)
-                if t == 0:
-                    broke = init_broke + broke
-                if broke:
-                    hit = self._broke(broke, active, t, causes)
-                    div_step = torch.where(hit, torch.full_like(div_step, t), div_step)
-                    div_kind = torch.where(hit, 3, div_kind)
-                    active = active & ~hit
-                for name, val in vals.items():
-                    mask = active.reshape(-1, *([1] * (val.dim() - 1)))
-                    if val.dtype == torch.bool:
-                        val = val & mask
-                    else:
-                        val = torch.where(mask, val, torch.nan)
-                    step_vals.setdefault(name, []).append(val)
-            if t == steps:
-                break
-            if sgd:
-                epoch, pos = divmod(t, per_epoch)
-                if pos == 0:
-                    order = _stack(
-                        [minibatch_order(r.config.seed, self.n, epoch) for r in self.runs]
-                    ).to(dev)
-                assert order is not None
-                idx = order[:, pos * bs : (pos + 1) * bs]
-                Xb = self.X[idx] if self.x_dim is None else self.X[ar, idx]
-                yb = self.y[idx] if self.x_dim is None else self.y[ar, idx]
-                _, _, pas = batched.forward_loss(params, Xb, yb, self.spec, self.a, self.loss_kind)
-            y_step = yb if sgd else self.y
-            lr_t = lr_table[:, t]
-            # Backward fused with the in-place update. A non-finite gradient (or rate)
-            # leaves the run's weights as they were (the last finite ones) and flags
-            # it diverged at t + 1.
-            scale = torch.where(active, -lr_t, torch.zeros_like(lr_t))
-            finite = batched.descend(pas, params, y_step, self.spec, self.loss_kind, scale)
-            pending = active & ~finite
-            if self.progress is not None and (t + 1) % 50 == 0:
-                self.progress(50)
+                if t in eval_set:
+                    ctx.params, ctx.step, ctx.active = params, t, active
+                    # curvature always in full precision
+                    with _linalg.recording() as broke, precision.full(dev):
+                        vals = metrics.step_metrics(ctx)
+                    if t == 0:
+                        broke = init_broke + broke
+                    if broke:  # a Python list: no host read unless a step broke
+                        hit = self._broke(broke, active, t, causes)
+                        div_step.masked_fill_(hit, t)
+                        div_kind.masked_fill_(hit, 3)
+                        active = active & ~hit
+                    for name, val in vals.items():
+                        mask = active.reshape(-1, *([1] * (val.dim() - 1)))
+                        if val.dtype == torch.bool:
+                            val = val & mask
+                        else:
+                            val = torch.where(mask, val, torch.nan)
+                        step_vals.setdefault(name, []).append(val)
+                if t == steps:
+                    break
+                if sgd:
+                    epoch, pos = divmod(t, per_epoch)
+                    if pos == 0:
+                        order = _to_device(
+                            _stack(
+                                [minibatch_order(r.config.seed, self.n, epoch) for r in self.runs]
+                            ),
+                            dev,
+                        )
+                    assert order is not None
+                    idx = order[:, pos * bs : (pos + 1) * bs]
+                    Xb = self.X[idx] if self.x_dim is None else self.X[ar, idx]
+                    yb = self.y[idx] if self.x_dim is None else self.y[ar, idx]
+                    _, _, pas = batched.forward_loss(
+                        params, Xb, yb, self.spec, self.a, self.loss_kind
+                    )
+                y_step = yb if sgd else self.y
+                # Backward fused with the in-place update. A non-finite gradient (or rate)
+                # leaves the run's weights as they were (the last finite ones) and flags
+                # it diverged at t + 1.
+                scale = torch.where(active, neg_lr[:, t], 0.0)
+                finite = batched.descend(pas, params, y_step, self.spec, self.loss_kind, scale)
+                pending = active & ~finite
+                if self.progress is not None and (t + 1) % 50 == 0:
+                    self.progress(50)
         if self.progress is not None:
             self.progress(steps % 50 + 1)
 
         ctx.params, ctx.active = params, active
-        with _linalg.recording() as broke:
+        with _linalg.recording() as broke, precision.full(dev):
             final_vals = metrics.final_metrics(ctx)
         if broke:
             hit = self._broke(broke, active, steps, causes)
-            div_step = torch.where(hit, torch.full_like(div_step, steps), div_step)
-            div_kind = torch.where(hit, 3, div_kind)
+            div_step.masked_fill_(hit, steps)
+            div_kind.masked_fill_(hit, 3)
         res = self._collect(
             loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
             init_weights, params,

@@ -22,15 +22,16 @@ from .config import MetricsConfig
 from .losses import accuracy, mean_loss
 
 if TYPE_CHECKING:
-    from .engine import Trainer
+    from ._context import Chunk
     from .models import Params
 
 
 @dataclass
 class EvalContext:
-    """What a metric may look at: the trainer (data, spec), the batched params, state."""
+    """What a metric may look at: the chunk (data, spec, operators; a
+    :class:`~implicit_bias._context.Chunk`, not the engine), the batched params, state."""
 
-    trainer: Trainer
+    chunk: Chunk
     params: Params
     state: dict[str, Any] = field(default_factory=dict)
     step: int = 0
@@ -38,7 +39,7 @@ class EvalContext:
 
     @property
     def cfg(self) -> MetricsConfig:
-        return self.trainer.cfg.metrics
+        return self.chunk.cfg.metrics
 
 
 # ----------------------------------------------------------------- curvature
@@ -49,7 +50,7 @@ def top_sharpness(ctx: EvalContext, k: int | None = None) -> tuple[Tensor, Tenso
     ``ctx.state``). Returns eigenvalues ``(R, k)`` (largest algebraic first),
     residuals ‖Hv − λv‖ ``(R, k)`` and converged flags ``(R, k)``.
     """
-    tr = ctx.trainer
+    tr = ctx.chunk
     sc = ctx.cfg.sharpness
     iters = sc.iters if sc is not None else 20
     k = k or (sc.top_k if sc is not None else 1)
@@ -82,7 +83,7 @@ def _sharpness(ctx: EvalContext) -> dict[str, Tensor]:
 
 
 def _gn_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
-    tr = ctx.trainer
+    tr = ctx.chunk
     op = tr.hessian_operator(ctx.params, gauss_newton=True)
     v0 = ctx.state["gn_v"] if "gn_v" in ctx.state else tr.start_vectors()
     sc = ctx.cfg.sharpness
@@ -96,7 +97,7 @@ def _gn_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
 
 
 def _ntk(ctx: EvalContext) -> dict[str, Tensor]:
-    tr = ctx.trainer
+    tr = ctx.chunk
     if tr.n <= 2048:
         from .batched import jacobian_gram
 
@@ -117,7 +118,7 @@ def _ntk(ctx: EvalContext) -> dict[str, Tensor]:
 
 
 def _trace(ctx: EvalContext) -> dict[str, Tensor]:
-    tr = ctx.trainer
+    tr = ctx.chunk
     tc = ctx.cfg.trace
     assert tc is not None
     op = tr.hessian_operator(ctx.params)
@@ -137,7 +138,7 @@ def _trace(ctx: EvalContext) -> dict[str, Tensor]:
 
 # ------------------------------------------------------------------ evaluation
 def _test(ctx: EvalContext) -> dict[str, Tensor]:
-    tr = ctx.trainer
+    tr = ctx.chunk
     f = tr.outputs(ctx.params, tr.Xt, tr.xt_dim)
     return {"test_loss": mean_loss(f, tr.yt, tr.loss_kind), "test_acc": accuracy(f, tr.yt)}
 
@@ -157,14 +158,14 @@ def _stable_rank(ctx: EvalContext) -> dict[str, Tensor]:
 def _margins(ctx: EvalContext) -> dict[str, Tensor]:
     from . import diagnostics
 
-    tr = ctx.trainer
+    tr = ctx.chunk
     return diagnostics.margins(ctx.params, tr.X, tr.y, tr.spec, tr.a)
 
 
 def _kkt(ctx: EvalContext) -> dict[str, Tensor]:
     from . import diagnostics
 
-    tr = ctx.trainer
+    tr = ctx.chunk
     return diagnostics.kkt_residuals(ctx.params, tr.X, tr.y, tr.spec, tr.a)
 
 
@@ -174,7 +175,7 @@ MetricFn = Callable[[EvalContext], dict[str, Tensor]]
 STEP_METRICS: list[tuple[Callable[[EvalContext], bool], MetricFn]] = [
     (lambda c: c.cfg.sharpness is not None, _sharpness),
     (lambda c: c.cfg.gn_sharpness, _gn_sharpness),
-    (lambda c: c.trainer.Xt.shape[-2] > 0, _test),
+    (lambda c: c.chunk.Xt.shape[-2] > 0, _test),
     (lambda c: c.cfg.ntk, _ntk),
     (lambda c: c.cfg.stable_rank, _stable_rank),
     (lambda c: c.cfg.margins, _margins),
@@ -218,7 +219,7 @@ def output_stats(ctx: EvalContext) -> dict[str, Tensor]:
     """
     from .models import activate
 
-    tr = ctx.trainer
+    tr = ctx.chunk
     params = ctx.params
     f = tr.outputs(params, tr.X, tr.x_dim)  # (R, n)
     y_rms = tr.y.square().mean(-1).sqrt()
@@ -239,7 +240,7 @@ def output_stats(ctx: EvalContext) -> dict[str, Tensor]:
 
 def final_metrics(ctx: EvalContext) -> dict[str, Tensor]:
     """Run-level measurements at θ_steps that have no per-step trace."""
-    tr = ctx.trainer
+    tr = ctx.chunk
     with torch.no_grad():
         out: dict[str, Tensor] = output_stats(ctx)
     if not (ctx.cfg.stable_rank or ctx.cfg.margins):

@@ -50,7 +50,7 @@ from matplotlib.patches import Patch
 from matplotlib.ticker import LogFormatter
 from matplotlib.transforms import blended_transform_factory
 
-from .report import PHASES, GroupView, _root_config, fmt, group_views
+from .views import PHASES, GroupView, _root_config, fmt, group_views
 
 #: one colour and one marker per phase (SPEC §3), distinct in grey scale too
 PHASE_COLORS = {

@@ -51,9 +51,19 @@ _PER_RUN_KEYS = {
     ("store",),
 }
 
-#: memory budget per chunk used to choose ``store.chunk_runs`` automatically
+#: memory budget per chunk used to choose ``store.chunk_runs`` automatically on the
+#: CPU (lowered where the available RAM is smaller); on CUDA only when set explicitly
 CHUNK_BYTES = int(os.environ.get("IMPLICIT_BIAS_CHUNK_BYTES", 1 << 30))
+_CHUNK_BYTES_SET = "IMPLICIT_BIAS_CHUNK_BYTES" in os.environ
+#: most runs in one automatic chunk on the CPU (none on CUDA: memory decides)
 MAX_CHUNK_RUNS = 512
+#: share of the free device memory (CUDA) a chunk may plan for: the per-run
+#: estimate is rough, and the allocator's caching and fragmentation need room
+CUDA_MEMORY_FRACTION = 0.7
+#: share of the available RAM (CPU) a chunk may plan for
+RAM_FRACTION = 0.5
+#: where a results folder records the chunk sizes it was started with
+CHUNKING_FILE = "chunking.json"
 
 
 @dataclass
@@ -154,11 +164,52 @@ def estimate_run_bytes(cfg: ExperimentConfig, n: int, d: int, m: int) -> int:
     return int(per)
 
 
+def available_ram() -> int | None:
+    """Bytes of RAM available to a new allocation (psutil, else /proc/meminfo), or None."""
+    try:
+        import psutil
+
+        return int(psutil.virtual_memory().available)
+    except ImportError:
+        pass
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def chunk_budget(device: str) -> tuple[int, int | None]:
+    """``(bytes, most runs or None)`` one chunk may plan for on ``device``.
+
+    CUDA: 70 % of the free device memory (``torch.cuda.mem_get_info``), no run
+    cap; ``IMPLICIT_BIAS_CHUNK_BYTES``, when set, is the budget instead. CPU (and
+    CUDA configs planned on a machine without a GPU, e.g. a login node that
+    submits to ``--scheduler``): ``CHUNK_BYTES`` (1 GiB) and at most
+    ``MAX_CHUNK_RUNS`` runs, lowered to half the available RAM where that is smaller.
+    """
+    if device == "cuda":
+        import torch
+
+        if torch.cuda.is_available():
+            if _CHUNK_BYTES_SET:
+                return CHUNK_BYTES, None
+            free, _total = torch.cuda.mem_get_info()
+            return max(1, int(free * CUDA_MEMORY_FRACTION)), None
+    ram = available_ram()
+    budget = CHUNK_BYTES if ram is None else min(CHUNK_BYTES, int(ram * RAM_FRACTION))
+    return max(1, budget), MAX_CHUNK_RUNS
+
+
 def auto_chunk_runs(cfg: ExperimentConfig, n: int, d: int, m: int, group_size: int) -> int:
+    """``store.chunk_runs``, or as many runs as fit the device's budget (:func:`chunk_budget`)."""
     if cfg.store.chunk_runs is not None:
         return cfg.store.chunk_runs
-    fit = max(1, CHUNK_BYTES // max(estimate_run_bytes(cfg, n, d, m), 1))
-    k = min(fit, MAX_CHUNK_RUNS, group_size)
+    budget, cap = chunk_budget(cfg.train.device)
+    fit = max(1, budget // max(estimate_run_bytes(cfg, n, d, m), 1))
+    k = min(fit, group_size) if cap is None else min(fit, cap, group_size)
     # equal-sized chunks rather than one full and one small
     n_chunks = math.ceil(group_size / k)
     return math.ceil(group_size / n_chunks)
@@ -209,7 +260,7 @@ class _Chunks(Sequence[ChunkPlan]):
     def __init__(
         self, space: SweepSpace, members: list[list[tuple[int, ...]]], sizes: list[int]
     ) -> None:
-        self.space, self.sizes = space, sizes
+        self.space, self.sizes, self.members = space, sizes, members
         free = [j for j in space.independent]
         self.group_runs = [len(m) * math.prod(space.sizes[j] for j in free) for m in members]
         self.counts = [math.ceil(r / k) for r, k in zip(self.group_runs, sizes, strict=True)]
@@ -424,6 +475,63 @@ def make_plan(cfg: ExperimentConfig, base_dir: Path | None = None) -> Plan:
     )
 
 
+def settle_chunking(plan: Plan, out: Path) -> Plan:
+    """The plan with the chunk sizes ``out`` was started with, which it records.
+
+    Automatic chunk sizes depend on the device and its free memory; a folder
+    resumed elsewhere (another GPU, the CPU, another budget) must keep the
+    chunks it has, so the sizes per group are written to ``chunking.json`` the
+    first time and reused afterwards. A folder from before that file has its
+    sizes read off its first chunk of each group.
+    """
+    path = Path(out) / CHUNKING_FILE
+    planned = _group_sizes(plan)
+    recorded: dict[int, int] = {}
+    if path.exists():
+        raw = json.loads(path.read_text())
+        recorded = {int(g): int(k) for g, k in raw["chunk_runs"].items()}
+    else:
+        recorded = _sizes_from_chunks(Path(out), planned)
+    sizes = {g: recorded.get(g, k) for g, k in planned.items()}
+    if sizes != planned:
+        plan = _recut(plan, sizes)
+    if not path.exists() or recorded != sizes:
+        text = json.dumps({"chunk_runs": {str(g): k for g, k in sizes.items()}}, indent=1)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
+    return plan
+
+
+def _group_sizes(plan: Plan) -> dict[int, int]:
+    chunks = plan.chunks
+    assert isinstance(chunks, _Chunks)
+    return dict(enumerate(chunks.sizes))
+
+
+def _sizes_from_chunks(out: Path, planned: dict[int, int]) -> dict[int, int]:
+    """Run counts of the chunks ``g<group>-c00000.nc`` already in ``out``."""
+    import h5py
+
+    found: dict[int, int] = {}
+    for g in planned:
+        f = out / "chunks" / ChunkPlan(group=g, chunk=0, runs=()).filename
+        if f.exists():
+            with h5py.File(f, "r") as h:
+                found[g] = int(h["run"].shape[0])
+    return found
+
+
+def _recut(plan: Plan, sizes: dict[int, int]) -> Plan:
+    """The plan's groups cut into chunks of ``sizes[group]`` runs (still lazily)."""
+    import dataclasses
+
+    old = plan.chunks
+    assert isinstance(old, _Chunks)
+    new = [sizes[g] for g in range(len(old.sizes))]
+    return dataclasses.replace(plan, chunks=_Chunks(old.space, old.members, new), chunk_sizes=new)
+
+
 def train_chunk(
     runs: list[RunSpec], chunk: ChunkPlan, group: dict[str, Any], out: Path, progress=None
 ) -> Path:
@@ -478,16 +586,15 @@ def run_sweep(
     cfg = load_config(config, overrides)
     base_dir = Path(config).resolve().parent if isinstance(config, str | Path) else Path.cwd()
     plan = make_plan(cfg, base_dir)  # all input errors surface here, before any folder exists
-    if cfg.train.device == "cuda":
+    if cfg.train.device == "cuda" and not scheduler:  # with --scheduler the workers have the GPUs
         from .engine import resolve_device
 
         resolve_device("cuda")
     if scheduler is not None:
         check_scheduler_address(scheduler)
     out = Path(out) if out is not None else Path("results") / cfg.name
-    chunks = plan.chunks
-    assert isinstance(chunks, _Chunks)
-    if _finished(out, cfg, chunks):
+    assert isinstance(plan.chunks, _Chunks)
+    if _finished(out, cfg, plan.chunks):
         # nothing left to do: read, never rewrite (the folder may be read-only); a
         # damaged chunk found on reading falls through to the repair below
         try:
@@ -497,6 +604,9 @@ def run_sweep(
     check_out_folder(out)
     with folder_lock(out):  # one writer per folder; refuses folders that are not ours
         prepare_folder(out, cfg, overwrite)
+        plan = settle_chunking(plan, out)  # the chunking the folder was started with
+        chunks = plan.chunks
+        assert isinstance(chunks, _Chunks)
         remove_stale_tmp(out)
         ids = {ChunkPlan(g, c, ()).filename: (g, c) for g, c in chunks.ids()}
         present = done_chunks(out)
@@ -724,9 +834,14 @@ def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, workers, scheduler, 
         raise UserInputError(
             "--workers/--scheduler need dask: pip install 'implicit-bias[dask]'"
         ) from None
-    if scheduler:
+    if scheduler:  # workers started elsewhere (GPU workers too: nothing changes here)
         client = _connect(scheduler)
         cluster = None
+    elif plan.config.train.device == "cuda":  # one single-threaded worker per GPU
+        from .dask_gpu import gpu_cluster
+
+        cluster = gpu_cluster(workers)
+        client = Client(cluster)
     else:
         cluster = LocalCluster(
             n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
