@@ -475,14 +475,14 @@ def make_plan(cfg: ExperimentConfig, base_dir: Path | None = None) -> Plan:
     )
 
 
-def settle_chunking(plan: Plan, out: Path) -> Plan:
+def settle_chunking(plan: Plan, out: Path, write: bool = True) -> Plan:
     """The plan with the chunk sizes ``out`` was started with, which it records.
 
     Automatic chunk sizes depend on the device and its free memory; a folder
     resumed elsewhere (another GPU, the CPU, another budget) must keep the
     chunks it has, so the sizes per group are written to ``chunking.json`` the
-    first time and reused afterwards. A folder from before that file has its
-    sizes read off its first chunk of each group.
+    first time and reused afterwards (``write=False`` only reads). A folder from
+    before that file has its sizes read off its first chunk of each group.
     """
     path = Path(out) / CHUNKING_FILE
     planned = _group_sizes(plan)
@@ -490,12 +490,12 @@ def settle_chunking(plan: Plan, out: Path) -> Plan:
     if path.exists():
         raw = json.loads(path.read_text())
         recorded = {int(g): int(k) for g, k in raw["chunk_runs"].items()}
-    else:
+    elif Path(out).is_dir():
         recorded = _sizes_from_chunks(Path(out), planned)
     sizes = {g: recorded.get(g, k) for g, k in planned.items()}
     if sizes != planned:
         plan = _recut(plan, sizes)
-    if not path.exists() or recorded != sizes:
+    if write and (not path.exists() or recorded != sizes):
         text = json.dumps({"chunk_runs": {str(g): k for g, k in sizes.items()}}, indent=1)
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text + "\n")
@@ -516,9 +516,11 @@ def _sizes_from_chunks(out: Path, planned: dict[int, int]) -> dict[int, int]:
     found: dict[int, int] = {}
     for g in planned:
         f = out / "chunks" / ChunkPlan(group=g, chunk=0, runs=()).filename
-        if f.exists():
+        try:
             with h5py.File(f, "r") as h:
                 found[g] = int(h["run"].shape[0])
+        except (OSError, KeyError):  # absent or damaged: verification will redo it
+            pass
     return found
 
 
@@ -593,8 +595,9 @@ def run_sweep(
     if scheduler is not None:
         check_scheduler_address(scheduler)
     out = Path(out) if out is not None else Path("results") / cfg.name
-    assert isinstance(plan.chunks, _Chunks)
-    if _finished(out, cfg, plan.chunks):
+    done = settle_chunking(plan, out, write=False).chunks  # as the folder was cut
+    assert isinstance(done, _Chunks)
+    if _finished(out, cfg, done):
         # nothing left to do: read, never rewrite (the folder may be read-only); a
         # damaged chunk found on reading falls through to the repair below
         try:
