@@ -82,7 +82,7 @@ def claims_markdown(claims: list[Claim], title: str) -> str:
     """Claims first, then the sanity checks (which cannot fail), each as a table."""
     from .report import markdown_table
 
-    header = ["paper", "id", "claim", "source", "setting", "criterion", "measured", "status"]
+    header = ["paper", "key", "claim", "source", "setting", "criterion", "measured", "status"]
 
     def table(rows: list[Claim]) -> str:
         return markdown_table(
