@@ -98,6 +98,7 @@ def test_different_config_refused_unless_overwrite(tmp_path):
     assert tree["group_000"].sizes["iteration"] == 42
 
 
+@pytest.mark.slow  # the default suite has tests/test_faults.py::test_kill_9_inside_a_chunk_write
 def test_kill_9_then_resume_runs_only_missing_chunks(tmp_path):
     cfg = {
         **SMALL,
