@@ -148,7 +148,7 @@ def test_cli_refuses_a_folder_of_another_config(tmp_path):
 
 
 #: claims the README reports as FAIL on the quick settings, with the reason
-KNOWN_FAIL: set[str] = set()
+KNOWN_FAIL: set[str] = {"L13"}  # every converged rate reaches the unique minimiser
 
 
 @pytest.mark.slow
