@@ -550,12 +550,6 @@ def train_chunk(
     return write_chunk(out, chunk, ds)
 
 
-def execute_chunk(plan: Plan, chunk: ChunkPlan, out: Path, progress=None) -> Path:
-    """Train one chunk of a plan and write it atomically."""
-    runs = [plan.runs[i] for i in chunk.runs]
-    return train_chunk(runs, chunk, plan.groups[chunk.group], out, progress)
-
-
 def run_sweep(
     config: str | Path | Mapping[str, Any] | ExperimentConfig,
     out: str | Path | None = None,

@@ -233,9 +233,8 @@ def _w4(r: Runs) -> Verdict:
 )
 def _w5(r: Runs) -> Verdict:
     cat = r.phases() == "catapult"
-    loss, acc = r.trace("loss"), r.trace("train_acc")[:, -1]
-    chance = r.scalar("chance_acc") if r.has("chance_acc") else np.full(len(cat), 0.5)
-    ok = bool(np.all((acc[cat] >= chance[cat] + ACC_MARGIN) & (loss[cat, -1] < loss[cat, 0])))
+    acc = r.trace("train_acc")[:, -1]
+    ok = bool(np.all(_really_converged(r)[cat]))
     return ok, f"catapult at {gl(r.rates[cat])}; their train acc {gl(acc[cat])}"
 
 

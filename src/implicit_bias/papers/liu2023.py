@@ -27,6 +27,13 @@ ONSET = 1 / (4 * DEGENERATE_P * (1 - DEGENERATE_P))
 DEGENERATE_RATES = [round(ONSET * f, 4) for f in (0.4, 0.75, 0.9, 1.1, 1.5, 3.0, 8.0, 15.0)]
 WIDTHS = (1024, 4096)  # the width dependence of the degenerate window (L8)
 
+SEPARABLE_DEGENERATE = {"kind": "degenerate", "separable": True}
+OVERLAP = {"kind": "overlap", "shift": 1.0}
+NONSEPARABLE_DEGENERATE = {
+    "kind": "degenerate",
+    "separable": False,
+    "label_noise": 1 - DEGENERATE_P,
+}
 SETTING = "deep linear net (NTK), logistic loss, full-batch GD"
 ANNEAL_TO = 0.5  # the small rate, critical units
 #: a test-accuracy gain smaller than this (absolute) is not counted as better
@@ -41,7 +48,7 @@ def _experiments(quick: bool) -> Configs:
     train = {"loss": "logistic", "steps": steps, "lr_units": "critical", "dtype": "float64"}
     metrics = {"every": 20 if quick else 50, "sharpness": {"iters": 20}}
     data = {"n_train": 200, "n_test": 1000, "d": 50}
-    overlap = {"kind": "overlap", "shift": 1.0, **data}
+    overlap = {**OVERLAP, **data}
 
     def exp(name: str, data: dict, model: dict, rates: list[float], **extra: Any) -> dict:
         return {
@@ -53,12 +60,11 @@ def _experiments(quick: bool) -> Configs:
             "sweep": {"train.lr": rates, "seed": seeds, **extra.pop("sweep", {})},
         }
 
-    degenerate = {"kind": "degenerate", "separable": False, "label_noise": 1 - DEGENERATE_P}
     out = {
         "nonseparable": exp("nonseparable", overlap, model, RATES),
         "separable_degenerate": exp(
             "separable-degenerate",
-            {"kind": "degenerate", "separable": True, **data},
+            {**SEPARABLE_DEGENERATE, **data},
             model,
             [0.5, 1.6, 2.3, 4.0, 8.0, 20.0],
         ),
@@ -81,7 +87,7 @@ def _experiments(quick: bool) -> Configs:
     for w in WIDTHS:
         out[f"degenerate_w{w}"] = exp(
             f"nonseparable-degenerate-w{w}",
-            {**degenerate, **data},
+            {**NONSEPARABLE_DEGENERATE, **data},
             {**model, "width": w},
             DEGENERATE_RATES,
         )
@@ -95,20 +101,22 @@ PAPER = Paper(
 )
 
 
+#: the controls' data sizes (the experiments', with a smaller test set)
+_CONTROL_SIZES = {"n_train": 200, "n_test": 200, "d": 50}
+
+
+def _on(cfgs: Configs, name: str, data: dict) -> Configs:
+    """Experiment ``name`` run for 150 steps on other data (a negative control)."""
+    return {name: with_(cfgs[name], data={**data, **_CONTROL_SIZES}, train__steps=150)}
+
+
 def _separable(cfgs: Configs, name: str) -> Configs:
     """The same runs on separable degenerate data (no catapult, no divergence)."""
-    return {
-        name: with_(
-            cfgs[name],
-            data={"kind": "degenerate", "separable": True, "n_train": 200, "n_test": 200, "d": 50},
-            train__steps=150,
-        )
-    }
+    return _on(cfgs, name, SEPARABLE_DEGENERATE)
 
 
 def _nonseparable_data(cfgs: Configs, name: str) -> Configs:
-    data = {"kind": "overlap", "shift": 1.0, "n_train": 200, "n_test": 200, "d": 50}
-    return {name: with_(cfgs[name], data=data, train__steps=150)}
+    return _on(cfgs, name, OVERLAP)
 
 
 # ------------------------------------------------------------------ the three regimes
@@ -211,12 +219,7 @@ def _l4(r: Runs) -> Verdict:
 
 # ------------------------------------------------------------------ separable data
 def _degenerate_nonseparable(cfgs: Configs, name: str) -> Configs:
-    data = {"kind": "degenerate", "separable": False, "label_noise": 1 - DEGENERATE_P}
-    return {
-        name: with_(
-            cfgs[name], data={**data, "n_train": 200, "n_test": 200, "d": 50}, train__steps=150
-        )
-    }
+    return _on(cfgs, name, NONSEPARABLE_DEGENERATE)
 
 
 @PAPER.claim(
