@@ -132,34 +132,22 @@ def _damage(kind: str, out: Path) -> str:
 
 @pytest.mark.parametrize("kind", ["truncate", "swap", "bits"])
 def test_damaged_chunk_is_refused_then_redone(tmp_path, kind):
+    """In process (the CLI's one-line messages for the same cases: test_faults.py)."""
     out = tmp_path / "res"
     ref = _ds(ib.run(TINY, out=out))
     name = _damage(kind, out)
     with pytest.raises(ib.UserInputError, match=name) as err:
         ib.open_results(out)
     assert f"implicit-bias run <config> --out {out}" in str(err.value)
-    r = _cli("report", str(out))
-    assert r.returncode == 2 and name in _one_line(r.stderr)
-    assert not (out / "report").exists()
-    # the same command names it in one warning line and redoes it
-    p = _write(tmp_path, TINY)
-    r = _cli("run", str(p), "--out", str(out), "-q")
-    assert r.returncode == 0, r.stderr
-    warn = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
-    assert len(warn) == 1 and name in warn[0], r.stderr
-    got = _ds(ib.open_results(out))
+    # the same call names it in one warning and redoes it
+    with pytest.warns(ChunkWarning, match=name) as warned:
+        tree = ib.run(TINY, out=out)
+    assert len([w for w in warned if issubclass(w.category, ChunkWarning)]) == 1
+    got = _ds(tree)
     assert list(got["run"].values) == [0, 1, 2]
     for v in ("loss", "sharpness", "final_W1", "X_train"):
         np.testing.assert_allclose(got[v].values, ref[v].values, rtol=0, atol=1e-12)
-
-
-def test_api_warns_and_redoes_a_damaged_chunk(tmp_path):
-    out = tmp_path / "res"
-    ib.run(TINY, out=out)
-    name = _damage("swap", out)
-    with pytest.warns(ChunkWarning, match=name):
-        tree = ib.run(TINY, out=out)
-    assert list(_ds(tree)["run"].values) == [0, 1, 2]
+    assert not (out / "report").exists()
 
 
 # ---------------------------------------------------------- 3. one writer a folder
@@ -179,7 +167,7 @@ def test_second_writer_is_refused_naming_the_holder(tmp_path):
         err = _one_line(r.stderr)
         assert "in use" in err and "pid 4242 on host elsewhere" in err and str(out) in err
     # released: the next run goes ahead
-    assert _cli("run", str(p), "--out", str(out), "-q").returncode == 0
+    assert list(_ds(ib.run(TINY, out=out))["run"].values) == [0, 1, 2]
 
 
 # -------------------------------------------- 4. numerical breakage = diverged run
@@ -274,6 +262,31 @@ def test_dask_failing_chunk_keeps_the_others_then_is_redone(tmp_path, monkeypatc
         kept = {p.name: p.stat().st_mtime_ns for p in (out / "chunks").iterdir()}
         monkeypatch.setattr(sweep, "Trainer", Flaky.__mro__[1])
         tree = ib.run(TINY, out=out, scheduler=cluster.scheduler_address)
+    assert all((out / "chunks" / k).stat().st_mtime_ns == v for k, v in kept.items())
+    ref = _ds(ib.run(TINY, out=tmp_path / "ref"))
+    for v in ("loss", "sharpness", "final_W1"):
+        np.testing.assert_allclose(_ds(tree)[v].values, ref[v].values, rtol=0, atol=1e-12)
+
+
+def test_local_failing_chunk_keeps_the_others_then_is_redone(tmp_path, monkeypatch):
+    """Without Dask too, a chunk that raises is reported (with the others finished)."""
+    from implicit_bias import sweep
+
+    class Flaky(sweep.Trainer):
+        def train(self):
+            if any(r.index == 1 for r in self.runs):
+                raise RuntimeError("injected failure")
+            return super().train()
+
+    out = tmp_path / "res"
+    monkeypatch.setattr(sweep, "Trainer", Flaky)
+    with pytest.raises(ChunksFailed, match=r"1 of 3 chunk\(s\) failed.*g000-c00001\.nc") as err:
+        ib.run(TINY, out=out)
+    assert isinstance(err.value.__cause__, RuntimeError)  # the API keeps the first traceback
+    kept = {p.name: p.stat().st_mtime_ns for p in (out / "chunks").iterdir()}
+    assert sorted(kept) == ["g000-c00000.nc", "g000-c00002.nc"]
+    monkeypatch.setattr(sweep, "Trainer", Flaky.__mro__[1])
+    tree = ib.run(TINY, out=out)
     assert all((out / "chunks" / k).stat().st_mtime_ns == v for k, v in kept.items())
     ref = _ds(ib.run(TINY, out=tmp_path / "ref"))
     for v in ("loss", "sharpness", "final_W1"):

@@ -223,6 +223,7 @@ def test_scheduler_address_and_unreachable(tmp_path, monkeypatch):
     monkeypatch.setattr("implicit_bias.sweep.CONNECT_TIMEOUT", 1.0)
     r = _cli("run", str(p), "--out", str(tmp_path / "o2"), "--scheduler", "tcp://127.0.0.1:9", "-q")
     _one_line_exit_2(r, "cannot connect")
+    assert not (tmp_path / "o2").exists()  # found before the folder is written
 
 
 # ----------------------------------------------------- 4. accepted silently

@@ -19,7 +19,7 @@ class UserInputError(ValueError):
 
 
 class ChunksFailed(RuntimeError):
-    """Some chunks of a sweep failed (on Dask); the finished ones are kept.
+    """Some chunks of a sweep failed (locally or on Dask); the finished ones are kept.
 
     The CLI prints the message as one line and exits 1; running the same
     command again redoes only the failed chunks.

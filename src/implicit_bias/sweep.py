@@ -599,6 +599,19 @@ def run_sweep(
         except UserInputError:
             pass
     check_out_folder(out)
+    # an unreachable scheduler is the user's error: found before the folder is written
+    client = _connect(scheduler) if scheduler else None
+    try:
+        return _run_in_folder(plan, cfg, out, overwrite, workers, client, progress, echo)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def _run_in_folder(plan, cfg, out, overwrite, workers, client, progress, echo):
+    """The locked part of :func:`run_sweep`: prepare ``out``, run its missing chunks."""
+    from .store import open_results
+
     with folder_lock(out):  # one writer per folder; refuses folders that are not ours
         prepare_folder(out, cfg, overwrite)
         plan = settle_chunking(plan, out)  # the chunking the folder was started with
@@ -613,27 +626,62 @@ def run_sweep(
         if echo is not None:
             left = f"{len(todo_ids)} chunk(s) to run" if have else "starting"
             echo(f"{plan.summary()}; {left}")
-        steps = cfg.train.steps
-        if todo_ids and (workers or scheduler):
+        if todo_ids and (workers or client is not None):
             todo = [chunks.get(g, c) for g, c in todo_ids]
             for c in todo:
                 _save_data(out, [plan.runs[i] for i in c.runs])
-            _run_dask(plan, todo, out, workers, scheduler, progress)
+            _run_dask(plan, todo, out, workers, client, progress)
         elif todo_ids:
-            total = sum(
-                min(chunks.sizes[g], chunks.group_runs[g] - c * chunks.sizes[g])
-                for g, c in todo_ids
-            ) * (steps + 1)
-            with _progress(progress, total, f"{cfg.name}: {len(plan.runs)} runs") as advance:
-                for g, k in todo_ids:
-                    chunk = chunks.get(g, k)  # only the chunk being executed is built
-                    runs = [plan.runs[i] for i in chunk.runs]
-                    _save_data(out, runs)
-                    R = len(runs)
-                    train_chunk(
-                        runs, chunk, plan.groups[g], out, progress=lambda k, R=R: advance(k * R)
-                    )
+            _run_local(plan, todo_ids, out, progress)
         return open_results(out)
+
+
+def _run_local(plan: Plan, todo_ids: list[tuple[int, int]], out: Path, progress) -> None:
+    """Train the missing chunks one after the other in this process.
+
+    As on Dask, a chunk that raises does not stop the others: the finished
+    chunks are written and the failures are reported together at the end.
+
+    Raises:
+        ChunksFailed: naming every chunk that raised (chained to the first error).
+    """
+    chunks = plan.chunks
+    assert isinstance(chunks, _Chunks)
+    total = sum(
+        min(chunks.sizes[g], chunks.group_runs[g] - c * chunks.sizes[g]) for g, c in todo_ids
+    ) * (plan.config.train.steps + 1)
+    failed: list[str] = []
+    first: Exception | None = None
+    with _progress(progress, total, f"{plan.config.name}: {len(plan.runs)} runs") as advance:
+        for g, k in todo_ids:
+            chunk = chunks.get(g, k)  # only the chunk being executed is built
+            runs = [plan.runs[i] for i in chunk.runs]
+            _save_data(out, runs)
+            R = len(runs)
+            try:
+                train_chunk(
+                    runs, chunk, plan.groups[g], out, progress=lambda k, R=R: advance(k * R)
+                )
+            except (UserInputError, ChunksFailed):
+                raise
+            except Exception as err:  # reported per chunk; the other chunks go on
+                failed.append(_failure(chunk, err))
+                first = first or err
+    if failed:
+        raise _chunks_failed(failed, len(todo_ids), out) from first
+
+
+def _failure(chunk: ChunkPlan, err: BaseException) -> str:
+    """One chunk's failure as ``FILE (Type: message)`` for :class:`ChunksFailed`."""
+    why = " ".join(str(err).split())[:200]
+    return f"{chunk.filename} ({type(err).__name__}: {why})"
+
+
+def _chunks_failed(failed: list[str], n: int, out: Path) -> ChunksFailed:
+    return ChunksFailed(
+        f"{len(failed)} of {n} chunk(s) failed in {out}: {'; '.join(sorted(failed))}; "
+        "the finished chunks are kept: run the same command again to redo the failed ones"
+    )
 
 
 def _save_data(out: Path, runs: Iterable[RunSpec]) -> None:
@@ -824,15 +872,17 @@ class _progress:
             self.bar.remove_task(self.task)
 
 
-def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, workers, scheduler, progress):
+def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, workers, client, progress):
+    """Train the chunks ``todo`` on Dask: on ``client`` (``--scheduler``, connected and
+    closed by the caller) or on a local cluster of ``workers`` started here."""
     try:
         from dask.distributed import Client, LocalCluster, as_completed
     except ImportError:
         raise UserInputError(
             "--workers/--scheduler need dask: pip install 'implicit-bias[dask]'"
         ) from None
-    if scheduler:  # workers started elsewhere (GPU workers too: nothing changes here)
-        client = _connect(scheduler)
+    own = client is None
+    if not own:  # workers started elsewhere (GPU workers too: nothing changes here)
         cluster = None
     elif plan.config.train.device == "cuda":  # one single-threaded worker per GPU
         from .dask_gpu import gpu_cluster
@@ -866,16 +916,12 @@ def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, workers, scheduler, 
         ) as adv:
             for fut in as_completed(futures):
                 if fut.status == "error":
-                    err = fut.exception()
-                    why = " ".join(str(err).split())[:200]
-                    failed.append(f"{futures[fut].filename} ({type(err).__name__}: {why})")
+                    failed.append(_failure(futures[fut], fut.exception()))
                 adv(1)
     finally:
-        client.close()
+        if own:
+            client.close()
         if cluster is not None:
             cluster.close()
     if failed:
-        raise ChunksFailed(
-            f"{len(failed)} of {len(todo)} chunk(s) failed in {out}: {'; '.join(sorted(failed))}; "
-            "the finished chunks are kept: run the same command again to redo the failed ones"
-        )
+        raise _chunks_failed(failed, len(todo), out)
