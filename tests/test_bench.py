@@ -230,3 +230,24 @@ def test_run_records_its_training_time(tmp_path):
             parts.append(float(np.ravel(h.attrs["train_seconds"])[0]))
     assert len(parts) == 2 and all(p > 0 for p in parts)
     assert secs == pytest.approx(sum(parts))
+
+
+@pytest.mark.slow
+def test_gpu_check_script_runs_on_cpu(tmp_path):
+    """``benchmarks/gpu_check.py`` gets one device run: test its plumbing here, small."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--out", str(tmp_path)]
+    cmd += ["--device", "cpu", "--baseline-runs", "2", "--pd-runs", "4", "--pd-steps", "5"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=900, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert res["peak_gflops"] > 0 and "syncs" not in res
+    assert [row["matmul_precision"] for row in res["phase_diagram"]] == ["highest", "high"]
+    assert all(row["runs"] == 4 and row["engine_pct_peak"] > 0 for row in res["phase_diagram"])
+    ref = res["reference"]
+    assert ref["runs"] == 64 and ref["baseline_measured_runs"] == 2
+    assert ref["baseline_scaled_s"] == pytest.approx(ref["baseline_measured_s"] * 32)

@@ -51,19 +51,31 @@ def _run(cfg: dict, tmp_root) -> object:
     return _RUNS[key]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def control_root(tmp_path_factory):
     return tmp_path_factory.mktemp("controls")
 
 
-@pytest.mark.parametrize(
-    ("paper", "key"),
-    [pytest.param(p, k, marks=pytest.mark.xdist_group(p), id=f"{p}-{k}") for p, k in CLAIMS],
-)
-def test_negative_control_fails(paper, key, control_root):
-    spec = next(c for c in PAPERS[paper].claims if c.key == key)
-    cfgs = PAPERS[paper].control_configs(key)
-    assert set(cfgs) == set(spec.uses)
-    results = {name: _run(cfg, control_root) for name, cfg in cfgs.items()}
-    row = spec.evaluate(paper, results)
-    assert row.status == "FAIL", f"{paper} {key} control ({spec.control_note}): {row.measured}"
+def _controls_of(paper: str) -> type:
+    """A test class for one paper's controls (ids read ``TestControls_<paper>::…[key]``).
+
+    Controls that share a run reuse it within a test process (``_run``); under
+    xdist a shared run may be made once per worker.
+    """
+
+    @pytest.mark.parametrize("key", [k for p, k in CLAIMS if p == paper])
+    def test_negative_control_fails(self, key, control_root):
+        spec = next(c for c in PAPERS[paper].claims if c.key == key)
+        cfgs = PAPERS[paper].control_configs(key)
+        assert set(cfgs) == set(spec.uses)
+        results = {name: _run(cfg, control_root) for name, cfg in cfgs.items()}
+        row = spec.evaluate(paper, results)
+        assert row.status == "FAIL", f"{paper} {key} control ({spec.control_note}): {row.measured}"
+
+    return type(
+        f"TestControls_{paper}", (), {"test_negative_control_fails": test_negative_control_fails}
+    )
+
+
+for _paper in PAPERS:
+    globals()[f"TestControls_{_paper}"] = _controls_of(_paper)

@@ -206,9 +206,7 @@ def test_every_key_of_the_spec_table_is_fuzzed():
                     assert k in keys, k
 
 
-@pytest.mark.parametrize(
-    ("key", "value"), [("model.width", True), ("train.lr", "fast"), ("seed", 2**64)]
-)
+@pytest.mark.parametrize(("key", "value"), [("seed", 2**64)])  # the rest: in process, above
 def test_wrong_value_in_a_subprocess(tmp_path, key, value):
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(_config(key, value), sort_keys=False))

@@ -33,7 +33,9 @@ CFG = {
 }
 
 
-@pytest.fixture(scope="module")
+# session-scoped: made once per test process (a module fixture is rebuilt whenever
+# an xdist worker interleaves tests of other modules)
+@pytest.fixture(scope="session")
 def results(tmp_path_factory):
     return ib.run(CFG, out=tmp_path_factory.mktemp("m") / "r")["group_000"].to_dataset()
 

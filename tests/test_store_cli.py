@@ -139,12 +139,13 @@ def test_kill_9_then_resume_runs_only_missing_chunks(tmp_path):
 
 def test_cli_run_validate_info(tmp_path):
     p = _write(tmp_path, SMALL)
-    r = _cli("validate", str(p))
+    r = _cli_inproc("validate", str(p))
     assert r.returncode == 0 and "4 runs" in r.stdout
+    # the real command line once, end to end
     r = _cli("run", str(p), "--out", str(tmp_path / "o"), "--set", "train.steps=20", "-q")
     assert r.returncode == 0, r.stderr
     assert "lazy" in r.stdout and "results" in r.stdout
-    assert _cli("info").returncode == 0
+    assert _cli_inproc("info").returncode == 0
 
 
 BAD = [
