@@ -1,6 +1,6 @@
 """Issue 11, data safety: a folder is ours or untouched, chunks are verified before
 they are trusted, one writer per folder, a run that breaks numerically is a
-diverged run, and a failing Dask chunk does not stop the others."""
+diverged run, and a failing chunk (locally or on Dask) does not stop the others."""
 
 from __future__ import annotations
 
@@ -236,9 +236,12 @@ def test_a_linalg_failure_marks_the_run_diverged_with_the_step(tmp_path, monkeyp
         np.testing.assert_allclose(got[v].values[0], alone[v].values[0], rtol=0, atol=1e-12)
 
 
-# ------------------------------------------------- 5. Dask: failures do not spread
-def test_dask_failing_chunk_keeps_the_others_then_is_redone(tmp_path, monkeypatch):
-    distributed = pytest.importorskip("dask.distributed")
+# ------------------------------------- 5. failed chunks do not spread (locally or on Dask)
+@pytest.mark.parametrize("where", ["local", "dask"])
+def test_failing_chunk_keeps_the_others_then_is_redone(tmp_path, monkeypatch, where):
+    """Locally and on Dask, a chunk that raises is reported, with the others finished."""
+    from contextlib import nullcontext
+
     from implicit_bias import sweep
 
     class Flaky(sweep.Trainer):
@@ -247,46 +250,23 @@ def test_dask_failing_chunk_keeps_the_others_then_is_redone(tmp_path, monkeypatc
                 raise RuntimeError("injected failure")
             return super().train()
 
+    if where == "dask":
+        distributed = pytest.importorskip("dask.distributed")
+        cluster = distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        )
     out = tmp_path / "res"
-    with distributed.LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
-    ) as cluster:
+    with cluster if where == "dask" else nullcontext():
+        kw = {"scheduler": cluster.scheduler_address} if where == "dask" else {}
         monkeypatch.setattr(sweep, "Trainer", Flaky)
-        with pytest.raises(ChunksFailed, match=r"g000-c00001\.nc") as err:
-            ib.run(TINY, out=out, scheduler=cluster.scheduler_address)
-        assert "1 of 3" in str(err.value)
-        assert sorted(p.name for p in (out / "chunks").iterdir()) == [
-            "g000-c00000.nc",
-            "g000-c00002.nc",
-        ]
+        with pytest.raises(ChunksFailed, match=r"1 of 3 chunk\(s\) failed.*g000-c00001\.nc") as err:
+            ib.run(TINY, out=out, **kw)
+        if where == "local":  # the API keeps the first traceback
+            assert isinstance(err.value.__cause__, RuntimeError)
         kept = {p.name: p.stat().st_mtime_ns for p in (out / "chunks").iterdir()}
+        assert sorted(kept) == ["g000-c00000.nc", "g000-c00002.nc"]
         monkeypatch.setattr(sweep, "Trainer", Flaky.__mro__[1])
-        tree = ib.run(TINY, out=out, scheduler=cluster.scheduler_address)
-    assert all((out / "chunks" / k).stat().st_mtime_ns == v for k, v in kept.items())
-    ref = _ds(ib.run(TINY, out=tmp_path / "ref"))
-    for v in ("loss", "sharpness", "final_W1"):
-        np.testing.assert_allclose(_ds(tree)[v].values, ref[v].values, rtol=0, atol=1e-12)
-
-
-def test_local_failing_chunk_keeps_the_others_then_is_redone(tmp_path, monkeypatch):
-    """Without Dask too, a chunk that raises is reported (with the others finished)."""
-    from implicit_bias import sweep
-
-    class Flaky(sweep.Trainer):
-        def train(self):
-            if any(r.index == 1 for r in self.runs):
-                raise RuntimeError("injected failure")
-            return super().train()
-
-    out = tmp_path / "res"
-    monkeypatch.setattr(sweep, "Trainer", Flaky)
-    with pytest.raises(ChunksFailed, match=r"1 of 3 chunk\(s\) failed.*g000-c00001\.nc") as err:
-        ib.run(TINY, out=out)
-    assert isinstance(err.value.__cause__, RuntimeError)  # the API keeps the first traceback
-    kept = {p.name: p.stat().st_mtime_ns for p in (out / "chunks").iterdir()}
-    assert sorted(kept) == ["g000-c00000.nc", "g000-c00002.nc"]
-    monkeypatch.setattr(sweep, "Trainer", Flaky.__mro__[1])
-    tree = ib.run(TINY, out=out)
+        tree = ib.run(TINY, out=out, **kw)
     assert all((out / "chunks" / k).stat().st_mtime_ns == v for k, v in kept.items())
     ref = _ds(ib.run(TINY, out=tmp_path / "ref"))
     for v in ("loss", "sharpness", "final_W1"):
