@@ -166,6 +166,7 @@ def test_set_on_a_swept_key_is_refused_with_the_fix(tmp_path):
         ({"sweep": {"seed": [0, 2**64]}}, "seed"),
         ({"data": {"kind": "overlap", "n_train": 10**12, "d": 20}}, "data.n_train"),
         ({"model": {"width": 10**9, "depth": 3}}, "model.width"),
+        ({"train": {**TINY["train"], "steps": 10**12}}, "train.steps"),  # its traces
         ({"model": {"width": True}}, "model.width"),
         ({"model": {"init_scale": 0}}, "model.init_scale"),
         ({"train": {"batch_size": 17}}, "train.batch_size"),
@@ -224,6 +225,38 @@ def test_scheduler_address_and_unreachable(tmp_path, monkeypatch):
     r = _cli("run", str(p), "--out", str(tmp_path / "o2"), "--scheduler", "tcp://127.0.0.1:9", "-q")
     _one_line_exit_2(r, "cannot connect")
     assert not (tmp_path / "o2").exists()  # found before the folder is written
+
+
+def test_scheduler_address_that_is_not_dask(tmp_path, monkeypatch):
+    """A server that answers something else (here HTTP) made distributed read a frame
+    length of exabytes and die with a MemoryError traceback."""
+    import socket
+    import threading
+
+    pytest.importorskip("dask.distributed")
+    srv = socket.create_server(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            with conn:
+                conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n" * 4)
+
+    threading.Thread(target=answer, daemon=True).start()
+    monkeypatch.setattr("implicit_bias.sweep.CONNECT_TIMEOUT", 2.0)
+    p = _write(tmp_path, TINY)
+    try:
+        r = _cli(
+            "run", str(p), "--out", str(tmp_path / "o"), "--scheduler", f"tcp://127.0.0.1:{port}"
+        )
+    finally:
+        srv.close()
+    _one_line_exit_2(r, "cannot connect to a Dask scheduler")
+    assert not (tmp_path / "o").exists()
 
 
 # ----------------------------------------------------- 4. accepted silently

@@ -139,6 +139,10 @@ def _group_key(cfg: ExperimentConfig, data: Dataset) -> str:
     return json.dumps(raw, sort_keys=True)
 
 
+#: bytes a run keeps per training step (loss, accuracy and divergence traces, float64)
+TRACE_BYTES_PER_STEP = 8 * 3
+
+
 def estimate_run_bytes(cfg: ExperimentConfig, n: int, d: int, m: int) -> int:
     """Rough peak bytes one run adds to a chunk (params, Lanczos basis, activations, traces)."""
     from .models import ModelSpec
@@ -156,7 +160,7 @@ def estimate_run_bytes(cfg: ExperimentConfig, n: int, d: int, m: int) -> int:
     # weights, two eval/warm-start vectors, the kept init/final weights, temporaries
     per_param = 6 + len(cfg.store.weights) + basis
     act = (n + m) * max(spec.width, 1) * spec.depth
-    per = item * (P * per_param + 8 * act + n * d) + 8 * 3 * (cfg.train.steps + 1)
+    per = item * (P * per_param + 8 * act + n * d) + TRACE_BYTES_PER_STEP * (cfg.train.steps + 1)
     if cfg.metrics.kkt or cfg.metrics.ntk:
         # the layer-wise Gram of per-sample gradients (batched.jacobian_gram):
         # (n, n) blocks and (n, width) factors, never the (n, P) Jacobian
@@ -451,9 +455,15 @@ def make_plan(cfg: ExperimentConfig, base_dir: Path | None = None) -> Plan:
             )
         per = estimate_run_bytes(rc, n, d, t)
         if per > have:
+            if 2 * TRACE_BYTES_PER_STEP * (rc.train.steps + 1) > per:  # the per-step traces
+                what = f"train.steps: one run of {rc.train.steps} steps (its per-step traces)"
+            else:
+                what = (
+                    f"model.width: one run of width {rc.model.width}, depth {rc.model.depth} "
+                    f"on n_train={n}, d={d}"
+                )
             raise UserInputError(
-                f"model.width: one run of width {rc.model.width}, depth {rc.model.depth} on "
-                f"n_train={n}, d={d} needs about {_fmt_bytes(per)}, more than the "
+                f"{what} needs about {_fmt_bytes(per)}, more than the "
                 f"{_fmt_bytes(have)} of memory available"
             )
         size = len(m) * free
@@ -753,10 +763,11 @@ def _connect(scheduler: str):
 
     try:
         return Client(scheduler, timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as err:
+    except Exception as err:  # refused, timed out, or not a Dask scheduler at all (a
+        # server that answers something else makes distributed read absurd frame sizes)
         raise UserInputError(
-            f"--scheduler {scheduler}: cannot connect within {CONNECT_TIMEOUT:g} s "
-            f"({type(err).__name__}); is the scheduler running?"
+            f"--scheduler {scheduler}: cannot connect to a Dask scheduler within "
+            f"{CONNECT_TIMEOUT:g} s ({type(err).__name__}); is the scheduler running?"
         ) from None
 
 
