@@ -119,6 +119,10 @@ def _damage(kind: str, out: Path) -> str:
         os.truncate(target, 100)
     elif kind == "swap":  # a valid chunk copied over another
         target.write_bytes(chunks[0].read_bytes())
+    elif kind == "foreign":  # the same chunk of a folder made for another config
+        other = out.parent / "other"
+        ib.run({**TINY, "train": {**TINY["train"], "steps": 11}}, out=other)
+        target.write_bytes((other / "chunks" / target.name).read_bytes())
     elif kind == "bits":  # one bit of the stored X_train flipped
         x = ib.open_results(out)["group_000"]["X_train"].values
         raw = target.read_bytes()
@@ -130,7 +134,7 @@ def _damage(kind: str, out: Path) -> str:
     return target.name
 
 
-@pytest.mark.parametrize("kind", ["truncate", "swap", "bits"])
+@pytest.mark.parametrize("kind", ["truncate", "swap", "foreign", "bits"])
 def test_damaged_chunk_is_refused_then_redone(tmp_path, kind):
     """In process (the CLI's one-line messages for the same cases: test_faults.py)."""
     out = tmp_path / "res"
@@ -148,6 +152,43 @@ def test_damaged_chunk_is_refused_then_redone(tmp_path, kind):
     for v in ("loss", "sharpness", "final_W1", "X_train"):
         np.testing.assert_allclose(got[v].values, ref[v].values, rtol=0, atol=1e-12)
     assert not (out / "report").exists()
+
+
+def test_edited_or_lost_config_yaml_is_refused_then_restored(tmp_path):
+    out = tmp_path / "res"
+    ib.run(TINY, out=out)
+    stamps = {p.name: p.stat().st_mtime_ns for p in (out / "chunks").iterdir()}
+    cfg = out / "config.yaml"
+    good = cfg.read_text()
+    cfg.write_text(good.replace("steps: 10", "steps: 11"))  # no longer what the chunks hold
+    with pytest.raises(ib.UserInputError, match=r"config\.yaml was changed after the run"):
+        ib.open_results(out)
+    ib.run(TINY, out=out)  # the same call restores it and keeps every chunk
+    assert cfg.read_text() == good
+    cfg.unlink()
+    with pytest.raises(ib.UserInputError, match=r"has lost its config\.yaml"):
+        ib.open_results(out)
+    r = _cli("report", str(out))
+    assert r.returncode == 2 and "has lost its config.yaml" in _one_line(r.stderr)
+    assert list(_ds(ib.run(TINY, out=out))["run"].values) == [0, 1, 2]
+    assert cfg.read_text() == good
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "chunks").iterdir()} == stamps
+
+
+def test_chunks_that_is_not_a_folder_or_empty(tmp_path):
+    out = tmp_path / "res"
+    ib.run(TINY, out=out)
+    for p in (out / "chunks").iterdir():
+        p.unlink()
+    with pytest.raises(ib.UserInputError, match="no finished chunks"):
+        ib.open_results(out)
+    (out / "chunks").rmdir()
+    (out / "chunks").write_text("x")
+    for call in (lambda: ib.open_results(out), lambda: ib.run(TINY, out=out)):
+        with pytest.raises(ib.UserInputError, match="chunks is not a folder"):
+            call()
+    tree = ib.run(TINY, out=out, overwrite=True)
+    assert list(_ds(tree)["run"].values) == [0, 1, 2]
 
 
 # ---------------------------------------------------------- 3. one writer a folder

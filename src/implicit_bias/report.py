@@ -243,8 +243,9 @@ def write_report(path: str | Path, tree=None) -> list[Path]:
         UserInputError: ``path`` is not a results folder.
     """
     path = Path(path)
-    if not (path / "config.yaml").is_file():
-        # checked before the heavy imports so that a wrong path fails at once
+    if not (path / "config.yaml").is_file() and not (path / ".implicit-bias").is_file():
+        # checked before the heavy imports so that a wrong path fails at once (a folder
+        # of ours that lost its config.yaml is told so by open_results)
         from ._errors import UserInputError
 
         raise UserInputError(f"not a results folder (no config.yaml): {path}")

@@ -14,11 +14,16 @@ A folder is written only when it is new, empty, or ours (the marker, or the
 
 A chunk file appears only when whole: it is written as
 ``<name>.<host>-<pid>-<random>.tmp`` in ``chunks/`` and renamed (``os.replace``
-is atomic on POSIX). Each chunk records its ``group``, ``chunk``, ``runs`` and
-the ``sha256`` of its content (every variable, coordinates included, and those
-three attributes) in its attributes; a chunk is trusted only when it opens,
-sits under its own name and matches its checksum. A rerun of the same command
-redoes the chunks that are missing or fail that check.
+is atomic on POSIX). Each chunk records its ``group``, ``chunk``, ``runs``, the
+``config_hash`` of its folder and the ``sha256`` of its content (every
+variable, coordinates included, and those attributes); a chunk is trusted only
+when it opens, sits under its own name, belongs to the folder's config and
+matches its checksum. A rerun of the same command redoes the chunks that are
+missing or fail that check.
+
+The marker records the config hash and the ``sha256`` of ``config.yaml``:
+reading refuses a folder whose ``config.yaml`` was edited or lost (it would
+no longer describe the chunks), and the same ``run`` rewrites it.
 
 One process writes a folder at a time: :func:`folder_lock` holds an OS lock
 (:mod:`filelock`) on ``.implicit-bias.lock`` for the whole run; a second run
@@ -103,6 +108,35 @@ def _config_hash_of(out: Path) -> str | None:
     return old.get("config_hash") if isinstance(old, dict) else None
 
 
+def _marker(out: Path) -> dict[str, Any]:
+    """The folder's marker record (``{}`` when absent or unreadable)."""
+    try:
+        rec = json.loads((Path(out) / MARKER_FILE).read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def folder_config_hash(out: Path) -> str | None:
+    """The config hash a results folder was made for: its marker's record, else
+    (a folder from before the marker) its ``config.yaml``'s."""
+    return _marker(out).get("config_hash") or _config_hash_of(Path(out))
+
+
+def _sha256_text(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_subfolders(out: Path) -> None:
+    for sub in (CHUNK_DIR, DATA_DIR):
+        p = out / sub
+        if p.exists() and not p.is_dir():
+            raise UserInputError(
+                f"{p} is not a folder: the results folder is damaged; start it again with "
+                "--overwrite, or use another --out"
+            )
+
+
 def check_writable_folder(out: Path) -> None:
     """Refuse a path that is a file, or a non-empty folder this tool did not write.
 
@@ -133,21 +167,37 @@ def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> None:
     check_writable_folder(out)
     cfg_path = out / CONFIG_FILE
     if out.is_dir() and is_results_folder(out):
-        old_hash = _config_hash_of(out)
+        # a config.yaml that was deleted or mangled is rewritten from the marker's record
+        old_hash = _config_hash_of(out) or _marker(out).get("config_hash")
         if old_hash != cfg.config_hash():
             if not overwrite:
+                what = (
+                    f"holds another config (hash {old_hash})"
+                    if old_hash
+                    else (f"has lost the record of its config ({CONFIG_FILE} and marker)")
+                )
                 raise UserInputError(
-                    f"results folder {out} holds another config (hash {old_hash}); "
-                    "use --overwrite or another --out"
+                    f"results folder {out} {what}; use --overwrite or another --out"
                 )
             _clear(out)
+        elif overwrite:
+            for sub in (CHUNK_DIR, DATA_DIR):  # a damaged entry in place of a folder
+                if (out / sub).exists() and not (out / sub).is_dir():
+                    (out / sub).unlink()
+        _check_subfolders(out)
     (out / CHUNK_DIR).mkdir(parents=True, exist_ok=True)
     (out / DATA_DIR).mkdir(exist_ok=True)
-    marker = {"tool": "implicit-bias", "version": _version(), "config_hash": cfg.config_hash()}
-    _atomic_write_text(out / MARKER_FILE, json.dumps(marker, sort_keys=True) + "\n")
     text = to_yaml(cfg, {"config_hash": cfg.config_hash()})
     if not cfg_path.is_file() or cfg_path.read_text() != text:
         _atomic_write_text(cfg_path, text)
+    # the marker records the config.yaml it goes with, so that an edited one is noticed
+    marker = {
+        "tool": "implicit-bias",
+        "version": _version(),
+        "config_hash": cfg.config_hash(),
+        "config_sha256": _sha256_text(text),
+    }
+    _atomic_write_text(out / MARKER_FILE, json.dumps(marker, sort_keys=True) + "\n")
 
 
 def _version() -> str:
@@ -250,6 +300,8 @@ def chunk_checksum(ds: xr.Dataset) -> str:
     h = hashlib.sha256()
     for key in ("group", "chunk", "runs"):
         h.update(f"{key}={ds.attrs.get(key)!s}\n".encode())
+    if "config_hash" in ds.attrs:  # chunks written before it was recorded keep their sums
+        h.update(f"config_hash={ds.attrs['config_hash']!s}\n".encode())
     for name in sorted(map(str, ds.variables)):
         var = ds.variables[name]
         vals = np.asarray(var.values)
@@ -274,13 +326,16 @@ def _parse_name(name: str) -> tuple[int, int] | None:
     return (int(m.group(1)), int(m.group(2))) if m else None
 
 
-def read_chunk(path: Path, runs: Iterable[int] | None = None) -> tuple[xr.Dataset | None, str]:
+def read_chunk(
+    path: Path, runs: Iterable[int] | None = None, config_hash: str | None = None
+) -> tuple[xr.Dataset | None, str]:
     """Open a chunk file and check it: returns ``(dataset, "")``, or ``(None, why)``.
 
     Checks that the file opens, that its ``group``/``chunk`` attributes match its
     name, that its ``run`` coordinate matches its ``runs`` attribute (and
-    ``runs`` when given: the plan's), and its ``sha256``. A chunk written
-    before checksums existed (no ``sha256``) is checked for its place only.
+    ``runs`` when given: the plan's), that it was made for ``config_hash``
+    (when given, and recorded in the chunk), and its ``sha256``. A chunk
+    written before checksums existed (no ``sha256``) is checked for its place only.
     """
     path = Path(path)
     place = _parse_name(path.name)
@@ -307,6 +362,9 @@ def read_chunk(path: Path, runs: Iterable[int] | None = None) -> tuple[xr.Datase
             return None, f"holds runs {have}, its attributes say {recorded}"
     if runs is not None and list(runs) != have:
         return None, f"holds runs {have}, not the planned {list(runs)}"
+    theirs = ds.attrs.get("config_hash")
+    if config_hash and theirs and str(theirs) != config_hash:
+        return None, f"belongs to another config (hash {theirs}, this folder's is {config_hash})"
     if "sha256" in ds.attrs and chunk_checksum(ds) != ds.attrs["sha256"]:
         return None, "fails its checksum (sha256)"
     return ds, ""
@@ -318,6 +376,7 @@ def verified_chunks(out: Path, plans: Iterable[ChunkPlan]) -> set[str]:
     removed, so that the run redoes it (call under :func:`folder_lock`)."""
     d = Path(out) / CHUNK_DIR
     planned = {p.filename: p for p in plans}
+    mine = folder_config_hash(Path(out))
     good: set[str] = set()
     bad: list[str] = []
     for f in sorted(d.glob("*.nc")) if d.is_dir() else []:
@@ -325,7 +384,7 @@ def verified_chunks(out: Path, plans: Iterable[ChunkPlan]) -> set[str]:
         if plan is None:
             why = "is not a chunk of this config's plan"
         else:
-            _, why = read_chunk(f, plan.runs)
+            _, why = read_chunk(f, plan.runs, mine)
         if why:
             bad.append(f"{f.name} {why}")
             f.unlink()
@@ -432,6 +491,9 @@ def write_chunk(out: Path, plan: ChunkPlan, ds: xr.Dataset) -> Path:
     ds.attrs.update(
         group=int(plan.group), chunk=int(plan.chunk), runs=json.dumps([int(r) for r in plan.runs])
     )
+    mine = folder_config_hash(Path(out))
+    if mine:  # a chunk copied into another results folder is then told apart
+        ds.attrs["config_hash"] = mine
     ds.attrs["sha256"] = chunk_checksum(ds)
     # Compress the traces (NaN after divergence, slowly varying); data and weights
     # are random-looking floats that zlib shrinks by ≈ 3 % at ≈ 25 MB/s (measured):
@@ -471,14 +533,30 @@ def open_results(path: str | Path) -> xr.DataTree:
             damaged (names the files and the command that redoes them).
     """
     out = Path(path)
-    if not (out / CONFIG_FILE).exists():
+    redo = f"run the command that made the folder again: implicit-bias run <config> --out {out}"
+    if not (out / CONFIG_FILE).is_file():
+        if is_results_folder(out):
+            raise UserInputError(
+                f"results folder {out} has lost its {CONFIG_FILE}; to restore it, {redo}"
+            )
         raise UserInputError(f"not a results folder (no {CONFIG_FILE}): {out}")
+    text = (out / CONFIG_FILE).read_text(errors="replace")
+    recorded = _marker(out).get("config_sha256")
+    if recorded and recorded != _sha256_text(text):
+        raise UserInputError(
+            f"{out / CONFIG_FILE} was changed after the run (it no longer matches the "
+            f"folder's record, so it may not describe these results); to restore it, {redo}"
+        )
+    _check_subfolders(out)
     files = sorted((out / CHUNK_DIR).glob("*.nc"))
+    if not files:
+        raise UserInputError(f"no finished chunks in {out} yet; to make them, {redo}")
+    mine = folder_config_hash(out)
     groups: dict[int, list[xr.Dataset]] = {}
     bad: list[str] = []
     owner: dict[tuple[int, int], str] = {}  # (group, run) -> file: a run in two chunks
     for f in files:
-        ds, why = read_chunk(f)
+        ds, why = read_chunk(f, config_hash=mine)
         if ds is None:
             bad.append(f"{f.name} {why}")
             continue
@@ -491,15 +569,14 @@ def open_results(path: str | Path) -> xr.DataTree:
         groups.setdefault(g, []).append(ds)
     if bad:
         raise UserInputError(
-            f"damaged chunk(s) in {out / CHUNK_DIR}: {'; '.join(bad)}; to redo them, "
-            f"run the command that made the folder again: implicit-bias run <config> --out {out}"
+            f"damaged chunk(s) in {out / CHUNK_DIR}: {'; '.join(bad)}; to redo them, {redo}"
         )
     children: dict[str, xr.Dataset] = {}
     for g, parts in sorted(groups.items()):
         children[f"group_{g:03d}"] = _concat_chunks(parts)
     root = xr.Dataset(
         attrs={
-            "config": (out / CONFIG_FILE).read_text(),
+            "config": text,
             "n_chunks": len(files),
             "path": str(out),
         }
