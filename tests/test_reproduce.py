@@ -182,3 +182,20 @@ def test_quick_reproduction_claims(tmp_path):
         k: r["measured"] for k, r in rows.items() if r["status"] != "PASS" and k not in KNOWN_FAIL
     }
     assert not failing
+
+
+def test_reproduction_root_refuses_someone_elses_folder(tmp_path):
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "notes.txt").write_text("my notes")
+    with pytest.raises(rp.UserInputError, match=r"notes\.txt"):
+        rp.reproduce("liu2023", quick=True, out=out)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]  # nothing written
+    # a reproduction made before the marker existed (tables and paper folders) is ours
+    old = tmp_path / "old"
+    (old / "liu2023").mkdir(parents=True)
+    (old / "claims.md").write_text("# Claims\n")
+    rp.claim_root(old)
+    assert (old / rp.REPRODUCTION_MARKER).is_file()
+    (old / "claims.md").unlink()
+    rp.claim_root(old)  # marked now: accepted whatever it holds

@@ -36,6 +36,34 @@ def default_out(quick: bool) -> Path:
     return Path("results") / ("reproduce-quick" if quick else "reproduce")
 
 
+#: marks a folder as a reproduction (its experiment folders carry their own markers)
+REPRODUCTION_MARKER = ".implicit-bias-reproduction"
+_CLAIMS_FILES = ("claims.md", "claims.json", "claims.csv")
+
+
+def claim_root(out: Path) -> None:
+    """Make ``out`` a reproduction folder, refusing one with content of someone else's.
+
+    A folder is accepted when it is new, empty, marked, or (made before the
+    marker) holds nothing but claims tables and paper folders.
+
+    Raises:
+        UserInputError: ``out`` is a file, or a non-empty folder that is not a reproduction.
+    """
+    if out.exists() and not out.is_dir():
+        raise UserInputError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and not (out / REPRODUCTION_MARKER).is_file():
+        ours = {*_CLAIMS_FILES, *PAPERS}
+        other = sorted(p.name for p in out.iterdir() if p.name not in ours)
+        if other:
+            raise UserInputError(
+                f"{out} is not empty and is not a reproduction folder (it holds {other[0]}"
+                f"{' and more' if len(other) > 1 else ''}); choose a new or empty --out"
+            )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / REPRODUCTION_MARKER).write_text('{"tool": "implicit-bias", "kind": "reproduction"}\n')
+
+
 def _first_group(tree):
     # every recipe experiment sweeps only per-run keys: one group of runs
     return tree[next(iter(tree.children))].to_dataset()
@@ -161,6 +189,7 @@ def reproduce(
     """
     keys = papers_for(paper)
     out = Path(out) if out is not None else default_out(quick)
+    claim_root(out)
     claims: list[Claim] = []
     figures: list[Path] = []
     for key in keys:
