@@ -395,3 +395,35 @@ def test_spectral_density_slq():
     nodes, weights = spectral_density(mv(D), R, 7, probes=3, iters=20, dtype=DT, generator=gen)
     assert nodes.shape == (R, 21)
     assert torch.allclose((weights * nodes).sum(-1), torch.full((R,), 0.5, dtype=DT))
+
+
+@pytest.mark.parametrize("vmappable", [True, False])
+def test_probe_blocks_equal_one_probe_at_a_time(monkeypatch, vmappable):
+    """Probes go through the operator in vmapped blocks; the same numbers as one
+    probe per matvec (the loop the block replaces), and a matvec vmap cannot
+    trace (a host read) falls back to that loop."""
+    import implicit_bias.curvature as cv
+
+    case = CASES[2]
+    params, X, y, _, loss_fn = setup(case, None)
+    op = hessian_operator(loss_fn, params, (X, y))
+    P = case.spec.n_params
+
+    def host_read(v):
+        assert v.abs().max().item() >= 0  # .item() cannot be vmapped
+        return op(v)
+
+    f = op if vmappable else host_read
+
+    def both():
+        gen = torch.Generator().manual_seed(5)
+        tr = hutchinson_trace(f, R, P, 7, DT, "cpu", gen)
+        return tr, *spectral_density(f, R, P, 6, 5, DT, "cpu", gen)
+
+    assert cv._probe_block(7, R, P, 5, DT) == 7  # a small problem: one block
+    blocked = both()
+    monkeypatch.setattr(cv, "PROBE_BLOCK_BYTES", 1)  # one probe per block
+    assert cv._probe_block(7, R, P, 5, DT) == 1
+    single = both()
+    for a, b in zip(blocked, single, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -221,7 +221,9 @@ def _tridiagonalize(
     eps = torch.finfo(v0.dtype).eps
     norm0 = v0.norm(dim=1, keepdim=True)
     ok0 = torch.isfinite(v0).all(1, keepdim=True) & (norm0 > 0) & torch.isfinite(norm0)
-    v = torch.where(ok0, v0, _randn((R, P), v0, generator))
+    # draw a replacement only when one is needed (one host read per Lanczos call), so
+    # the generator's stream does not depend on how the rows were batched
+    v = v0 if bool(ok0.all()) else torch.where(ok0, v0, _randn((R, P), v0, generator))
     v = v / v.norm(dim=1, keepdim=True)
     Q = v0.new_zeros(R, m, P)
     alpha, beta = v0.new_zeros(R, m), v0.new_zeros(R, max(m - 1, 0))
@@ -345,6 +347,35 @@ def _rademacher(R: int, P: int, dtype, device, generator) -> Tensor:
     return (2 * z - 1).to(dtype=dtype, device=device)
 
 
+#: bytes of P-sized vectors a block of probes may add (probes × runs × (Lanczos basis + 4))
+PROBE_BLOCK_BYTES = 1 << 27
+
+
+def _probe_block(probes: int, R: int, P: int, vectors: int, dtype: torch.dtype) -> int:
+    """How many probes go through the operator at once: all of them for small
+    problems (one vmapped matvec instead of a Python loop per probe), one when
+    a probe's ``vectors`` P-sized vectors per run already fill the budget."""
+    each = R * P * (vectors + 4) * torch.finfo(dtype).bits // 8
+    return max(1, min(probes, PROBE_BLOCK_BYTES // max(each, 1)))
+
+
+def _probes(k: int, R: int, P: int, dtype, device, generator) -> Tensor:
+    """``k`` Rademacher probes ``(k, R, P)``: the same draws, in the same order, as
+    ``k`` calls of :func:`_rademacher`."""
+    return torch.stack([_rademacher(R, P, dtype, device, generator) for _ in range(k)])
+
+
+def _apply_to_block(matvec: MatVec, Z: Tensor) -> Tensor:
+    """``matvec`` on each ``(R, P)`` slice of ``Z (k, R, P)``: vmapped over the
+    probes, or one slice at a time for an operator vmap cannot trace."""
+    if Z.shape[0] == 1:
+        return matvec(Z[0]).unsqueeze(0)
+    try:
+        return vmap(matvec)(Z)
+    except RuntimeError:  # e.g. a host read inside a user's matvec
+        return torch.stack([matvec(z) for z in Z])
+
+
 @torch.no_grad()
 def hutchinson_trace(
     matvec: MatVec,
@@ -369,9 +400,10 @@ def hutchinson_trace(
         ``(R,)`` trace estimates (non-finite for runs whose matvec is).
     """
     acc = torch.zeros(R, dtype=dtype, device=device)
-    for _ in range(probes):  # one batched matvec per probe, all runs at once
-        z = _rademacher(R, P, dtype, device, generator)
-        acc += (z * matvec(z)).sum(1)
+    K = _probe_block(probes, R, P, 1, dtype)
+    for start in range(0, probes, K):  # a block of probes per (vmapped) matvec
+        Z = _probes(min(K, probes - start), R, P, dtype, device, generator)
+        acc += (Z * _apply_to_block(matvec, Z)).sum(-1).sum(0)
     return acc / probes
 
 
@@ -405,12 +437,23 @@ def spectral_density(
     """
     m = min(iters, P)
     nodes, weights = [], []
-    for _ in range(probes):
-        z = _rademacher(R, P, dtype, device, generator)
-        _, T, bad = _tridiagonalize(matvec, z, m, generator)
+    K = _probe_block(probes, R, P, m, dtype)
+    for start in range(0, probes, K):
+        # a block of k probes runs as k·R lock-step Lanczos rows (probe-major),
+        # its matvec vmapped over the probes
+        k = min(K, probes - start)
+        Z = _probes(k, R, P, dtype, device, generator)
+
+        def block_mv(V: Tensor, k: int = k) -> Tensor:
+            return _apply_to_block(matvec, V.view(k, R, P)).reshape(k * R, P)
+
+        _, T, bad = _tridiagonalize(block_mv, Z.reshape(k * R, P), m, generator)
+        # runs first, so that failures are recorded per run: (R, k, m, m)
+        T = T.view(k, R, m, m).transpose(0, 1)
         theta, S, broke = _linalg.eigh(T, _EIGH)
-        bad = bad | broke
+        bad = bad.view(k, R).T | broke  # (R, k)
         _linalg.note_failure(_NONFINITE, bad)
-        nodes.append(torch.where(bad[:, None], float("nan"), theta))
-        weights.append(torch.where(bad[:, None], float("nan"), S[:, 0, :] ** 2 / probes))
+        nodes.append(torch.where(bad[..., None], float("nan"), theta).reshape(R, k * m))
+        w = S[..., 0, :] ** 2 / probes
+        weights.append(torch.where(bad[..., None], float("nan"), w).reshape(R, k * m))
     return torch.cat(nodes, 1), torch.cat(weights, 1)
