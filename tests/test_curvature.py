@@ -421,6 +421,9 @@ def test_probe_blocks_equal_one_probe_at_a_time(monkeypatch, vmappable):
         return tr, *spectral_density(f, R, P, 6, 5, DT, "cpu", gen)
 
     assert cv._probe_block(7, R, P, 5, DT) == 7  # a small problem: one block
+    # few parameters but large activations (n·width·depth): one probe at a time
+    assert cv._probe_block(400, 1, 100, 10, DT, matvec_elems=10**8) == 1
+    assert cv._probe_block(400, 1, 100, 10, DT, matvec_elems=10**5) == 165  # 128 MiB / 0.81 MB
     blocked = both()
     monkeypatch.setattr(cv, "PROBE_BLOCK_BYTES", 1)  # one probe per block
     assert cv._probe_block(7, R, P, 5, DT) == 1

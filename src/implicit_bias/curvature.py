@@ -351,11 +351,14 @@ def _rademacher(R: int, P: int, dtype, device, generator) -> Tensor:
 PROBE_BLOCK_BYTES = 1 << 27
 
 
-def _probe_block(probes: int, R: int, P: int, vectors: int, dtype: torch.dtype) -> int:
+def _probe_block(
+    probes: int, R: int, P: int, vectors: int, dtype: torch.dtype, matvec_elems: int = 0
+) -> int:
     """How many probes go through the operator at once: all of them for small
     problems (one vmapped matvec instead of a Python loop per probe), one when
-    a probe's ``vectors`` P-sized vectors per run already fill the budget."""
-    each = R * P * (vectors + 4) * torch.finfo(dtype).bits // 8
+    a probe's ``vectors`` P-sized vectors per run (and the ``matvec_elems``
+    elements one run's matvec holds, e.g. its activations) fill the budget."""
+    each = R * (P * (vectors + 4) + matvec_elems) * torch.finfo(dtype).bits // 8
     return max(1, min(probes, PROBE_BLOCK_BYTES // max(each, 1)))
 
 
@@ -385,6 +388,7 @@ def hutchinson_trace(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
+    matvec_elems: int = 0,
 ) -> Tensor:
     """Hutchinson (1989) trace estimate mean_z zᵀ A z with Rademacher z, ``(R,)``.
 
@@ -395,12 +399,15 @@ def hutchinson_trace(
         R, P: number of runs and vector length.
         probes: number of Rademacher probes (one batched matvec each).
         dtype, device: of the probes; ``generator`` may live on another device.
+        matvec_elems: elements one run's matvec holds besides its vectors (its
+            activations); with the probes' vectors it sizes the blocks of probes
+            that go through one vmapped matvec (:data:`PROBE_BLOCK_BYTES`).
 
     Returns:
         ``(R,)`` trace estimates (non-finite for runs whose matvec is).
     """
     acc = torch.zeros(R, dtype=dtype, device=device)
-    K = _probe_block(probes, R, P, 1, dtype)
+    K = _probe_block(probes, R, P, 1, dtype, matvec_elems)
     for start in range(0, probes, K):  # a block of probes per (vmapped) matvec
         Z = _probes(min(K, probes - start), R, P, dtype, device, generator)
         acc += (Z * _apply_to_block(matvec, Z)).sum(-1).sum(0)
@@ -417,6 +424,7 @@ def spectral_density(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str = "cpu",
     generator: torch.Generator | None = None,
+    matvec_elems: int = 0,
 ) -> tuple[Tensor, Tensor]:
     """Stochastic Lanczos quadrature of the spectral density, batched over runs.
 
@@ -429,7 +437,7 @@ def spectral_density(
         matvec: ``(R, P) -> (R, P)`` symmetric operator per run.
         R, P: number of runs and vector length.
         probes, iters: Rademacher probes and Lanczos steps per probe.
-        dtype, device, generator: as in :func:`hutchinson_trace`.
+        dtype, device, generator, matvec_elems: as in :func:`hutchinson_trace`.
 
     Returns:
         ``nodes, weights``, each ``(R, probes * min(iters, P))``; weights sum to 1
@@ -437,7 +445,7 @@ def spectral_density(
     """
     m = min(iters, P)
     nodes, weights = [], []
-    K = _probe_block(probes, R, P, m, dtype)
+    K = _probe_block(probes, R, P, m, dtype, matvec_elems)
     for start in range(0, probes, K):
         # a block of k probes runs as k·R lock-step Lanczos rows (probe-major),
         # its matvec vmapped over the probes

@@ -123,14 +123,17 @@ def _trace(ctx: EvalContext) -> dict[str, Tensor]:
     assert tc is not None
     op = tr.hessian_operator(ctx.params)
     gen = torch.Generator(device="cpu").manual_seed(1234 + ctx.step)
+    # what one run's Hessian-vector product holds: primal and tangent signals of
+    # every layer, forward and backward (sizes the vmapped blocks of probes)
+    act = 8 * tr.n * max(tr.spec.width, 1) * tr.spec.depth
     out = {
         "hessian_trace": curvature.hutchinson_trace(
-            op, tr.R, tr.spec.n_params, tc.probes, tr.dtype, tr.device, gen
+            op, tr.R, tr.spec.n_params, tc.probes, tr.dtype, tr.device, gen, act
         )
     }
     if tc.density:
         nodes, weights = curvature.spectral_density(
-            op, tr.R, tr.spec.n_params, tc.probes, tc.iters, tr.dtype, tr.device, gen
+            op, tr.R, tr.spec.n_params, tc.probes, tc.iters, tr.dtype, tr.device, gen, act
         )
         out["density_nodes"], out["density_weights"] = nodes, weights
     return out
