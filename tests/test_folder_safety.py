@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -325,3 +326,23 @@ def test_cli_failed_chunks_exit_1_one_line(tmp_path, monkeypatch):
     monkeypatch.setattr(sweep, "run_sweep", boom)
     r = CliRunner().invoke(cli.app, ["run", str(_write(tmp_path, TINY)), "-q"])
     assert r.exit_code == 1 and "g000-c00001.nc" in _one_line(r.stderr)
+
+
+def test_folder_killed_while_being_prepared_is_still_ours(tmp_path):
+    """The marker is written first: a folder that got no further (no config.yaml,
+    no chunks/) is ours, and the same run completes it."""
+    out = tmp_path / "res"
+    ib.run(TINY, out=out)
+    ref = _ds(ib.open_results(out))
+    for p in ("config.yaml", "chunks", "data", "chunking.json"):
+        q = out / p
+        if q.is_dir():
+            shutil.rmtree(q)
+        else:
+            q.unlink()
+    assert sorted(p.name for p in out.iterdir() if not p.name.endswith((".lock", ".owner"))) == [
+        ".implicit-bias"
+    ]
+    got = _ds(ib.run(TINY, out=out))
+    for v in ("loss", "sharpness", "final_W1"):
+        np.testing.assert_allclose(got[v].values, ref[v].values, rtol=0, atol=1e-12)

@@ -171,11 +171,9 @@ def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> None:
         old_hash = _config_hash_of(out) or _marker(out).get("config_hash")
         if old_hash != cfg.config_hash():
             if not overwrite:
-                what = (
-                    f"holds another config (hash {old_hash})"
-                    if old_hash
-                    else (f"has lost the record of its config ({CONFIG_FILE} and marker)")
-                )
+                what = f"holds another config (hash {old_hash})"
+                if not old_hash:
+                    what = f"has lost the record of its config ({CONFIG_FILE} and marker)"
                 raise UserInputError(
                     f"results folder {out} {what}; use --overwrite or another --out"
                 )
@@ -185,12 +183,11 @@ def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> None:
                 if (out / sub).exists() and not (out / sub).is_dir():
                     (out / sub).unlink()
         _check_subfolders(out)
-    (out / CHUNK_DIR).mkdir(parents=True, exist_ok=True)
-    (out / DATA_DIR).mkdir(exist_ok=True)
+    # marker first: a run killed at any point below leaves a folder that is ours (the
+    # marker records the config.yaml it goes with, so an edited one is noticed, and a
+    # missing one is rewritten by the same run)
+    out.mkdir(parents=True, exist_ok=True)
     text = to_yaml(cfg, {"config_hash": cfg.config_hash()})
-    if not cfg_path.is_file() or cfg_path.read_text() != text:
-        _atomic_write_text(cfg_path, text)
-    # the marker records the config.yaml it goes with, so that an edited one is noticed
     marker = {
         "tool": "implicit-bias",
         "version": _version(),
@@ -198,6 +195,10 @@ def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> None:
         "config_sha256": _sha256_text(text),
     }
     _atomic_write_text(out / MARKER_FILE, json.dumps(marker, sort_keys=True) + "\n")
+    if not cfg_path.is_file() or cfg_path.read_text() != text:
+        _atomic_write_text(cfg_path, text)
+    (out / CHUNK_DIR).mkdir(exist_ok=True)
+    (out / DATA_DIR).mkdir(exist_ok=True)
 
 
 def _version() -> str:
