@@ -397,7 +397,8 @@ def hutchinson_trace(
     Args:
         matvec: ``(R, P) -> (R, P)`` operator per run (e.g. :func:`hessian_operator`).
         R, P: number of runs and vector length.
-        probes: number of Rademacher probes (one batched matvec each).
+        probes: number of Rademacher probes (batched over runs, and over probes in
+            blocks of one vmapped matvec).
         dtype, device: of the probes; ``generator`` may live on another device.
         matvec_elems: elements one run's matvec holds besides its vectors (its
             activations); with the probes' vectors it sizes the blocks of probes

@@ -127,10 +127,14 @@ def _sha256_text(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _check_subfolders(out: Path) -> None:
+def _check_subfolders(out: Path, remove: bool = False) -> None:
+    """Refuse (or with ``remove``, delete) a ``chunks``/``data`` entry that is not a folder."""
     for sub in (CHUNK_DIR, DATA_DIR):
         p = out / sub
         if p.exists() and not p.is_dir():
+            if remove:
+                p.unlink()
+                continue
             raise UserInputError(
                 f"{p} is not a folder: the results folder is damaged; start it again with "
                 "--overwrite, or use another --out"
@@ -168,7 +172,7 @@ def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> None:
     cfg_path = out / CONFIG_FILE
     if out.is_dir() and is_results_folder(out):
         # a config.yaml that was deleted or mangled is rewritten from the marker's record
-        old_hash = _config_hash_of(out) or _marker(out).get("config_hash")
+        old_hash = folder_config_hash(out)
         if old_hash != cfg.config_hash():
             if not overwrite:
                 what = f"holds another config (hash {old_hash})"
@@ -178,11 +182,7 @@ def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> None:
                     f"results folder {out} {what}; use --overwrite or another --out"
                 )
             _clear(out)
-        elif overwrite:
-            for sub in (CHUNK_DIR, DATA_DIR):  # a damaged entry in place of a folder
-                if (out / sub).exists() and not (out / sub).is_dir():
-                    (out / sub).unlink()
-        _check_subfolders(out)
+        _check_subfolders(out, remove=overwrite)
     # marker first: a run killed at any point below leaves a folder that is ours (the
     # marker records the config.yaml it goes with, so an edited one is noticed, and a
     # missing one is rewritten by the same run)

@@ -28,6 +28,7 @@ from .store import (
     ChunkPlan,
     chunk_to_dataset,
     done_chunks,
+    folder_config_hash,
     folder_lock,
     prepare_folder,
     remove_stale_tmp,
@@ -618,7 +619,16 @@ def run_sweep(
             client.close()
 
 
-def _run_in_folder(plan, cfg, out, overwrite, workers, client, progress, echo):
+def _run_in_folder(
+    plan: Plan,
+    cfg: ExperimentConfig,
+    out: Path,
+    overwrite: bool,
+    workers: int | None,
+    client: Any,
+    progress: bool | ProgressBoard,
+    echo: Callable[[str], None] | None,
+) -> Any:
     """The locked part of :func:`run_sweep`: prepare ``out``, run its missing chunks."""
     from .store import open_results
 
@@ -672,7 +682,7 @@ def _run_local(plan: Plan, todo_ids: list[tuple[int, int]], out: Path, progress)
                 train_chunk(
                     runs, chunk, plan.groups[g], out, progress=lambda k, R=R: advance(k * R)
                 )
-            except (UserInputError, ChunksFailed):
+            except UserInputError:
                 raise
             except Exception as err:  # reported per chunk; the other chunks go on
                 failed.append(_failure(chunk, err))
@@ -704,15 +714,7 @@ def _save_data(out: Path, runs: Iterable[RunSpec]) -> None:
 
 def _finished(out: Path, cfg: ExperimentConfig, chunks: _Chunks) -> bool:
     """Whether ``out`` already holds every chunk of ``cfg`` (so nothing is written)."""
-    import yaml
-
-    from .store import CONFIG_FILE
-
-    try:
-        old = yaml.safe_load((out / CONFIG_FILE).read_text()) or {}
-    except (OSError, yaml.YAMLError):
-        return False
-    if not isinstance(old, dict) or old.get("config_hash") != cfg.config_hash():
+    if folder_config_hash(out) != cfg.config_hash():
         return False
     have = done_chunks(out)
     return all(ChunkPlan(g, c, ()).filename in have for g, c in chunks.ids())
