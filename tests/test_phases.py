@@ -398,20 +398,74 @@ def _relu(rates, steps):
     }
 
 
-def test_relu_below_critical_is_edge_of_stability_and_large_rates_kill_it():
-    """Issue 10: a ReLU net at 0.5 critical units sharpens to 2/η and its loss turns
-    non-monotone (edge of stability, not a catapult); at 6 units every unit dies."""
+def _not_dead_if_alive(pr) -> None:
+    """Issue 16: no alive, learning net is dead; dead means constant outputs."""
+    dead = pr["phase"] == "dead"
+    const = (pr["dead_units"] >= 1) | (pr["output_spread"] <= DEFAULTS.dead_spread)
+    assert np.array_equal(dead, const & (pr["phase"] != "diverged"))
+
+
+def test_relu_sharpens_below_critical_and_large_rates_kill_it():
+    """Issue 10: a ReLU net at 0.5 critical units sharpens to 2/η within 40 steps
+    (reaching it only at the last eval step: no hover yet, so progressive
+    sharpening, not edge of stability); at 6 units every unit dies."""
     pr = _train(_relu([0.5, 6.0], 40))
     assert pr["critical_ratio"][0] == pytest.approx(0.5, rel=1e-9)
-    assert pr["phase"][0] == "edge_of_stability"
+    assert pr["phase"][0] == "progressive_sharpening"
     assert pr["max_sharpness_ratio"][0] >= 1 - DEFAULTS.eos_tolerance
-    assert pr["eos_rise"][0] > DEFAULTS.eos_rise and pr["final_train_acc"][0] > 0.9
+    assert pr["eos_hover_steps"][0] < DEFAULTS.eos_hover
+    assert pr["max_sharpness_rel"][0] > DEFAULTS.lazy_high and pr["final_train_acc"][0] > 0.9
     # 6 critical units: every hidden unit is off on every training point, f ≡ 0
     assert pr["phase"][1] == "dead"
     assert pr["dead_units"][1] == 1.0 and pr["output_spread"][1] == 0.0
-    assert pr["final_train_acc"][1] <= pr["chance_acc"][1]
+    assert pr["final_train_acc"][1] == pytest.approx(0.5)  # f = 0 everywhere: a tie
     assert pr["spike_step"][1] >= 0  # it did spike: the old rule called it a catapult
     assert np.isfinite(pr["final_loss"][1])  # not diverged
+    _not_dead_if_alive(pr)
+
+
+@pytest.mark.slow
+def test_relu_below_critical_hovers_at_the_edge_of_stability():
+    """Cohen et al. 2021: given 120 steps (eval every 5) the same net hovers at 2/η
+    with a non-monotone loss; at 0.9 units it is chaotic and ends above 2/η."""
+    cfg = _relu([0.5, 0.9], 120)
+    cfg["metrics"]["every"] = 5
+    pr = _train(cfg)
+    assert list(pr["phase"]) == ["edge_of_stability", "not_converged"]
+    assert pr["eos_hover_steps"][0] >= DEFAULTS.eos_hover and pr["eos_rise"][0] > 0
+    assert pr["sharpness_after_ratio"][1] > 1 + DEFAULTS.eos_tolerance
+    _not_dead_if_alive(pr)
+
+
+def _logistic(data: dict, depth: int, rates: list[float]) -> dict:
+    return {
+        "name": "logistic-phases",
+        "data": {**data, "n_train": 48, "n_test": 10, "d": 12},
+        "model": {"depth": depth, "width": 64, "activation": "linear", "parametrization": "ntk"},
+        "train": {"loss": "logistic", "steps": 100, "lr_units": "critical", "dtype": "float64"},
+        "metrics": {"every": 10, "sharpness": {"iters": 20}},
+        "sweep": {"train.lr": rates},
+    }
+
+
+def test_logistic_runs_not_converged_separable_and_deep():
+    """Issue 16 on real runs: a depth-1 model at 2.3 critical units does not converge
+    (λη/2 ends above 1); separable data far above critical is not lazy (its curvature
+    vanishes: sharpness reduction); a depth-3 net is a catapult exactly when its loss
+    rose above L₀ before the curvature fell below 2/η."""
+    overlap = {"kind": "overlap", "shift": 1.0}
+    pr = _train(_logistic(overlap, 1, [2.3]))
+    assert pr["phase"][0] == "not_converged"
+    assert pr["sharpness_after_ratio"][0] > 1 + DEFAULTS.eos_tolerance
+    pr = _train(_logistic({"kind": "degenerate", "separable": True}, 2, [4.0, 20.0]))
+    assert list(pr["phase"]) == ["sharpness_reduction"] * 2
+    assert np.all(pr["spike_step"] == -1) and np.all(pr["min_sharpness_rel"] < 1e-2)
+    pr = _train(_logistic(overlap, 3, [1.6, 2.3]))
+    rose = pr["spike_height"] > DEFAULTS.catapult_rise
+    assert list(rose) == [False, True]  # 1.6: a 5 % bump that stays below L₀
+    assert pr["loss_bump"][0] > DEFAULTS.catapult_rise
+    assert list(pr["phase"]) == ["sharpness_reduction", "catapult"]
+    assert np.all(pr["final_loss_ratio"] < 1 - DEFAULTS.converged_margin)
 
 
 def _linear(rates, **metrics):
