@@ -220,13 +220,36 @@ def validate(
 @app.command(cls=_PlainCommand)
 def report(
     results: Annotated[Path, typer.Argument(help="results folder", metavar="DIR")],
+    x: Annotated[
+        str | None,
+        typer.Option(
+            "--x", metavar="KEY", help="swept key on the x axis (default: the learning rate)"
+        ),
+    ] = None,
+    y: Annotated[
+        str | None,
+        typer.Option(
+            "--y",
+            metavar="KEY",
+            help="swept key on the y axis of the phase diagram (default: model.init_scale, "
+            "else another swept key, else the seed)",
+        ),
+    ] = None,
+    facet: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--facet",
+            metavar="KEY",
+            help="one panel per value of this key (repeatable; default: the other swept keys)",
+        ),
+    ] = None,
 ) -> None:
-    """Figures and tables of a results folder."""
+    """Figures and tables of a results folder; per-run figures span all groups of runs."""
 
     def go():
         from .report import write_report
 
-        paths = write_report(results)
+        paths = write_report(results, x=x, y=y, facet=facet)
         for p in paths:
             typer.echo(str(p))
 

@@ -957,11 +957,17 @@ FIGURES = {
 }
 
 
-def write_all(tree, out: str | Path, views: list[GroupView] | None = None) -> list[Path]:
+def write_all(
+    tree,
+    out: str | Path,
+    views: list[GroupView] | None = None,
+    names: tuple[str, ...] | None = None,
+) -> list[Path]:
     """Write every figure that the data allows into ``out``; return the PNG paths.
 
     With one group the files are ``<figure>.png``; with several,
-    ``<figure>_group_000.png`` and so on.
+    ``<figure>_group_000.png`` and so on. ``names`` limits the figures to those
+    of :data:`FIGURES` (all by default).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -971,6 +977,8 @@ def write_all(tree, out: str | Path, views: list[GroupView] | None = None) -> li
     paths = []
     for view in views:
         for fig_name, fn in FIGURES.items():
+            if names is not None and fig_name not in names:
+                continue
             fig = fn(view, name, several)
             if fig is None:
                 continue
