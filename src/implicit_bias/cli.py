@@ -218,6 +218,41 @@ def validate(
 
 
 @app.command(cls=_PlainCommand)
+def keys(
+    json_schema: Annotated[
+        Path | None,
+        typer.Option(
+            "--json-schema",
+            metavar="FILE",
+            help="also write the config's JSON Schema to FILE (for YAML completion in editors)",
+        ),
+    ] = None,
+) -> None:
+    """List every config key with its type, default and meaning."""
+
+    def go():
+        import json
+
+        from ._errors import UserInputError
+        from .config_keys import json_schema as schema
+        from .config_keys import keys_text
+
+        if json_schema is not None:
+            text = json.dumps(schema(), indent=2) + "\n"
+            try:
+                json_schema.write_text(text)
+            except OSError as err:
+                raise UserInputError(
+                    f"--json-schema: cannot write {json_schema}: {err.strerror}"
+                ) from None
+        typer.echo(keys_text())
+        if json_schema is not None:
+            typer.echo(f"JSON Schema: {json_schema}")
+
+    _guard(go)
+
+
+@app.command(cls=_PlainCommand)
 def report(
     results: Annotated[Path, typer.Argument(help="results folder", metavar="DIR")],
     x: Annotated[
