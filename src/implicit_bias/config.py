@@ -208,6 +208,9 @@ class TraceConfig(_Strict):
 class MetricsConfig(_Strict):
     every: PositiveInt = 10
     at: list[NonNegInt] = Field(default_factory=list)
+    #: eval steps 1…10 and log-spaced ones until the multiples of ``every`` are as dense
+    #: (the catapult's spike happens within the first few steps); see engine.eval_steps_of
+    dense_early: Annotated[bool, Strict()] = True
     sharpness: SharpnessConfig | None = Field(default_factory=SharpnessConfig)
     gn_sharpness: Annotated[bool, Strict()] = False
     ntk: Annotated[bool, Strict()] = False
@@ -281,6 +284,10 @@ class ExperimentConfig(_Strict):
         # the identity of folders made before them
         if raw["train"].get("matmul_precision") == "highest":
             del raw["train"]["matmul_precision"]
+        # dense early eval steps became the default later: a config that turns them off
+        # has the eval steps (and the identity) of folders made before them
+        if raw["metrics"].get("dense_early") is False:
+            del raw["metrics"]["dense_early"]
         # the sweep's key order fixes the run order, so it is part of the identity
         raw["sweep_order"] = list(self.sweep)
         blob = json.dumps(raw, sort_keys=True, default=str)

@@ -93,9 +93,12 @@ DESCRIPTIONS: dict[str, str] = {
     "train.matmul_precision": "float32 matrix products of the training steps: 'highest', "
     "or 'high' (TF32 on CUDA; curvature stays in full precision).",
     "metrics": "What is measured, and when: eval steps and optional measurements.",
-    "metrics.every": "Evaluate every this many steps, besides the dense early steps and "
-    "the last step.",
+    "metrics.every": "Evaluate every this many steps (besides step 0, the last step and "
+    "the dense early steps of metrics.dense_early).",
     "metrics.at": "Extra eval steps.",
+    "metrics.dense_early": "Also evaluate at every step 1…10 and at log-spaced steps "
+    "(8 per decade) until the multiples of metrics.every are as dense, so early events "
+    "(a catapult's spike) are seen; false gives {0} ∪ multiples of every ∪ at ∪ {steps}.",
     "metrics.sharpness": "Top Hessian eigenvalue(s) by Lanczos at every eval step; false "
     "turns it off.",
     "metrics.sharpness.iters": "Lanczos iterations per eval step.",
