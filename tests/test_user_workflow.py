@@ -188,3 +188,34 @@ def test_keys_lists_every_key_with_type_default_and_description(tmp_path):
     model = written["$defs"]["ModelConfig"]
     assert model["additionalProperties"] is False
     assert "Hidden width" in model["properties"]["width"]["description"]
+
+
+def test_few_runs_are_drawn_run_by_run_and_log_axes_say_so(rate_width):
+    from implicit_bias import plots
+    from implicit_bias.views import group_views
+
+    view = group_views(ib.open_results(rate_width))[0]  # 2 rates × 2 seeds
+    fig = plots.loss_curves(view, "rate-width", False)
+    ax = fig.axes[0]
+    alive = view.phases() != "diverged"
+    # one line per run that did not diverge (no median of two runs), none shaded
+    solid = [ln for ln in ax.get_lines() if ln.get_linestyle() != ":"]
+    assert len(solid) == int(alive.sum())
+    assert not ax.collections  # no min–max band
+    assert "(log scale)" in ax.get_ylabel()
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("each run drawn" in t for t in labels)
+    assert not any("range over seeds" in t for t in labels)
+
+
+def test_estimate_measures_each_group(rate_width):
+    from implicit_bias.estimate import estimate_seconds
+    from implicit_bias.sweep import make_plan
+
+    plan = make_plan(load_config(RATE_WIDTH))
+    est = estimate_seconds(plan)
+    assert len(est.per_group) == 2
+    assert 0 < est.low <= est.seconds <= est.high < 600
+    for step, ev, fixed, chunks in est.per_group:
+        assert step > 0 and ev >= 0 and fixed >= 0 and chunks == 1
+    assert est.text().startswith("time: about ")

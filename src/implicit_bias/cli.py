@@ -182,8 +182,15 @@ def validate(
         list[str] | None,
         typer.Option("--set", metavar="KEY=VALUE", help="override a key (repeatable)"),
     ] = None,
+    estimate: Annotated[
+        bool,
+        typer.Option(
+            "--estimate/--no-estimate",
+            help="time a few steps of each group's first chunk to estimate the run time",
+        ),
+    ] = True,
 ) -> None:
-    """Check a config (and its data) without running it; print its plan."""
+    """Check a config (and its data) without running it; print its plan and time estimate."""
 
     def go():
         from .config import load_config
@@ -195,7 +202,11 @@ def validate(
             f"ok: {cfg.name}: {len(plan.runs)} runs in {len(plan.groups)} group(s), "
             f"{len(plan.chunks)} chunk(s); config hash {cfg.config_hash()}"
         )
-        typer.echo(plan.summary())
+        typer.echo(plan.summary(with_time=False))
+        if estimate:
+            from .estimate import estimate_seconds
+
+            typer.echo(estimate_seconds(plan).text())
         from .metrics import data_geometry
 
         # the data diagnostics of SPEC §3, before committing to a long run (the
