@@ -182,13 +182,13 @@ def validate(
         list[str] | None,
         typer.Option("--set", metavar="KEY=VALUE", help="override a key (repeatable)"),
     ] = None,
-    estimate: Annotated[
+    plan_only: Annotated[
         bool,
         typer.Option(
-            "--estimate/--no-estimate",
-            help="time a few steps of each group's first chunk to estimate the run time",
+            "--plan-only",
+            help="skip the time estimate (it trains each group's first chunk for a few steps)",
         ),
-    ] = True,
+    ] = False,
 ) -> None:
     """Check a config (and its data) without running it; print its plan and time estimate."""
 
@@ -203,7 +203,7 @@ def validate(
             f"{len(plan.chunks)} chunk(s); config hash {cfg.config_hash()}"
         )
         typer.echo(plan.summary(with_time=False))
-        if estimate:
+        if not plan_only:
             from .estimate import estimate_seconds
 
             typer.echo(estimate_seconds(plan).text())

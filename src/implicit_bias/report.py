@@ -177,7 +177,8 @@ def summary_markdown(
     out += [
         "## Runs",
         "",
-        "`lr` is the absolute rate η; `lr_critical` = η·λ₀/2 (1 = the critical rate 2/λ₀); "
+        "`lr` is the absolute rate η; `lr_critical` = η·λ₀/2 (1 = the critical rate 2/λ₀; "
+        "left out, like `critical_ratio`, where it repeats a swept `train.lr` in critical units); "
         "`divergence_step` is −1 for runs that did not diverge; final values of diverged "
         "runs are NaN.",
         "",
