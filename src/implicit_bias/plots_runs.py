@@ -404,6 +404,9 @@ def final_vs_x(df, axes: Axes, name: str, value: str) -> tuple[Figure, Any] | No
                         )
                     )
         x_is_rate = axes.x in ("train.lr", "lr", "lr_critical")
+        if x_is_rate and axes.critical and axes.x != "lr":
+            ax.axvline(1.0, color="0.55", ls=":", lw=1.0)
+            add(Line2D([], [], color="0.55", ls=":", label=r"$\eta = 2/\lambda_0$ (critical)"))
         if is_sharp and x_is_rate:
             fx = xv[mask & np.isfinite(xv) & (xv > 0)]
             if fx.size and (axes.critical or axes.x == "lr"):
