@@ -430,6 +430,8 @@ def final_vs_x(df, axes: Axes, name: str, value: str) -> tuple[Figure, Any] | No
         fy = yv[mask & np.isfinite(yv)]
         if is_sharp and fy.size and (fy > 0).all():
             ax.set_yscale("log")
+            if fy.max() / fy.min() < 300:
+                _plain_log_ticks(ax)
             ylab += " (log scale)"
         ax.set_ylabel(ylab)
         ax.set_title(title, fontsize=9)
