@@ -109,7 +109,10 @@ class Plan:
             return text
         if self.run_seconds and all(t is not None for t in self.run_seconds):
             total = sum(t * g for t, g in zip(self.run_seconds, self.group_sizes, strict=True) if t)
-            return f"{text}; about {_fmt_seconds(total)} from the bench figure"
+            return (
+                f"{text}; about {_fmt_seconds(total)} from the bench figure (a FLOP rate, "
+                "rough; `implicit-bias validate CONFIG` measures this config)"
+            )
         return f"{text}; time unknown (`implicit-bias validate CONFIG` measures an estimate)"
 
 
