@@ -1,0 +1,211 @@
+"""The batched update rules equal ``torch.optim`` run per run; their thresholds hold."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from implicit_bias import batched, optimizers
+from implicit_bias.losses import mean_loss
+from implicit_bias.models import ModelSpec, forward, init_params
+
+SPEC = ModelSpec(d=4, depth=3, width=6, activation="relu", parametrization="ntk")
+STEPS = 6
+# per run: a schedule multiplier table (a warmup-like ramp, then a drop)
+MULT = np.array([0.3, 0.6, 1.0, 1.0, 0.5, 0.5, 0.5])
+#: (name, per-run hyperparameters over R = 3 runs, the torch.optim factory)
+CASES = [
+    ("gd", {}, lambda p, h: torch.optim.SGD(p, lr=1.0)),
+    (
+        "momentum",
+        {"momentum": [0.0, 0.5, 0.9]},
+        lambda p, h: torch.optim.SGD(p, lr=1.0, momentum=h["momentum"]),
+    ),
+    (
+        "nesterov",
+        {"momentum": [0.3, 0.5, 0.9]},
+        lambda p, h: torch.optim.SGD(p, lr=1.0, momentum=h["momentum"], nesterov=True),
+    ),
+    (
+        "rmsprop",
+        {"beta2": [0.9, 0.99, 0.5], "eps": [1e-8, 1e-3, 0.1]},
+        lambda p, h: torch.optim.RMSprop(p, lr=1.0, alpha=h["beta2"], eps=h["eps"]),
+    ),
+    (
+        "adam",
+        {"beta1": [0.9, 0.0, 0.5], "beta2": [0.999, 0.9, 0.99], "eps": [1e-8, 1e-3, 0.1]},
+        lambda p, h: torch.optim.Adam(p, lr=1.0, betas=(h["beta1"], h["beta2"]), eps=h["eps"]),
+    ),
+]
+
+
+def _data(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(10, SPEC.d, generator=g, dtype=torch.float64)
+    y = torch.sign(torch.randn(10, generator=g, dtype=torch.float64))
+    return X, y
+
+
+def _per_run(h: dict, r: int) -> dict:
+    return {k: v[r] for k, v in h.items()}
+
+
+def _hyper(R: int, h: dict) -> optimizers.Hyper:
+    return optimizers.hyper(R, **h)
+
+
+def _batched_run(name, h, lrs, X, y, loss="mse", bias_correction=True):
+    R = len(lrs)
+    params = tuple(
+        torch.stack(ps)
+        for ps in zip(*[init_params(SPEC, s, 1.0, torch.float64) for s in range(R)], strict=True)
+    )
+    rule = optimizers.rule(name)
+    hp = _hyper(R, {**h, "bias_correction": bias_correction})
+    state = rule.init(params)
+    lr = torch.tensor(lrs, dtype=torch.float64)
+    for t in range(STEPS):
+        _, _, grads = batched.value_and_grad(params, X, y, SPEC, None, loss)
+        upd, state = rule.update(grads, state, lr * MULT[t], hp)
+        params = tuple(p + u for p, u in zip(params, upd, strict=True))
+    return params, state, hp
+
+
+def _torch_run(factory, h, lr, seed, X, y, loss="mse"):
+    params = [p.clone().requires_grad_(True) for p in init_params(SPEC, seed, 1.0, torch.float64)]
+    opt = factory(params, h)
+    for t in range(STEPS):
+        for group in opt.param_groups:
+            group["lr"] = lr * float(MULT[t])
+        opt.zero_grad()
+        mean_loss(forward(tuple(params), X, SPEC), y, loss).backward()
+        opt.step()
+    return [p.detach() for p in params]
+
+
+@pytest.mark.parametrize(("name", "h", "factory"), CASES, ids=[c[0] for c in CASES])
+def test_rule_equals_torch_optim_per_run(name, h, factory):
+    X, y = _data()
+    lrs = [0.05, 0.2, 0.5]
+    params, _, _ = _batched_run(name, h, lrs, X, y)
+    for r, lr in enumerate(lrs):
+        ref = _torch_run(factory, _per_run(h, r), lr, r, X, y)
+        for p, q in zip(params, ref, strict=True):
+            torch.testing.assert_close(p[r], q, rtol=1e-12, atol=1e-12)
+
+
+def test_adam_without_bias_correction_equals_the_plain_formula():
+    X, y = _data(1)
+    b1, b2, eps, lr = 0.8, 0.95, 1e-4, 0.1
+    params, _, _ = _batched_run(
+        "adam", {"beta1": b1, "beta2": b2, "eps": eps}, [lr], X, y, bias_correction=False
+    )
+    w = [p.clone().requires_grad_(True) for p in init_params(SPEC, 0, 1.0, torch.float64)]
+    m = [torch.zeros_like(p) for p in w]
+    s = [torch.zeros_like(p) for p in w]
+    for t in range(STEPS):
+        grads = torch.autograd.grad(mean_loss(forward(tuple(w), X, SPEC), y, "mse"), w)
+        with torch.no_grad():
+            for i, g in enumerate(grads):
+                m[i] = b1 * m[i] + (1 - b1) * g
+                s[i] = b2 * s[i] + (1 - b2) * g * g
+                w[i] -= lr * MULT[t] * m[i] / (s[i].sqrt() + eps)
+    for p, q in zip(params, w, strict=True):
+        torch.testing.assert_close(p[0], q.detach(), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", optimizers.NAMES)
+def test_batched_equals_single_run_chunks(name):
+    X, y = _data(2)
+    h = {"momentum": [0.5, 0.9], "beta1": [0.9, 0.5], "beta2": [0.99, 0.9], "eps": [1e-8, 1e-2]}
+    lrs = [0.1, 0.3]
+    both, _, _ = _batched_run(name, h, lrs, X, y, loss="logistic")
+    # run r alone: a chunk of one (its own seed r, see _batched_run's init)
+    for r in range(2):
+        params = tuple(x.unsqueeze(0) for x in init_params(SPEC, r, 1.0, torch.float64))
+        rule = optimizers.rule(name)
+        hp = _hyper(1, {k: [v[r]] for k, v in h.items()})
+        st = rule.init(params)
+        for t in range(STEPS):
+            _, _, grads = batched.value_and_grad(params, X, y, SPEC, None, "logistic")
+            upd, st = rule.update(grads, st, torch.tensor([lrs[r] * MULT[t]]), hp)
+            params = tuple(p + u for p, u in zip(params, upd, strict=True))
+        for p, q in zip(both, params, strict=True):
+            torch.testing.assert_close(p[r], q[0], rtol=1e-13, atol=1e-14)
+
+
+def test_select_keeps_the_state_of_runs_that_may_not_step():
+    params = (torch.ones(3, 2, 2),)
+    rule = optimizers.rule("adam")
+    hp = optimizers.hyper(3)
+    st0 = rule.init(params)
+    _, st1 = rule.update((torch.ones(3, 2, 2),), st0, torch.ones(3), hp)
+    mask = torch.tensor([True, False, True])
+    st = optimizers.select(mask, st1, st0)
+    assert st.count.tolist() == [1, 0, 1]
+    assert st.mu is not None and st.nu is not None
+    assert (st.mu[0][1] == 0).all() and (st.mu[0][0] != 0).all()
+
+
+# ------------------------------------------------------------------ thresholds
+W0 = 1e-200
+
+
+def _quadratic_growth(name: str, h: dict, a: np.ndarray, steps: int = 2000) -> np.ndarray:
+    """log₁₀ of (max_t |w_t|, |w_T|) / w₀ on the scalar quadratic ½w² (λ = 1) at η = a per run.
+
+    w₀ = 1e-200 keeps every run in the linear regime (√s ≪ ε = 1 for the adaptive
+    rules, so P ≈ (1 − β₁ᵗ)·ε: the frozen-preconditioner regime where the
+    threshold is stated) even after growing by 1e30 (float64 reaches 1e-308).
+    """
+    R = len(a)
+    params = (torch.full((R, 1, 1), W0, dtype=torch.float64),)
+    rule = optimizers.rule(name)
+    hp = optimizers.hyper(R, **h)
+    st = rule.init(params)
+    lr = torch.as_tensor(a, dtype=torch.float64)
+    top = torch.zeros(R, dtype=torch.float64)
+    for _ in range(steps):
+        upd, st = rule.update(params, st, lr, hp)  # ∇(½w²) = w
+        params = (params[0] + upd[0],)
+        top = torch.maximum(top, params[0].abs().flatten())
+    return np.log10(np.stack([top.numpy(), params[0].abs().flatten().numpy()])) - math.log10(W0)
+
+
+@pytest.mark.parametrize(
+    ("name", "h"),
+    [
+        ("gd", {}),
+        ("momentum", {"momentum": 0.9}),
+        ("momentum", {"momentum": 0.5}),
+        ("nesterov", {"momentum": 0.9}),
+        ("nesterov", {"momentum": 0.3}),
+        ("rmsprop", {"beta2": 0.99, "eps": 1.0}),
+        ("adam", {"beta1": 0.9, "beta2": 0.999, "eps": 1.0}),
+        ("adam", {"beta1": 0.0, "beta2": 0.999, "eps": 1.0}),
+        ("adam", {"beta1": 0.9, "beta2": 0.999, "eps": 1.0, "bias_correction": False}),
+    ],
+)
+def test_threshold_separates_stable_from_unstable_on_a_quadratic(name, h):
+    hp = optimizers.hyper(1, **h)
+    c = float(optimizers.threshold_numerator(name, hp)[0])
+    growth = _quadratic_growth(name, h, np.array([0.98 * c, 1.02 * c]))
+    (top_below, top_above), (end_below, _) = growth
+    # just below: back under w₀ at the end (a start-up transient, e.g. Adam's
+    # bias correction, lifts it by up to ~1e16 for a while); just above: a growth
+    # by more than 1e30
+    assert end_below < 0 and top_below < 20, (name, h, c, growth)
+    assert top_above > 30, (name, h, c, growth)
+
+
+def test_threshold_numerators_match_the_papers():
+    hp = optimizers.hyper(1, momentum=0.9, beta1=0.9)
+    num = {n: float(optimizers.threshold_numerator(n, hp)[0]) for n in optimizers.NAMES}
+    assert num["gd"] == 2 and num["rmsprop"] == 2
+    assert num["momentum"] == pytest.approx(3.8)
+    assert num["nesterov"] == pytest.approx(3.8 / 2.8)
+    assert num["adam"] == pytest.approx(38.0)
+    assert math.isfinite(num["adam"])
