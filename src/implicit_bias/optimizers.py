@@ -226,6 +226,31 @@ def preconditioner(name: str, state: State, hp: Hyper) -> Params | None:
     return tuple(_b(bc1, s) * (s.sqrt() / _b(bc2.sqrt(), s) + _b(hp.eps, s)) for s in state.nu)
 
 
+def initial_preconditioner(name: str, grads: Params, hp: Hyper) -> Params | None:
+    """P at θ₀, for the critical rate and the step-0 preconditioned sharpness.
+
+    θ₀ has no update behind it; we take the P of the first update (the second
+    moment of g₀): for RMSProp √((1 − β₂)g₀²) + ε, the P that update really
+    uses; for Adam √(s₁/(1 − β₂)) + ε = |g₀| + ε with bias correction
+    (√((1 − β₂)g₀²) + ε without), the first-moment correction (1 − β₁ᵗ) taken
+    at its limit 1: it only rescales the first ~1/(1 − β₁) steps, while the
+    threshold is a statement about the recurrence with P frozen, and at t = 1
+    its factor 1 − β₁ would make the critical rate 1/(1 − β₁) times smaller.
+    """
+    if name not in ADAPTIVE:
+        return None
+    like = grads[0]
+    count = torch.ones(like.shape[0], dtype=torch.float64, device=like.device)
+    nu = _second_moment(grads, State(count * 0, None, _zeros(grads)), hp)
+    if name == "rmsprop":
+        return preconditioner(name, State(count, None, nu), hp)
+    # Adam at t = 1 with the first-moment correction at its limit: P / (1 − β₁)
+    P = preconditioner(name, State(count, None, nu), hp)
+    assert P is not None
+    bc1 = torch.where(hp.bias_correction, 1 - hp.beta1, 1.0)
+    return tuple(p / _b(bc1, p) for p in P)
+
+
 def select(mask: Tensor, new: State, old: State) -> State:
     """Per run: ``new`` where ``mask (R,)`` holds, else ``old`` (a run that may not step
     keeps its state)."""

@@ -47,6 +47,12 @@ _PER_RUN_KEYS = {
     ("train", "lr"),
     ("train", "lr_units"),
     ("train", "schedule"),
+    # the optimizer's hyperparameters are per-run tensors (the rule itself is not)
+    ("train", "momentum"),
+    ("train", "beta1"),
+    ("train", "beta2"),
+    ("train", "eps"),
+    ("train", "bias_correction"),
     ("model", "init_scale"),
     ("metrics", "phase"),
     ("store",),
