@@ -209,3 +209,205 @@ def test_threshold_numerators_match_the_papers():
     assert num["nesterov"] == pytest.approx(3.8 / 2.8)
     assert num["adam"] == pytest.approx(38.0)
     assert math.isfinite(num["adam"])
+
+
+# ------------------------------------------------------------------ the engine
+ENGINE_BASE = {
+    "data": {"kind": "overlap", "n_train": 16, "n_test": 4, "d": 4, "seed": 3},
+    "model": {"depth": 2, "width": 5, "activation": "relu", "parametrization": "ntk"},
+    "metrics": {"every": 4, "sharpness": False},
+}
+TORCH = {
+    "momentum": lambda p, h: torch.optim.SGD(p, lr=1.0, momentum=h["momentum"]),
+    "nesterov": lambda p, h: torch.optim.SGD(p, lr=1.0, momentum=h["momentum"], nesterov=True),
+    "rmsprop": lambda p, h: torch.optim.RMSprop(p, lr=1.0, alpha=h["beta2"], eps=h["eps"]),
+    "adam": lambda p, h: torch.optim.Adam(p, lr=1.0, betas=(h["beta1"], h["beta2"]), eps=h["eps"]),
+}
+ENGINE_CASES = [
+    ("momentum", {"train.momentum": [0.5, 0.9]}, {"schedule": {"kind": "warmup", "steps": 4}}),
+    ("nesterov", {"train.momentum": [0.3, 0.9]}, {"batch_size": 4}),
+    ("rmsprop", {"train.eps": [1e-8, 1e-2]}, {"schedule": {"kind": "cosine"}}),
+    (
+        "adam",
+        {"train.beta1": [0.0, 0.9]},
+        {"batch_size": 8, "schedule": {"kind": "step", "at": [5], "factor": 0.3}},
+    ),
+]
+
+
+def _engine(optimizer: str, sweep: dict, train: dict, steps: int = 10, **sections):
+    from implicit_bias.config import load_config
+    from implicit_bias.engine import Trainer
+    from implicit_bias.sweep import make_plan
+
+    raw = {k: dict(v) for k, v in ENGINE_BASE.items()}
+    raw["train"] = {"loss": "mse", "steps": steps, "lr": 0.05, "dtype": "float64"}
+    raw["train"].update(optimizer=optimizer, **train)
+    for k, v in sections.items():
+        raw[k] = {**raw.get(k, {}), **v}
+    cfg = load_config({**raw, "sweep": {"seed": [0, 1], **sweep}})
+    plan = make_plan(cfg)
+    return plan.runs, Trainer(plan.runs).train()
+
+
+def _torch_engine_run(run, lr_t: np.ndarray):
+    """One run of the engine's config, written with torch.optim and autograd."""
+    from implicit_bias.engine import minibatch_order
+
+    cfg, data = run.config, run.data
+    X = torch.as_tensor(data.X_train, dtype=torch.float64)
+    y = torch.as_tensor(data.y_train, dtype=torch.float64)
+    spec = ModelSpec.from_config(cfg.model, X.shape[1])
+    params = [
+        p.clone().requires_grad_(True)
+        for p in init_params(spec, cfg.seed, cfg.model.init_scale, torch.float64)
+    ]
+    opt = TORCH[cfg.train.optimizer](params, cfg.train.optimizer_hyper())
+    n, bs = X.shape[0], cfg.train.batch_size or X.shape[0]
+    for t in range(cfg.train.steps):
+        idx = torch.arange(n)
+        if bs < n:
+            epoch, pos = divmod(t, n // bs)
+            idx = minibatch_order(cfg.seed, n, epoch)[pos * bs : (pos + 1) * bs]
+        for group in opt.param_groups:
+            group["lr"] = float(lr_t[t])
+        opt.zero_grad()
+        mean_loss(forward(tuple(params), X[idx], spec), y[idx], "mse").backward()
+        opt.step()
+    return params, opt
+
+
+@pytest.mark.parametrize(("optimizer", "sweep", "train"), ENGINE_CASES, ids=lambda c: str(c)[:30])
+def test_engine_equals_torch_optim_per_run(optimizer, sweep, train):
+    runs, res = _engine(optimizer, sweep, train)
+    assert len(runs) == 4
+    for i, run in enumerate(runs):
+        ref, _ = _torch_engine_run(run, res.per_iteration["lr_t"][i])
+        for k, w in enumerate(ref):
+            np.testing.assert_allclose(
+                res.weights[f"final_W{k + 1}"][i], w.detach().numpy(), rtol=1e-12, atol=1e-12
+            )
+    c = res.per_run["threshold_numerator"]
+    np.testing.assert_allclose(res.per_run["stability_threshold"], c / res.per_run["lr"])
+
+
+def _dense_hessian(run, params) -> torch.Tensor:
+    X = torch.as_tensor(run.data.X_train, dtype=torch.float64)
+    y = torch.as_tensor(run.data.y_train, dtype=torch.float64)
+    spec = ModelSpec.from_config(run.config.model, X.shape[1])
+    shapes = [p.shape for p in params]
+    sizes = [p.numel() for p in params]
+
+    def loss(flat):
+        ps = tuple(c.reshape(s) for c, s in zip(flat.split(sizes), shapes, strict=True))
+        return mean_loss(forward(ps, X, spec), y, "mse")
+
+    flat = torch.cat([p.detach().flatten() for p in params])
+    return torch.autograd.functional.hessian(loss, flat)
+
+
+def test_preconditioned_sharpness_equals_dense_reference():
+    """Adam's λ₁(P^{-1/2}HP^{-1/2}) at the last eval step against a dense eigensolve,
+    with P built from torch.optim.Adam's own state (v2 Eq. 2 of 2207.14484)."""
+    sweep = {"train.beta1": [0.5, 0.9]}
+    runs, res = _engine(
+        "adam", sweep, {}, steps=8, metrics={"sharpness": {"iters": 40, "tol": 1e-10}}
+    )
+    assert res.eval_steps[-1] == 8
+    for i, run in enumerate(runs):
+        params, opt = _torch_engine_run(run, res.per_iteration["lr_t"][i])
+        b1, b2 = opt.param_groups[0]["betas"]
+        eps = opt.param_groups[0]["eps"]
+        P = []
+        for p in params:
+            st = opt.state[p]
+            t = float(st["step"])
+            P.append((1 - b1**t) * ((st["exp_avg_sq"] / (1 - b2**t)).sqrt() + eps).flatten())
+        d = torch.cat(P).rsqrt()
+        H = _dense_hessian(run, params)
+        ref = torch.linalg.eigvalsh(d[:, None] * H * d[None, :])[-1].item()
+        got = res.per_step["preconditioned_sharpness"][i, -1]
+        assert got == pytest.approx(ref, rel=1e-8)
+        assert res.per_step["preconditioned_sharpness_converged"][i, -1]
+        # and the raw sharpness beside it
+        raw = torch.linalg.eigvalsh(H)[-1].item()
+        assert res.per_step["sharpness"][i, -1] == pytest.approx(raw, rel=1e-8)
+
+
+def test_preconditioned_operator_equals_dense_on_random_matrices():
+    from implicit_bias import curvature
+
+    g = torch.Generator().manual_seed(5)
+    R, n = 3, 12
+    A = torch.randn(R, n, n, generator=g, dtype=torch.float64)
+    A = A + A.transpose(1, 2)
+    P = torch.rand(R, n, generator=g, dtype=torch.float64) + 0.1
+    op = curvature.preconditioned_operator(lambda v: (A @ v.unsqueeze(-1)).squeeze(-1), P)
+    res = curvature.lanczos(op, torch.randn(R, n, generator=g, dtype=torch.float64), iters=n)
+    # top algebraic eigenvalue of P⁻¹A (real: similar to a symmetric matrix)
+    ref = torch.linalg.eigvals(A / P[:, :, None]).real.max(-1).values
+    torch.testing.assert_close(res.eigenvalues[:, 0], ref, rtol=1e-8, atol=1e-10)
+    assert res.converged.all()
+
+
+def test_batch_sharpness_is_a_mean_of_per_batch_ratios():
+    from implicit_bias.metrics import BATCH_SHARPNESS_BATCHES, sharpness_batch
+
+    runs, res = _engine(
+        "momentum", {}, {"batch_size": 4}, steps=4, metrics={"sharpness": {"iters": 10}}
+    )
+    run = runs[1]
+    X = torch.as_tensor(run.data.X_train, dtype=torch.float64)
+    y = torch.as_tensor(run.data.y_train, dtype=torch.float64)
+    spec = ModelSpec.from_config(run.config.model, X.shape[1])
+    w = tuple(torch.as_tensor(res.weights[f"final_W{k + 1}"][1]) for k in range(spec.depth))
+    sizes, shapes = [p.numel() for p in w], [p.shape for p in w]
+    ratios = []
+    for b in range(BATCH_SHARPNESS_BATCHES):
+        idx = sharpness_batch(run.config.seed, X.shape[0], 4, 4, b)
+
+        def loss(flat, idx=idx):
+            ps = tuple(c.reshape(s) for c, s in zip(flat.split(sizes), shapes, strict=True))
+            return mean_loss(forward(ps, X[idx], spec), y[idx], "mse")
+
+        flat = torch.cat([p.flatten() for p in w])
+        gB = torch.func.grad(loss)(flat)
+        HB = torch.autograd.functional.hessian(loss, flat)
+        ratios.append((gB @ HB @ gB / (gB @ gB)).item())
+    assert res.per_step["batch_sharpness"][1, -1] == pytest.approx(np.mean(ratios), rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("train", "key"),
+    [
+        ({"optimizer": "momentum", "momentum": 1.0}, "train.momentum"),
+        ({"optimizer": "adam", "beta1": 1.5}, "train.beta1"),
+        ({"optimizer": "adam", "eps": -1e-8}, "train.eps"),
+        ({"beta2": 0.9}, "train.beta2"),
+        ({"optimizer": "momentum", "beta2": 0.9}, "train.beta2"),
+        ({"optimizer": "nesterov", "momentum": 0.0}, "train.momentum"),
+        ({"optimizer": "rmsprop", "bias_correction": False}, "train.bias_correction"),
+        ({"optimizer": "sgd"}, "train.optimizer"),
+    ],
+)
+def test_bad_optimizer_settings_name_the_key(train, key):
+    from implicit_bias._errors import UserInputError
+    from implicit_bias.config import load_config
+
+    with pytest.raises(UserInputError, match=key.replace(".", r"\.")) as err:
+        load_config({"data": {"kind": "overlap"}, "train": train})
+    assert "\n" not in str(err.value)
+
+
+def test_critical_units_use_the_optimizer_threshold():
+    runs, res = _engine(
+        "momentum",
+        {"train.momentum": [0.0, 0.9]},
+        {"lr_units": "critical", "lr": 0.5},
+        steps=2,
+        metrics={"sharpness": {"iters": 30}},
+    )
+    lam0 = res.per_run["sharpness_init"]
+    c = res.per_run["threshold_numerator"]
+    np.testing.assert_allclose(c, [2.0, 3.8, 2.0, 3.8])
+    np.testing.assert_allclose(res.per_run["lr"], 0.5 * c / lam0, rtol=1e-12)

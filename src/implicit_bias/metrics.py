@@ -123,6 +123,14 @@ def _preconditioned_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
 BATCH_SHARPNESS_BATCHES = 8
 
 
+def sharpness_batch(seed: int, n: int, batch_size: int, step: int, b: int) -> Tensor:
+    """Sample indices of the b-th minibatch ``batch_sharpness`` draws at ``step``."""
+    gen = torch.Generator().manual_seed(
+        (int(seed) * 1_000_003 + 104_729 * (step + 1) + b) & 0x7FFF_FFFF_FFFF_FFFF
+    )
+    return torch.randperm(n, generator=gen)[:batch_size]
+
+
 def _batch_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
     """E_B[g_Bᵀ H_B g_B / ‖g_B‖²] over minibatches B of ``train.batch_size``.
 
@@ -139,16 +147,7 @@ def _batch_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
     ratios = []
     for b in range(BATCH_SHARPNESS_BATCHES):
         idx = torch.stack(
-            [
-                torch.randperm(
-                    tr.n,
-                    generator=torch.Generator().manual_seed(
-                        (int(r.config.seed) * 1_000_003 + 104_729 * (ctx.step + 1) + b)
-                        & 0x7FFF_FFFF_FFFF_FFFF
-                    ),
-                )[:bs]
-                for r in tr.runs
-            ]
+            [sharpness_batch(r.config.seed, tr.n, bs, ctx.step, b) for r in tr.runs]
         ).to(tr.X.device)
         ar = torch.arange(tr.R, device=idx.device)[:, None]
         Xb = tr.X[idx] if tr.x_dim is None else tr.X[ar, idx]
