@@ -145,7 +145,7 @@ def test_select_keeps_the_state_of_runs_that_may_not_step():
     _, st1 = rule.update((torch.ones(3, 2, 2),), st0, torch.ones(3), hp)
     mask = torch.tensor([True, False, True])
     st = optimizers.select(mask, st1, st0)
-    assert st.count.tolist() == [1, 0, 1]
+    assert st.t.tolist() == [1, 0, 1]
     assert st.mu is not None and st.nu is not None
     assert (st.mu[0][1] == 0).all() and (st.mu[0][0] != 0).all()
 
@@ -175,30 +175,33 @@ def _quadratic_growth(name: str, h: dict, a: np.ndarray, steps: int = 2000) -> n
     return np.log10(np.stack([top.numpy(), params[0].abs().flatten().numpy()])) - math.log10(W0)
 
 
-@pytest.mark.parametrize(
-    ("name", "h"),
-    [
-        ("gd", {}),
-        ("momentum", {"momentum": 0.9}),
-        ("momentum", {"momentum": 0.5}),
-        ("nesterov", {"momentum": 0.9}),
-        ("nesterov", {"momentum": 0.3}),
-        ("rmsprop", {"beta2": 0.99, "eps": 1.0}),
-        ("adam", {"beta1": 0.9, "beta2": 0.999, "eps": 1.0}),
-        ("adam", {"beta1": 0.0, "beta2": 0.999, "eps": 1.0}),
-        ("adam", {"beta1": 0.9, "beta2": 0.999, "eps": 1.0, "bias_correction": False}),
+THRESHOLD_CASES = {  # per rule: hyperparameter settings, one run pair each
+    "gd": [{}],
+    "momentum": [{"momentum": 0.9}, {"momentum": 0.5}],
+    "nesterov": [{"momentum": 0.9}, {"momentum": 0.3}],
+    "rmsprop": [{"beta2": 0.99, "eps": 1.0}],
+    "adam": [
+        {"beta1": 0.9, "beta2": 0.999, "eps": 1.0, "bias_correction": True},
+        {"beta1": 0.0, "beta2": 0.999, "eps": 1.0, "bias_correction": True},
+        {"beta1": 0.9, "beta2": 0.999, "eps": 1.0, "bias_correction": False},
     ],
-)
-def test_threshold_separates_stable_from_unstable_on_a_quadratic(name, h):
-    hp = optimizers.hyper(1, **h)
-    c = float(optimizers.threshold_numerator(name, hp)[0])
-    growth = _quadratic_growth(name, h, np.array([0.98 * c, 1.02 * c]))
-    (top_below, top_above), (end_below, _) = growth
+}
+
+
+@pytest.mark.parametrize("name", list(THRESHOLD_CASES))
+def test_threshold_separates_stable_from_unstable_on_a_quadratic(name):
+    cases = THRESHOLD_CASES[name]
+    # runs 2i, 2i + 1: case i at 0.98 and 1.02 × its threshold, all in one batch
+    h = {k: [c[k] for c in cases for _ in (0, 1)] for k in cases[0]}
+    hp = optimizers.hyper(2 * len(cases), **h)
+    c = optimizers.threshold_numerator(name, hp).numpy()
+    growth = _quadratic_growth(name, h, c * np.tile([0.98, 1.02], len(cases)))
+    top, end = growth
     # just below: back under w₀ at the end (a start-up transient, e.g. Adam's
     # bias correction, lifts it by up to ~1e16 for a while); just above: a growth
     # by more than 1e30
-    assert end_below < 0 and top_below < 20, (name, h, c, growth)
-    assert top_above > 30, (name, h, c, growth)
+    assert (end[0::2] < 0).all() and (top[0::2] < 20).all(), (name, cases, growth)
+    assert (top[1::2] > 30).all(), (name, cases, growth)
 
 
 def test_threshold_numerators_match_the_papers():
@@ -400,7 +403,7 @@ def test_bad_optimizer_settings_name_the_key(train, key):
 
 
 def test_critical_units_use_the_optimizer_threshold():
-    runs, res = _engine(
+    _, res = _engine(
         "momentum",
         {"train.momentum": [0.0, 0.9]},
         {"lr_units": "critical", "lr": 0.5},

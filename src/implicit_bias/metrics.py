@@ -260,9 +260,11 @@ STEP_METRICS: list[tuple[Callable[[EvalContext], bool], MetricFn]] = [
         _preconditioned_sharpness,
     ),
     (
-        lambda c: c.cfg.sharpness is not None
-        and c.chunk.cfg.train.batch_size is not None
-        and c.chunk.cfg.train.batch_size < c.chunk.n,
+        lambda c: (
+            c.cfg.sharpness is not None
+            and c.chunk.cfg.train.batch_size is not None
+            and c.chunk.cfg.train.batch_size < c.chunk.n
+        ),
         _batch_sharpness,
     ),
     (lambda c: c.cfg.gn_sharpness, _gn_sharpness),

@@ -59,12 +59,12 @@ class State(NamedTuple):
     """Optimizer state, batched over runs.
 
     Attributes:
-        count: ``(R,)`` updates taken so far (t of Adam's bias correction).
+        t: ``(R,)`` updates taken so far (t of Adam's bias correction).
         mu: first buffer per parameter (velocity v or Adam's m), or ``None``.
         nu: second-moment buffer s per parameter, or ``None``.
     """
 
-    count: Tensor
+    t: Tensor
     mu: Params | None
     nu: Params | None
 
@@ -127,7 +127,7 @@ class Rule:
 
 
 def _gd(g: Params, st: State, lr: Tensor, hp: Hyper) -> tuple[Params, State]:
-    return tuple(-_b(lr, x) * x for x in g), st._replace(count=st.count + 1)
+    return tuple(-_b(lr, x) * x for x in g), st._replace(t=st.t + 1)
 
 
 def _velocity(g: Params, st: State, hp: Hyper) -> Params:
@@ -138,13 +138,13 @@ def _velocity(g: Params, st: State, hp: Hyper) -> Params:
 
 def _heavy_ball(g: Params, st: State, lr: Tensor, hp: Hyper) -> tuple[Params, State]:
     mu = _velocity(g, st, hp)
-    return tuple(-_b(lr, v) * v for v in mu), State(st.count + 1, mu, None)
+    return tuple(-_b(lr, v) * v for v in mu), State(st.t + 1, mu, None)
 
 
 def _nesterov(g: Params, st: State, lr: Tensor, hp: Hyper) -> tuple[Params, State]:
     mu = _velocity(g, st, hp)
     upd = tuple(-_b(lr, v) * (x + _b(hp.momentum, v) * v) for v, x in zip(mu, g, strict=True))
-    return upd, State(st.count + 1, mu, None)
+    return upd, State(st.t + 1, mu, None)
 
 
 def _second_moment(g: Params, st: State, hp: Hyper) -> Params:
@@ -156,16 +156,18 @@ def _second_moment(g: Params, st: State, hp: Hyper) -> Params:
 
 def _rmsprop(g: Params, st: State, lr: Tensor, hp: Hyper) -> tuple[Params, State]:
     nu = _second_moment(g, st, hp)
-    st = State(st.count + 1, None, nu)
+    st = State(st.t + 1, None, nu)
     P = preconditioner("rmsprop", st, hp)
+    assert P is not None
     return tuple(-_b(lr, x) * x / p for x, p in zip(g, P, strict=True)), st
 
 
 def _adam(g: Params, st: State, lr: Tensor, hp: Hyper) -> tuple[Params, State]:
     assert st.mu is not None
     mu = tuple(_b(hp.beta1, m) * m + _b(1 - hp.beta1, m) * x for m, x in zip(st.mu, g, strict=True))
-    st = State(st.count + 1, mu, _second_moment(g, st, hp))
+    st = State(st.t + 1, mu, _second_moment(g, st, hp))
     P = preconditioner("adam", st, hp)
+    assert P is not None
     return tuple(-_b(lr, m) * m / p for m, p in zip(mu, P, strict=True)), st
 
 
@@ -219,7 +221,7 @@ def preconditioner(name: str, state: State, hp: Hyper) -> Params | None:
     if name == "rmsprop":
         return tuple(s.sqrt() + _b(hp.eps, s) for s in state.nu)
     on = hp.bias_correction
-    t = state.count
+    t = state.t
     bc1 = torch.where(on, 1 - hp.beta1.pow(t), 1.0)
     bc2 = torch.where(on, 1 - hp.beta2.pow(t), 1.0)
     # the same operations as torch.optim.Adam, for bit-level agreement
@@ -264,5 +266,5 @@ def select(mask: Tensor, new: State, old: State) -> State:
         )
 
     return State(
-        torch.where(mask, new.count, old.count), pick(new.mu, old.mu), pick(new.nu, old.nu)
+        torch.where(mask, new.t, old.t), pick(new.mu, old.mu), pick(new.nu, old.nu)
     )
