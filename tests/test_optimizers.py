@@ -414,3 +414,36 @@ def test_critical_units_use_the_optimizer_threshold():
     c = res.per_run["threshold_numerator"]
     np.testing.assert_allclose(c, [2.0, 3.8, 2.0, 3.8])
     np.testing.assert_allclose(res.per_run["lr"], 0.5 * c / lam0, rtol=1e-12)
+
+
+def test_adam_critical_units_use_the_preconditioned_sharpness_at_init():
+    _, res = _engine(
+        "adam",
+        {"train.beta1": [0.0, 0.9]},
+        {"lr_units": "critical", "lr": 0.5},
+        steps=2,
+        metrics={"sharpness": {"iters": 30}},
+    )
+    pc0 = res.per_run["preconditioned_sharpness_init"]
+    c = res.per_run["threshold_numerator"]
+    np.testing.assert_allclose(c, [2.0, 38.0, 2.0, 38.0])
+    np.testing.assert_allclose(res.per_run["lr"], 0.5 * c / pc0, rtol=1e-12)
+    # the step-0 trace holds the same number; the raw sharpness is stored beside it
+    np.testing.assert_allclose(res.per_step["preconditioned_sharpness"][:, 0], pc0)
+    assert (res.per_run["sharpness_init"] < pc0).all()
+
+
+def test_cli_bad_optimizer_key_exits_2_with_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {kind: overlap}\ntrain: {optimizer: adam, momentum: 0.9}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "implicit_bias", "validate", str(cfg)],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.momentum" in lines[0], proc.stderr
