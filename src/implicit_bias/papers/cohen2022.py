@@ -84,7 +84,7 @@ def _at_threshold(r: Runs, c: float) -> Verdict:
 
 def _adam_beta1_zero(cfgs: Configs) -> Configs:
     return {
-        "adam": with_(cfgs["adam"], train__beta1=0.0, train__steps=300, sweep={"train.lr": [0.01]})
+        "adam": with_(cfgs["adam"], train__beta1=0.0, train__steps=100, sweep={"train.lr": [0.01]})
     }
 
 
@@ -108,7 +108,7 @@ def _c1(r: Runs) -> Verdict:
 def _rmsprop_large_eps(cfgs: Configs) -> Configs:
     return {
         "rmsprop": with_(
-            cfgs["rmsprop"], train__eps=1.0, train__steps=300, sweep={"train.lr": [0.003]}
+            cfgs["rmsprop"], train__eps=1.0, train__steps=100, sweep={"train.lr": [0.003]}
         )
     }
 
