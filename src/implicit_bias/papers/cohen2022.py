@@ -8,7 +8,11 @@ equilibrates at the optimizer's threshold — (2 + 2β₁)/((1 − β₁)η) = 3
 Adam at β₁ 0.9, 2/η for RMSProp — the stability threshold of the momentum /
 plain GD recurrence with P frozen. Here on a small ReLU MLP with the square
 loss (the paper: CIFAR-10 subsets, MSE and cross-entropy); rows judge the
-preconditioned sharpness against the threshold after the start.
+preconditioned sharpness against the threshold after the start. The
+non-adaptive momentum rules have their own thresholds on the raw sharpness
+(Cohen et al. 2021, arXiv 2103.00065, and this paper; derived on a quadratic
+and checked in tests/test_optimizers.py): (2 + 2β)/η for heavy ball, (2 + 2β)/((1 +
+2β)η) for Nesterov, in PyTorch's conventions (rows M1, M2).
 """
 
 from __future__ import annotations
@@ -27,6 +31,10 @@ ADAM_C = (2 + 2 * 0.9) / (1 - 0.9)
 BAND = (0.85, 1.3)
 START = 0.1
 HOLD = 0.5
+#: the momentum rows' β, and "hovers at the threshold": the median of η·λ/c over
+#: the last half of the eval steps within HOVER of 1
+MOMENTUM = 0.5
+HOVER = 0.15
 
 
 def _experiments(quick: bool) -> Configs:
@@ -48,9 +56,14 @@ def _experiments(quick: bool) -> Configs:
             "sweep": {"train.lr": rates, "seed": seeds},
         }
 
+    heavy = cfg("momentum", "momentum", [0.2, 0.4])
+    nesterov = cfg("nesterov", "nesterov", [0.1, 0.2])
+    heavy["train"]["momentum"] = nesterov["train"]["momentum"] = MOMENTUM
     return {
         "adam": cfg("adam", "adam", [0.01, 0.03]),
         "rmsprop": cfg("rmsprop", "rmsprop", [0.003, 0.01]),
+        "momentum": heavy,
+        "nesterov": nesterov,
     }
 
 
@@ -92,7 +105,7 @@ def _adam_beta1_zero(cfgs: Configs) -> Configs:
     "C1",
     claim="Full-batch Adam's preconditioned sharpness λ₁(P⁻¹H) equilibrates at 38/η "
     "(β₁ = 0.9), the stability threshold of its momentum recurrence with P frozen.",
-    source="Cohen et al. 2022, abstract and §3 (v2, Eq. 2 for P)",
+    source="Cohen et al. 2022, abstract (38/η at β₁ 0.9); P from v2 Eq. 2",
     setting=f"{SETTING}, Adam (β₁ 0.9, β₂ 0.999, ε 1e-8, bias correction); paper: "
     "CIFAR-10 subsets, several architectures",
     criterion=f"after the first {START:.0%} of steps the max of η·λ₁(P⁻¹H)/38 lies in "
@@ -116,7 +129,7 @@ def _rmsprop_large_eps(cfgs: Configs) -> Configs:
 @PAPER.claim(
     "C2",
     claim="Full-batch RMSProp's preconditioned sharpness equilibrates at 2/η.",
-    source="Cohen et al. 2022, §3 (RMSProp: threshold 2/η)",
+    source="Cohen et al. 2022 (RMSProp's threshold 2/η on λ₁(P⁻¹H); section not checked here)",
     setting=f"{SETTING}, RMSProp (β₂ = alpha 0.99, ε 1e-8); paper: CIFAR-10 subsets",
     criterion=f"after the first {START:.0%} of steps the max of η·λ₁(P⁻¹H)/2 lies in "
     f"[{BAND[0]}, {BAND[1]}] and its median over the last half is ≥ {HOLD}, every converged run",
@@ -126,3 +139,63 @@ def _rmsprop_large_eps(cfgs: Configs) -> Configs:
 )
 def _c2(r: Runs) -> Verdict:
     return _at_threshold(r, 2.0)
+
+
+def _hovers(r: Runs, c: float) -> Verdict:
+    """Every converged run's η·sharpness/c has its last-half median within HOVER of 1."""
+    ratio = r.trace("sharpness") * r.eta[:, None] / c
+    last = r.steps >= r.steps[-1] / 2
+    conv = r.converged()
+    if not conv.any():
+        return False, "no converged run"
+    hold = np.nanmedian(ratio[:, last], axis=1)
+    ok = bool(np.all(np.abs(hold[conv] - 1) <= HOVER))
+    return ok, (
+        f"η = {gl(r.eta)}: median of η·sharpness/{g(c)} over the last half {gl(hold)}; "
+        f"phases {', '.join(r.phases())}"
+    )
+
+
+def _heavy_ball_beta_zero(cfgs: Configs) -> Configs:
+    return {"momentum": with_(cfgs["momentum"], train__momentum=0.0, train__steps=200)}
+
+
+@PAPER.claim(
+    "M1",
+    claim="Full-batch heavy ball (v ← βv + g, w ← w − ηv) trains at its own edge of "
+    "stability: the sharpness hovers at (2 + 2β)/η.",
+    source="Cohen et al. 2021 (arXiv 2103.00065) and 2022: momentum's own threshold; the "
+    "quadratic threshold derived and checked here (tests/test_optimizers.py)",
+    setting=f"{SETTING}, heavy ball β = {MOMENTUM} (PyTorch SGD momentum, dampening 0)",
+    criterion=f"the median of η·sharpness/(2 + 2β) over the last half of the eval steps "
+    f"within ±{HOVER} of 1, every converged run",
+    uses="momentum",
+    control=_heavy_ball_beta_zero,
+    control_note="β = 0: plain GD hovers at 2/η, 2/3 of (2 + 2·0.5)/η",
+)
+def _m1(r: Runs) -> Verdict:
+    return _hovers(r, 2 + 2 * MOMENTUM)
+
+
+def _nesterov_as_gd(cfgs: Configs) -> Configs:
+    cfg = with_(cfgs["nesterov"], train__optimizer="gd", train__steps=200)
+    cfg["train"].pop("momentum", None)  # plain GD takes no β: β = 0
+    cfg["sweep"]["train.lr"] = [0.2]
+    return {"nesterov": cfg}
+
+
+@PAPER.claim(
+    "M2",
+    claim="Full-batch Nesterov momentum (PyTorch's nesterov=True) hovers at "
+    "(2 + 2β)/((1 + 2β)η), below GD's 2/η.",
+    source="Cohen et al. 2022 (thresholds of momentum methods; section not checked here); "
+    "the quadratic threshold derived and checked here (tests/test_optimizers.py)",
+    setting=f"{SETTING}, Nesterov β = {MOMENTUM}",
+    criterion=f"the median of η·sharpness·(1 + 2β)/(2 + 2β) over the last half of the eval "
+    f"steps within ±{HOVER} of 1, every converged run",
+    uses="nesterov",
+    control=_nesterov_as_gd,
+    control_note="β = 0 (plain GD): the sharpness hovers at 2/η, 4/3 of Nesterov's threshold",
+)
+def _m2(r: Runs) -> Verdict:
+    return _hovers(r, (2 + 2 * MOMENTUM) / (1 + 2 * MOMENTUM))
