@@ -447,3 +447,18 @@ def test_cli_bad_optimizer_key_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.momentum" in lines[0], proc.stderr
+
+
+def test_phase_rule_reads_the_optimizer_threshold():
+    """critical_ratio and the ratios the phase rule reads are curvature·η/c."""
+    _, res = _engine(
+        "momentum",
+        {"train.momentum": [0.0, 0.9]},
+        {"lr": 0.3},
+        steps=8,
+        metrics={"sharpness": {"iters": 30}},
+    )
+    c, lr = res.per_run["threshold_numerator"], res.per_run["lr"]
+    sharp = res.per_step["sharpness"]
+    np.testing.assert_allclose(res.per_run["critical_ratio"], sharp[:, 0] * lr / c)
+    np.testing.assert_allclose(res.per_run["sharpness_after_ratio"], sharp[:, -1] * lr / c)

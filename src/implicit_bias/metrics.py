@@ -473,7 +473,9 @@ def summaries(
     inp = phases.phase_inputs(
         loss=loss,
         train_acc=train_acc,
-        lr_t=lr_t,
+        # the rule compares curvature·η_t/2 with 1; for an optimizer with threshold
+        # numerator c it must compare curvature·η_t/c: hand it the rate η_t·2/c
+        lr_t=np.asarray(lr_t, dtype=np.float64) * (2.0 / c)[:, None],
         diverged=diverged,
         eval_steps=eval_steps,
         curvature=curv,
