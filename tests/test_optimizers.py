@@ -204,6 +204,23 @@ def test_threshold_separates_stable_from_unstable_on_a_quadratic(name):
     assert (top[1::2] > 30).all(), (name, cases, growth)
 
 
+def test_phase_rule_numerator_equals_the_rule_s():
+    from implicit_bias import phases
+    from implicit_bias.config import TrainConfig
+
+    for name, keys in [
+        ("gd", {}),
+        ("momentum", {"momentum": 0.7}),
+        ("nesterov", {"momentum": 0.3}),
+        ("rmsprop", {"beta2": 0.9}),
+        ("adam", {"beta1": 0.8}),
+    ]:
+        train = TrainConfig(optimizer=name, **keys)
+        hp = optimizers.hyper(1, **train.optimizer_hyper())
+        want = float(optimizers.threshold_numerator(name, hp)[0])
+        assert phases.stability_numerator(train) == pytest.approx(want, rel=1e-15), name
+
+
 def test_threshold_numerators_match_the_papers():
     hp = optimizers.hyper(1, momentum=0.9, beta1=0.9)
     num = {n: float(optimizers.threshold_numerator(n, hp)[0]) for n in optimizers.NAMES}
@@ -290,7 +307,7 @@ def test_engine_equals_torch_optim_per_run(optimizer, sweep, train):
             np.testing.assert_allclose(
                 res.weights[f"final_W{k + 1}"][i], w.detach().numpy(), rtol=1e-12, atol=1e-12
             )
-    c = res.per_run["threshold_numerator"]
+    c = res.per_run["stability_numerator"]
     np.testing.assert_allclose(res.per_run["stability_threshold"], c / res.per_run["lr"])
 
 
@@ -411,7 +428,7 @@ def test_critical_units_use_the_optimizer_threshold():
         metrics={"sharpness": {"iters": 30}},
     )
     lam0 = res.per_run["sharpness_init"]
-    c = res.per_run["threshold_numerator"]
+    c = res.per_run["stability_numerator"]
     np.testing.assert_allclose(c, [2.0, 3.8, 2.0, 3.8])
     np.testing.assert_allclose(res.per_run["lr"], 0.5 * c / lam0, rtol=1e-12)
 
@@ -425,7 +442,7 @@ def test_adam_critical_units_use_the_preconditioned_sharpness_at_init():
         metrics={"sharpness": {"iters": 30}},
     )
     pc0 = res.per_run["preconditioned_sharpness_init"]
-    c = res.per_run["threshold_numerator"]
+    c = res.per_run["stability_numerator"]
     np.testing.assert_allclose(c, [2.0, 38.0, 2.0, 38.0])
     np.testing.assert_allclose(res.per_run["lr"], 0.5 * c / pc0, rtol=1e-12)
     # the step-0 trace holds the same number; the raw sharpness is stored beside it
@@ -458,7 +475,7 @@ def test_phase_rule_reads_the_optimizer_threshold():
         steps=8,
         metrics={"sharpness": {"iters": 30}},
     )
-    c, lr = res.per_run["threshold_numerator"], res.per_run["lr"]
+    c, lr = res.per_run["stability_numerator"], res.per_run["lr"]
     sharp = res.per_step["sharpness"]
     np.testing.assert_allclose(res.per_run["critical_ratio"], sharp[:, 0] * lr / c)
     np.testing.assert_allclose(res.per_run["sharpness_after_ratio"], sharp[:, -1] * lr / c)

@@ -247,8 +247,9 @@ class Trainer:
             r.config.train.lr_units == "critical" for r in self.runs
         )
         sharp0 = torch.full((R,), math.nan, dtype=dt, device=dev)
-        # A curvature / linear-algebra step that breaks for a run (_linalg) marks that
-        # run diverged at that step, with the step's name in divergence_cause.
+        # A curvature / linear-algebra step that breaks for a run (_linalg) is a failed
+        # measurement, not a divergence (SPEC §3): the run keeps training, its value
+        # there is NaN, and the first failure's step and name go to measurement_cause.
         causes = [""] * R
         # ---- the optimizer (optimizers.py): plain GD keeps the fused step below
         opt = _Optimizer(self, params) if cfg.train.optimizer != "gd" else None
@@ -281,7 +282,7 @@ class Trainer:
         acc_tr = torch.full((steps + 1, R), math.nan, dtype=dt, device=dev)
         active = torch.ones(R, dtype=torch.bool, device=dev)
         div_step = torch.full((R,), -1, dtype=torch.long, device=dev)
-        # why: 1 loss non-finite or above diverge_factor × L₀, 2 update non-finite, 3 a step broke
+        # why: 1 loss non-finite or above diverge_factor × L₀, 2 update non-finite
         div_kind = torch.zeros(R, dtype=torch.long, device=dev)
         pending = torch.zeros(R, dtype=torch.bool, device=dev)  # update went non-finite
         factor = torch.tensor(
@@ -331,10 +332,7 @@ class Trainer:
                     if t == 0:
                         broke = init_broke + broke
                     if broke:  # a Python list: no host read unless a step broke
-                        hit = self._broke(broke, active, t, causes)
-                        div_step.masked_fill_(hit, t)
-                        div_kind.masked_fill_(hit, 3)
-                        active = active & ~hit
+                        self._broke(broke, active, t, causes)
                     for name, val in vals.items():
                         mask = active.reshape(-1, *([1] * (val.dim() - 1)))
                         if val.dtype == torch.bool:
@@ -381,39 +379,44 @@ class Trainer:
         with _linalg.recording() as broke, precision.full(dev):
             final_vals = metrics.final_metrics(ctx)
         if broke:
-            hit = self._broke(broke, active, steps, causes)
-            div_step.masked_fill_(hit, steps)
-            div_kind.masked_fill_(hit, 3)
+            self._broke(broke, active, steps, causes)
         res = self._collect(
             loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
-            init_weights, params, numerator, relevant0 if opt is not None else None,
+            init_weights, params, relevant0 if opt is not None else None,
         )  # fmt: skip
         kinds = div_kind.cpu().tolist()
-        names = {1: "loss", 2: "non-finite update"}
+        no_rate = (~torch.isfinite(lr_abs)).tolist()
+        names = {0: "", 1: "loss", 2: "non-finite update"}
         res.per_run["divergence_cause"] = np.array(
-            [names.get(k, c) for k, c in zip(kinds, causes, strict=True)], dtype=str
+            [
+                "no critical rate (λ₀ not positive or not measured)" if k == 2 and bad else names[k]
+                for k, bad in zip(kinds, no_rate, strict=True)
+            ],
+            dtype=str,
         )
+        res.per_run["measurement_failed"] = np.array([bool(c) for c in causes], dtype=bool)
+        res.per_run["measurement_cause"] = np.array(causes, dtype=str)
         return res
 
     def _broke(
         self, records: list[tuple[str, Tensor]], active: Tensor, t: int, causes: list[str]
     ) -> Tensor:
-        """Runs still active that a curvature / linear-algebra step broke at step t
-        (their cause written into ``causes``), as an ``(R,)`` mask."""
+        """Runs still active that a curvature / linear-algebra step broke at step t, as
+        an ``(R,)`` mask; the first failure of each run is written into ``causes``."""
         hit = torch.zeros_like(active)
         for what, mask in records:
             if mask.shape != active.shape:  # not over runs: nothing to attribute
                 continue
             new = active & mask.to(active.device) & ~hit
             for r in torch.nonzero(new).flatten().tolist():
-                causes[r] = f"{what} at step {t}"
+                causes[r] = causes[r] or f"{what} at step {t}"
             hit |= new
         return hit
 
     # ------------------------------------------------------------------ collect
     def _collect(
         self, loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
-        init_weights, params, numerator, relevant0,
+        init_weights, params, relevant0,
     ) -> ChunkResult:  # fmt: skip
         def np_(x: Tensor) -> np.ndarray:
             return x.detach().to("cpu").numpy()
@@ -446,12 +449,8 @@ class Trainer:
             sharpness_init=sharp0_np if relevant0 is None else np_(relevant0).astype(np.float64),
             lr=lr_np,
             final=finals,
-            numerator=np_(numerator).astype(np.float64),
         )
-        # the optimizer's stability threshold c/η on the relevant curvature (SPEC §2.1),
-        # with the absolute base rate (a schedule moves it to c/η_t)
-        res.per_run["threshold_numerator"] = np_(numerator).astype(np.float64)
-        res.per_run["stability_threshold"] = res.per_run["threshold_numerator"] / lr_np
+        # (stability_numerator and stability_threshold c/η come from the summaries)
         if "preconditioned_sharpness" in res.per_step and relevant0 is not None:
             res.per_run["preconditioned_sharpness_init"] = np_(relevant0).astype(np.float64)
         res.per_run["divergence_step"] = np_(div_step)

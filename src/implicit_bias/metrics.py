@@ -425,7 +425,6 @@ def summaries(
     sharpness_init: np.ndarray,
     lr: np.ndarray,
     final: dict[str, np.ndarray] | None = None,
-    numerator: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Per-run summaries: ``final_*``, the phase (SPEC §3) and every input of its rule.
 
@@ -438,9 +437,9 @@ def summaries(
         sharpness_init: λ₀ ``(R,)`` (NaN when not measured).
         lr: the absolute base rate η ``(R,)``.
         final: ``output_spread`` and ``dead_units`` ``(R,)`` from :func:`final_metrics`.
-        numerator: the optimizer's threshold numerator c ``(R,)`` (2 for GD, the
-            default); ``sharpness_init`` is then the relevant curvature at θ₀
-            (preconditioned for adaptive rules) and critical means η·λ₀/c ≥ 1.
+        sharpness_init: for adaptive optimizers the relevant curvature at θ₀, the
+            preconditioned sharpness (critical means η·λ₀/c > 1, c the optimizer's
+            :func:`phases.stability_numerator`).
     """
     R = loss.shape[0]
     final = final or {}
@@ -454,8 +453,8 @@ def summaries(
 
     # the curvature trace the rule reads (phases module docstring)
     lr = np.asarray(lr, dtype=np.float64)
-    c = np.full(R, 2.0) if numerator is None else np.asarray(numerator, dtype=np.float64)
-    crit = lr * np.asarray(sharpness_init, dtype=np.float64) / c
+    num = np.array([phases.stability_numerator(r.config.train) for r in runs], dtype=np.float64)
+    crit = lr * np.asarray(sharpness_init, dtype=np.float64) / num
     curv: np.ndarray | None = None
     source = "none"
     if "preconditioned_sharpness" in per_step:
@@ -464,7 +463,7 @@ def summaries(
         curv, source = per_step["sharpness"], "sharpness"
     elif "ntk_max" in per_step and runs[0].config.train.loss == "mse":
         curv, source = per_step["ntk_max"], "ntk"
-        crit = np.where(np.isfinite(crit), crit, lr * curv[:, 0] / 2)
+        crit = np.where(np.isfinite(crit), crit, lr * curv[:, 0] / num)
     chance = np.empty(R)
     for i, r in enumerate(runs):
         y = np.asarray(r.data.y_train)
@@ -473,9 +472,7 @@ def summaries(
     inp = phases.phase_inputs(
         loss=loss,
         train_acc=train_acc,
-        # the rule compares curvature·η_t/2 with 1; for an optimizer with threshold
-        # numerator c it must compare curvature·η_t/c: hand it the rate η_t·2/c
-        lr_t=np.asarray(lr_t, dtype=np.float64) * (2.0 / c)[:, None],
+        lr_t=lr_t,
         diverged=diverged,
         eval_steps=eval_steps,
         curvature=curv,
@@ -485,7 +482,11 @@ def summaries(
         output_spread=final.get("output_spread", np.full(R, np.nan)),
         dead_units=final.get("dead_units", np.zeros(R)),
         th=th,
+        numerator=num,
     )
-    out["phase"] = phases.classify(inp, diverged, loss[:, 0], out["final_loss"], th)
+    out["phase"] = phases.classify(inp, diverged, th)
+    # SPEC §2.1: the threshold c/η at the base rate (2/η for GD)
+    with np.errstate(divide="ignore", invalid="ignore"):  # η = 0: no threshold (inf)
+        out["stability_threshold"] = num / lr
     out.update(inp)
     return out
