@@ -265,6 +265,4 @@ def select(mask: Tensor, new: State, old: State) -> State:
             for x, y in zip(a, b, strict=True)
         )
 
-    return State(
-        torch.where(mask, new.t, old.t), pick(new.mu, old.mu), pick(new.nu, old.nu)
-    )
+    return State(torch.where(mask, new.t, old.t), pick(new.mu, old.mu), pick(new.nu, old.nu))
