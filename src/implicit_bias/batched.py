@@ -272,6 +272,19 @@ def value_and_grad(
     return mean_loss(pas.f, y, loss_kind), pas.f, grads
 
 
+def gradients(pas: _Pass | _ChainPass, y: Tensor, spec: ModelSpec, loss_kind: LossName) -> Params:
+    """The gradients of R runs from a forward pass (:func:`forward_loss`), not applied
+    (the update rules of :mod:`implicit_bias.optimizers` take them)."""
+    if isinstance(pas, _ChainPass):
+        delta = _dloss_df(pas.f, y, loss_kind)
+        c = spec.multipliers()
+        return tuple(
+            col @ row * c[k] for k, (col, row) in enumerate(_chain_grads(pas, delta, spec))
+        )
+    bwd = _backward(pas, y, spec, loss_kind)
+    return tuple(_times(_outer_sum(D, h), cl) for D, h, cl in bwd.signals(pas, spec))
+
+
 def forward_loss(
     params: Params, X: Tensor, y: Tensor, spec: ModelSpec, a: Tensor | None, loss_kind: LossName
 ) -> tuple[Tensor, Tensor, _Pass | _ChainPass]:

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
-from . import _linalg, batched, curvature, metrics, precision
+from . import _linalg, batched, curvature, metrics, optimizers, precision
 from .config import ExperimentConfig
 from .data import Dataset
 from .losses import accuracy, mean_loss
@@ -272,16 +272,28 @@ class Trainer:
         # measurement, not a divergence (SPEC §3): the run keeps training, its value
         # there is NaN, and the first failure's step and name go to measurement_cause.
         causes = [""] * R
+        # ---- the optimizer (optimizers.py): plain GD keeps the fused step below
+        opt = _Optimizer(self, params) if cfg.train.optimizer != "gd" else None
+        numerator = (
+            opt.numerator.cpu() if opt is not None else torch.full((R,), 2.0, dtype=torch.float64)
+        )
         with _linalg.recording() as init_broke, precision.full(dev):
             if need_init_sharp:
                 sharp0 = metrics.top_sharpness(ctx)[0][:, 0]  # kept in ctx.state for step 0
+            if opt is not None and opt.adaptive and need_init_sharp:
+                # the relevant curvature of adaptive rules: λ₁(P⁻¹H) with the P of the
+                # first update (from the full-batch g₀), at θ₀
+                ctx.state["preconditioner"] = opt.first_preconditioner(params)
+                pc0 = metrics.top_preconditioned_sharpness(ctx)[0]
+        relevant0 = pc0 if opt is not None and opt.adaptive and need_init_sharp else sharp0
 
         lr_base = torch.tensor([r.config.train.lr for r in self.runs], dtype=torch.float64)
         critical = torch.tensor([r.config.train.lr_units == "critical" for r in self.runs])
-        s0 = sharp0.detach().to("cpu", torch.float64)
-        # η = lr × 2/λ₀ (Liu et al. 2023 critical units); λ₀ ≤ 0 has no critical rate → NaN (diverged).
+        s0 = relevant0.detach().to("cpu", torch.float64)
+        # η = lr × c/λ₀ (Liu et al. 2023 critical units; c the optimizer's threshold
+        # numerator, 2 for GD); λ₀ ≤ 0 has no critical rate → NaN (diverged).
         s0 = torch.where(s0 > 0, s0, torch.nan)
-        lr_abs = torch.where(critical, lr_base * 2.0 / s0, lr_base)
+        lr_abs = torch.where(critical, lr_base * numerator / s0, lr_base)
         mult = np.stack([multipliers(r.config.train.schedule, steps) for r in self.runs])
         lr_table = _to_device((lr_abs[:, None] * torch.as_tensor(mult)).to(dt), dev)  # (R, steps+1)
         neg_lr = -lr_table  # the update's scale per step (negation is exact)
@@ -333,6 +345,8 @@ class Trainer:
 
                 if t in eval_set:
                     ctx.params, ctx.step, ctx.active = params, t, active
+                    if opt is not None and opt.adaptive and t > 0:
+                        ctx.state["preconditioner"] = opt.preconditioner()
                     # curvature always in full precision
                     with _linalg.recording() as broke, precision.full(dev):
                         vals = metrics.step_metrics(ctx)
@@ -366,6 +380,11 @@ class Trainer:
                         params, Xb, yb, self.spec, self.a, self.loss_kind
                     )
                 y_step = yb if sgd else self.y
+                if opt is not None:  # any rule but plain GD: grads → rule → params
+                    pending = opt.step(pas, params, y_step, lr_table[:, t], active)
+                    if self.progress is not None and (t + 1) % 50 == 0:
+                        self.progress(50)
+                    continue
                 # Backward fused with the in-place update. A non-finite gradient (or rate)
                 # leaves the run's weights as they were (the last finite ones) and flags
                 # it diverged at t + 1.
@@ -384,7 +403,7 @@ class Trainer:
             self._broke(broke, active, steps, causes)
         res = self._collect(
             loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
-            init_weights, params,
+            init_weights, params, relevant0 if opt is not None else None,
         )  # fmt: skip
         kinds = div_kind.cpu().tolist()
         no_rate = (~torch.isfinite(lr_abs)).tolist()
@@ -418,7 +437,7 @@ class Trainer:
     # ------------------------------------------------------------------ collect
     def _collect(
         self, loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
-        init_weights, params,
+        init_weights, params, relevant0,
     ) -> ChunkResult:  # fmt: skip
         def np_(x: Tensor) -> np.ndarray:
             return x.detach().to("cpu").numpy()
@@ -448,10 +467,13 @@ class Trainer:
             train_acc=res.per_iteration["train_acc"],
             lr_t=res.per_iteration["lr_t"],
             eval_steps=self.eval_steps,
-            sharpness_init=sharp0_np,
+            sharpness_init=sharp0_np if relevant0 is None else np_(relevant0).astype(np.float64),
             lr=lr_np,
             final=finals,
         )
+        # (stability_numerator and stability_threshold c/η come from the summaries)
+        if "preconditioned_sharpness" in res.per_step and relevant0 is not None:
+            res.per_run["preconditioned_sharpness_init"] = np_(relevant0).astype(np.float64)
         res.per_run["divergence_step"] = np_(div_step)
         res.per_run["sharpness_init"] = sharp0_np
         res.per_run["lr"] = lr_np
@@ -465,3 +487,59 @@ class Trainer:
         if self.a is not None:
             res.fixed["a"] = np_(self.a)
         return res
+
+
+class _Optimizer:
+    """The update rules of :mod:`implicit_bias.optimizers` inside the engine.
+
+    Plain GD does not come here: its backward is fused with the update
+    (:func:`batched.descend`). Any other rule takes the gradients of the step's
+    (mini)batch, computes the updates and adds them in place; a run that may
+    not step (stopped, or a non-finite gradient) keeps its weights and state.
+    """
+
+    def __init__(self, trainer: Trainer, params: Params):
+        cfg = trainer.cfg.train
+        self.tr = trainer
+        self.name = cfg.optimizer
+        self.rule = optimizers.rule(self.name)
+        self.adaptive = self.name in optimizers.ADAPTIVE
+        per_run = [r.config.train.optimizer_hyper() for r in trainer.runs]
+        self.hp = optimizers.hyper(
+            trainer.R,
+            **{k: [h[k] for h in per_run] for k in optimizers.Hyper._fields},
+            device=trainer.device,
+        )
+        self.numerator = optimizers.threshold_numerator(self.name, self.hp)
+        self.state = self.rule.init(params)
+
+    def grads(self, pas, y: Tensor) -> Params:
+        return batched.gradients(pas, y, self.tr.spec, self.tr.loss_kind)
+
+    def step(self, pas, params: Params, y: Tensor, lr: Tensor, active: Tensor) -> Tensor:
+        """One update in place; returns ``(R,)`` runs to flag diverged (non-finite)."""
+        grads = self.grads(pas, y)
+        finite = torch.isfinite(lr)
+        for g in grads:
+            finite &= torch.isfinite(g).flatten(1).all(1)
+        ok = active & finite
+        upd, new = self.rule.update(grads, self.state, torch.where(ok, lr, 0.0), self.hp)
+        self.state = optimizers.select(ok, new, self.state)
+        for p, u in zip(params, upd, strict=True):
+            p.add_(torch.where(ok.view(-1, *([1] * (u.dim() - 1))), u, 0.0))
+        return active & ~finite
+
+    def first_preconditioner(self, params: Params) -> Tensor:
+        """P at θ₀ from the full-batch g₀ (:func:`optimizers.initial_preconditioner`),
+        flat ``(R, P)``."""
+        tr = self.tr
+        _, _, grads = batched.value_and_grad(params, tr.X, tr.y, tr.spec, tr.a, tr.loss_kind)
+        P = optimizers.initial_preconditioner(self.name, grads, self.hp)
+        assert P is not None
+        return curvature.flatten(P)
+
+    def preconditioner(self) -> Tensor:
+        """P of the last update taken, flat ``(R, P)``."""
+        P = optimizers.preconditioner(self.name, self.state, self.hp)
+        assert P is not None
+        return curvature.flatten(P)
