@@ -7,6 +7,18 @@ lets them propagate so notebooks see a normal exception.
 
 from __future__ import annotations
 
+#: longest message an error may print: a value from a hostile or careless input (a
+#: YAML alias bomb, a 10⁶-element list) is cut, never echoed in full
+MAX_MESSAGE = 2000
+
+
+def one_line(message: object) -> str:
+    """``message`` on one line, cut to :data:`MAX_MESSAGE` characters."""
+    text = " ".join(str(message).split())
+    if len(text) > MAX_MESSAGE:
+        text = text[: MAX_MESSAGE - 30] + f" … [{len(text) - MAX_MESSAGE + 30} characters cut]"
+    return text
+
 
 class UserInputError(ValueError):
     """Bad input from the user: a config key, a value, a file.
@@ -15,7 +27,7 @@ class UserInputError(ValueError):
     """
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(one_line(message))
 
 
 class ChunksFailed(RuntimeError):
@@ -26,7 +38,7 @@ class ChunksFailed(RuntimeError):
     """
 
     def __init__(self, message: str) -> None:
-        super().__init__(" ".join(str(message).split()))
+        super().__init__(one_line(message))
 
 
 class ChunkWarning(UserWarning):
