@@ -43,3 +43,28 @@ class ChunksFailed(RuntimeError):
 
 class ChunkWarning(UserWarning):
     """A chunk in a results folder was damaged or misplaced; it is removed and redone."""
+
+
+#: errno values of a full disk, a file-size limit (``ulimit -f``) and a full quota
+_DISK_FULL_ERRNOS = (28, 27, 122)
+_DISK_FULL_TEXT = ("No space left", "File too large", "Disk quota", "errno = 28", "errno = 27")
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether ``err`` (an ``OSError``, or h5py's text of one) says the disk is full."""
+    while err is not None:
+        if isinstance(err, OSError) and err.errno in _DISK_FULL_ERRNOS:
+            return True
+        if any(t in str(err) for t in _DISK_FULL_TEXT):
+            return True
+        err = err.__cause__ or err.__context__  # type: ignore[assignment]
+    return False
+
+
+def disk_full(err: BaseException, where: object) -> UserInputError:
+    """The one-line error for a full disk while writing in ``where``."""
+    return UserInputError(
+        f"disk full while writing in {where} ({type(err).__name__}: "
+        f"{' '.join(str(err).split())[:200]}); nothing finished was lost: free some space "
+        "(or raise the file-size limit) and run the same command again"
+    )

@@ -560,7 +560,7 @@ _UniqueKeyLoader.add_constructor(
 def _load_yaml(text: str) -> Any:
     """Parse YAML with :class:`_UniqueKeyLoader`; deep structures end as a YAML error."""
     try:
-        return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a safe loader
+        return yaml.load(text, Loader=_UniqueKeyLoader)
     except RecursionError:
         raise _YamlTooBig(f"nests deeper than {MAX_YAML_DEPTH} levels") from None
 
@@ -674,18 +674,21 @@ def _field_checker(key: str) -> Any:
     model: Any = ExperimentConfig
     parts = key.split(".")
     for p in parts[:-1]:
-        field = model.model_fields.get(p) if isinstance(model, type) else None
-        ann = field.annotation if field is not None else None
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+        section = model.model_fields.get(p)
+        inner = section.annotation if section is not None else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
             return None
-        model = ann
+        model = inner
     field = model.model_fields.get(parts[-1])
     if field is None:
         return None
     decorators = model.__pydantic_decorators__.field_validators.values()
     if any(parts[-1] in d.info.fields for d in decorators):
         return None  # a field validator (a shorthand) runs only with its model
-    adapter = TypeAdapter(Annotated[field.annotation, *field.metadata])  # type: ignore[misc]
+    ann: Any = field.annotation
+    if field.metadata:
+        ann = Annotated.__class_getitem__((ann, *field.metadata))  # type: ignore[attr-defined]
+    adapter: Any = TypeAdapter(ann)
 
     def check(value: Any) -> None:
         try:
