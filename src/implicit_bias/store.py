@@ -39,7 +39,6 @@ import json
 import os
 import re
 import socket
-import uuid
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ import numpy as np
 import xarray as xr
 import yaml
 
+from ._atomic import atomic_write_bytes
 from ._errors import ChunkWarning, UserInputError
 from .config import ExperimentConfig, to_yaml
 
@@ -391,42 +391,8 @@ def _rmdir_if_empty(d: Path) -> None:
         d.rmdir()
 
 
-def _tmp_path(final: Path) -> Path:
-    """A new, empty temporary file beside ``final``, created exclusively (never an
-    existing file, never through a link): ``<name>.<host>-<pid>-<random>.tmp``."""
-    for _ in range(100):
-        tmp = final.with_name(f"{final.name}.{_tmp_tag()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW, 0o644)
-        except FileExistsError:
-            continue
-        os.close(fd)
-        return tmp
-    raise FileExistsError(final)  # pragma: no cover - 100 random names taken
-
-
-_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
-
-
-def atomic_write_bytes(path: Path, blob: bytes) -> None:
-    """Write ``path`` whole or not at all: a unique temporary file, then ``os.replace``
-    (which replaces a link at ``path`` rather than writing through it)."""
-    tmp = _tmp_path(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(blob)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
-
-
-def _tmp_tag() -> str:
-    """Unique per process and call: two writers never share a temporary file."""
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
 
 
 @contextlib.contextmanager
@@ -798,7 +764,6 @@ def write_chunk(out: Path, plan: ChunkPlan, ds: xr.Dataset) -> Path:
     in the chunk's attributes.
     """
     final = Path(out) / CHUNK_DIR / plan.filename
-    tmp = _tmp_path(final)
     ds = ds.copy()
     ds.attrs.update(
         group=int(plan.group),
@@ -818,18 +783,19 @@ def write_chunk(out: Path, plan: ChunkPlan, ds: xr.Dataset) -> Path:
         for v in ds.data_vars
         if ds[v].dtype.kind == "f" and ("iteration" in ds[v].dims or "step" in ds[v].dims)
     }
-    try:
-        ds.to_netcdf(tmp, engine="h5netcdf", encoding=enc, invalid_netcdf=True)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        delay = os.environ.get(_WRITE_DELAY_ENV)
+    # encoded in memory, then written by plain file I/O: a full disk is then an
+    # ordinary OSError, with no half-written HDF5 file left open in the library
+    # (whose clean-up at exit crashed the process)
+    blob = ds.to_netcdf(None, engine="h5netcdf", encoding=enc, invalid_netcdf=True)
+    delay = os.environ.get(_WRITE_DELAY_ENV)
+
+    def pause(_tmp: Path) -> None:
         if delay:
             import time
 
             time.sleep(float(delay))
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    atomic_write_bytes(final, blob, sync=True, before_rename=pause)
     return final
 
 
