@@ -205,9 +205,10 @@ def validate(
 
     def go():
         from .config import load_config
+
+        cfg = load_config(config, set_ or [])  # before torch is imported: a refusal is quick
         from .sweep import make_plan
 
-        cfg = load_config(config, set_ or [])
         plan = make_plan(cfg, config.resolve().parent)
         typer.echo(
             f"ok: {cfg.name}: {len(plan.runs)} runs in {len(plan.groups)} group(s), "

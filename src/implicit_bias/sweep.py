@@ -586,6 +586,12 @@ def run_sweep(
     """
     from .store import open_results
 
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
+        raise UserInputError(f"workers must be a whole number >= 1 (got {workers!r})")
+    if workers is not None and workers < 1:
+        raise UserInputError(f"workers must be >= 1 (got {workers})")
+    if isinstance(overrides, str):  # one "key=value", not its characters
+        overrides = [overrides]
     if device is not None:
         overrides = _with(overrides, "train.device", device)
     cfg = load_config(config, overrides)
@@ -597,6 +603,13 @@ def run_sweep(
         resolve_device("cuda")
     if scheduler is not None:
         check_scheduler_address(scheduler)
+    if out is None and (
+        not cfg.name.strip() or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\\0")
+    ):
+        raise UserInputError(
+            f"name {cfg.name!r} is not a plain folder name, and the default results folder "
+            "is results/<name>: choose a name without / or .., or give --out"
+        )
     out = Path(out) if out is not None else Path("results") / cfg.name
     done = settle_chunking(plan, out, write=False).chunks  # as the folder was cut
     assert isinstance(done, _Chunks)
