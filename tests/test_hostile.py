@@ -380,6 +380,34 @@ def test_sweep_of_1e6_runs_plans_without_enumerating():
     assert plan.runs[999_999].config.seed == 999
 
 
+def test_long_number_lists_read_in_bulk_mean_what_yaml_says(tmp_path):
+    seeds = list(range(3000))
+    rates = [1e-3 * (i + 1) for i in range(1500)]
+    p = tmp_path / "c.yaml"
+    text = yaml.safe_dump(
+        {"data": {"kind": "overlap"}, "sweep": {"seed": seeds, "train.lr": rates}},
+        default_flow_style=None,
+    )
+    p.write_text(text)
+    cfg = load_config(p)
+    assert cfg.sweep["seed"] == seeds and cfg.sweep["train.lr"] == rates
+    assert [type(v) for v in cfg.sweep["seed"][:2]] == [int, int]
+    # a spelling only YAML knows (1_000, .5) takes the YAML path, with the same meaning
+    p.write_text(text.replace("2999]", "2999, 1_000_000]"))
+    assert load_config(p).sweep["seed"][-1] == 1_000_000
+
+
+def test_papercuts_name_workers_and_string_overrides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UserInputError, match="plain folder name"):
+        ib.run({**TINY, "name": "../../x"})
+    assert not (tmp_path.parent / "x").exists()
+    with pytest.raises(UserInputError, match="workers"):
+        ib.run(TINY, out=tmp_path / "w", workers=0)
+    with pytest.raises(UserInputError, match="swept"):  # one override, not its characters
+        load_config(TINY, "train.lr=0.5")
+
+
 def test_invalid_value_in_a_long_independent_list_is_named():
     cfg = {**TINY, "sweep": {"seed": [*range(100_000), -1]}}
     with pytest.raises(UserInputError, match="seed") as err:
