@@ -258,8 +258,12 @@ def check_writable_folder(out: Path) -> None:
         )
 
 
-def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> None:
+def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool, grow: bool = False) -> None:
     """Create ``out`` for ``cfg``, or check that it already belongs to ``cfg``.
+
+    With ``grow``, a folder of another config is taken over for ``cfg`` without
+    removing anything (:mod:`implicit_bias.grow` has checked that ``cfg`` only
+    adds values to its sweep, and rewrites its chunks).
 
     Raises:
         UserInputError: the folder is not ours (see :func:`check_writable_folder`),
@@ -274,7 +278,7 @@ def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> None:
         old_hash = folder_config_hash(out)
         if old_hash and not _marker(out) and not config_yaml_matches_hash(out):
             old_hash = None  # no marker, and config.yaml edited under its hash line
-        if old_hash != cfg.config_hash():
+        if old_hash != cfg.config_hash() and not grow:
             if not overwrite:
                 what = f"holds another config (hash {old_hash})"
                 if not old_hash:
@@ -286,7 +290,7 @@ def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool) -> None:
                     f"results folder {out} {what}; use --overwrite or another --out"
                 )
             _clear(out)
-        else:
+        elif not grow:
             # a folder whose chunks were signed the older way keeps that (its chunks
             # stay valid); new chunks are signed over every attribute all the same
             old = _marker(out)
@@ -687,7 +691,6 @@ def _coord_value(v: Any) -> Any:
 def chunk_to_dataset(res: ChunkResult, plan: ChunkPlan, group_attrs: dict[str, Any]) -> xr.Dataset:
     """Label a chunk's arrays: dims ``run``, ``iteration``, ``step``, weight and data dims."""
     runs = res.runs
-    R = len(runs)
     steps = res.per_iteration["loss"].shape[1] - 1
     coords: dict[str, Any] = {
         "run": ("run", np.array([r.index for r in runs], dtype=np.int64)),
@@ -710,7 +713,7 @@ def chunk_to_dataset(res: ChunkResult, plan: ChunkPlan, group_attrs: dict[str, A
         elif name.startswith("density_"):
             extra = ("density_node",)
         data_vars[name] = (("run", "step", *extra), arr)
-    from .metrics import data_geometry, geometry_per_run
+    from .metrics import geometry_per_run
 
     # data geometry belongs to the data, not the training: computed here (once per
     # data set, cached) rather than inside the trainer
@@ -730,6 +733,19 @@ def chunk_to_dataset(res: ChunkResult, plan: ChunkPlan, group_attrs: dict[str, A
         data_vars[name] = (("run", f"{layer}_out", f"{layer}_in"), arr)
     for name, arr in res.fixed.items():
         data_vars[name] = ((f"{name}_out", f"{name}_in"), arr)
+    ds = xr.Dataset(data_vars=data_vars, coords=coords)
+    return with_chunk_data(ds, runs, plan, group_attrs)
+
+
+def with_chunk_data(
+    ds: xr.Dataset, runs: list[Any], plan: ChunkPlan, group_attrs: dict[str, Any]
+) -> xr.Dataset:
+    """``ds`` with the data of its ``runs`` (shared, or with a run dim where the runs'
+    data differ) and the chunk's attributes (group config, data fingerprint and geometry)."""
+    from .metrics import data_geometry
+
+    R = len(runs)
+    data_vars: dict[str, Any] = {}
     # data: shared by the chunk's runs unless they differ (then with a run dim)
     fps = [r.data.fingerprint() for r in runs]
     shared = len(set(fps)) == 1
@@ -743,7 +759,7 @@ def chunk_to_dataset(res: ChunkResult, plan: ChunkPlan, group_attrs: dict[str, A
             data_vars[name] = (dims, getattr(runs[0].data, name))
         else:
             data_vars[name] = (("run", *dims), np.stack([getattr(r.data, name) for r in runs]))
-    ds = xr.Dataset(data_vars=data_vars, coords=coords)
+    ds = ds.assign(data_vars)
     ds.attrs = {
         "group": plan.group,
         "chunk": plan.chunk,

@@ -646,6 +646,16 @@ def _run_in_folder(
     from .store import open_results
 
     with folder_lock(out):  # one writer per folder; refuses folders that are not ours
+        if not overwrite and _grows(out, cfg):
+            from .grow import folder_config, grow_folder, value_positions
+
+            old = folder_config(out)
+            assert old is not None
+            positions = value_positions(old, cfg)
+            assert positions is not None
+            if echo is not None:
+                echo(f"{plan.summary()}; growing the sweep of {out}: only new runs are trained")
+            grow_folder(plan, out, old, positions)
         prepare_folder(out, cfg, overwrite)
         plan = settle_chunking(plan, out)  # the chunking the folder was started with
         chunks = plan.chunks
@@ -739,6 +749,19 @@ def _finished(out: Path, cfg: ExperimentConfig, chunks: _Chunks) -> bool:
         return False
     have = done_chunks(out)
     return all(ChunkPlan(g, c, ()).filename in have for g, c in chunks.ids())
+
+
+def _grows(out: Path, cfg: ExperimentConfig) -> bool:
+    """Whether ``out`` is a folder of another config whose sweep ``cfg`` extends."""
+    from .grow import folder_config, value_positions
+    from .store import is_results_folder
+
+    if not out.is_dir() or not is_results_folder(out):
+        return False
+    if folder_config_hash(out) in (None, cfg.config_hash()):
+        return False
+    old = folder_config(out)
+    return old is not None and value_positions(old, cfg) is not None
 
 
 def _complete(tree: Any, n_runs: int) -> bool:
