@@ -39,6 +39,7 @@ import json
 import os
 import re
 import socket
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -802,7 +803,8 @@ def write_chunk(out: Path, plan: ChunkPlan, ds: xr.Dataset) -> Path:
     # encoded in memory, then written by plain file I/O: a full disk is then an
     # ordinary OSError, with no half-written HDF5 file left open in the library
     # (whose clean-up at exit crashed the process)
-    blob = ds.to_netcdf(None, engine="h5netcdf", encoding=enc, invalid_netcdf=True)
+    with _local_scheduler():
+        blob = ds.to_netcdf(None, engine="h5netcdf", encoding=enc, invalid_netcdf=True)
     delay = os.environ.get(_WRITE_DELAY_ENV)
 
     def pause(_tmp: Path) -> None:
@@ -813,6 +815,17 @@ def write_chunk(out: Path, plan: ChunkPlan, ds: xr.Dataset) -> Path:
 
     atomic_write_bytes(final, blob, sync=True, before_rename=pause)
     return final
+
+
+def _local_scheduler() -> contextlib.AbstractContextManager[Any]:
+    """On a Dask worker, xarray would guard an in-memory write with a cluster-wide
+    lock named after the buffer (unknown to the scheduler: the write fails); the
+    buffer is this process's alone, so a local lock is right."""
+    if "dask" not in sys.modules:
+        return contextlib.nullcontext()
+    import dask
+
+    return dask.config.set(scheduler="synchronous")
 
 
 # ----------------------------------------------------------------- reading
