@@ -314,6 +314,21 @@ def test_chunk_with_only_group_and_chunk_attributes_is_refused_then_redone(folde
     _assert_equal_runs(ib.run(TINY, out=folder), clean[1])
 
 
+def test_small_chunk_declaring_gigabytes_is_refused_unread(folder):
+    import h5netcdf
+
+    path = folder / "chunks" / "g000-c00001.nc"
+    path.unlink()
+    with h5netcdf.File(path, "w") as f:  # 8 KB on disk, 3.2 GB declared
+        f.dimensions = {"run": 1, "a": 20000, "b": 20000}
+        f.create_variable("run", ("run",), dtype="i8")[:] = [1]
+        f.create_variable("x", ("run", "a", "b"), dtype="f8", compression="gzip")
+        f.attrs["group"], f.attrs["chunk"] = 0, 1
+    with pytest.raises(UserInputError, match="declares") as err:
+        open_results(folder)
+    _one_line(err.value)
+
+
 # ---------------------------------------------- 11, 12. YAML bombs and nesting
 @pytest.mark.parametrize("levels", [7, 9])
 def test_yaml_alias_bomb_is_refused_in_one_short_line(tmp_path, levels):
