@@ -953,8 +953,16 @@ def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, workers, client, pro
         cluster = gpu_cluster(workers)
         client = Client(cluster)
     else:
+        import logging
+
+        # a failed chunk is reported once, in one line, at the end: not also as the
+        # workers' "Compute Failed" warning blocks with their tracebacks
         cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
         )
         client = Client(cluster)
     failed: list[str] = []
