@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import xarray as xr
 
 import implicit_bias as ib
 from implicit_bias import engine
@@ -24,7 +25,7 @@ GROWN = {**BASE, "sweep": {"train.lr": [0.1, 0.2, 0.3], "seed": [0, 1]}}
 
 
 def _by_run(tree) -> dict[str, np.ndarray]:
-    ds = tree["group_000"].to_dataset()
+    ds = tree if isinstance(tree, xr.Dataset) else tree["group_000"].to_dataset()
     return {str(k): np.asarray(ds[k].values) for k in ds.data_vars if "run" in ds[k].dims}
 
 
@@ -61,3 +62,24 @@ def test_growth_with_another_change_is_still_refused(tmp_path):
     shrunk = {**BASE, "sweep": {"train.lr": [0.1], "seed": [0]}}
     with pytest.raises(UserInputError, match="another config"):
         ib.run(shrunk, out=out)
+
+
+@pytest.mark.slow
+def test_growth_of_a_shape_key_regroups_and_equals_a_fresh_run(tmp_path):
+    first = {**BASE, "store": {"chunk_runs": 1}, "sweep": {"model.width": [16], "train.lr": [0.1]}}
+    grown = {**first, "sweep": {"model.width": [8, 16], "train.lr": [0.1, 0.3]}}
+    out = tmp_path / "out"
+    ib.run(first, out=out)
+    tree = ib.run(grown, out=out)
+    fresh = ib.run(grown, out=tmp_path / "fresh")
+    assert sorted(tree.children) == sorted(fresh.children) == ["group_000", "group_001"]
+    for g in tree.children:
+        a, b = _by_run(tree[g].to_dataset()), _by_run(fresh[g].to_dataset())
+        for k, v in b.items():
+            if v.dtype.kind == "f":
+                np.testing.assert_allclose(a[k], v, rtol=1e-12, atol=1e-12, err_msg=k)
+            else:
+                np.testing.assert_array_equal(a[k], v, err_msg=k)
+    assert sorted(p.name for p in (out / "chunks").glob("*.nc")) == sorted(
+        p.name for p in (tmp_path / "fresh" / "chunks").glob("*.nc")
+    )

@@ -82,7 +82,15 @@ def grow_folder(
     import xarray as xr
 
     from .engine import Trainer
-    from .store import CHUNKING_FILE, open_results, prepare_folder, with_chunk_data, write_chunk
+    from .store import (
+        CHUNK_DIR,
+        CHUNKING_FILE,
+        done_chunks,
+        open_results,
+        prepare_folder,
+        with_chunk_data,
+        write_chunk,
+    )
     from .sweep import _save_data, settle_chunking
 
     out = Path(out)
@@ -127,4 +135,9 @@ def grow_folder(
         ).sortby("run")
         runs = [plan.runs[i] for i in chunk.runs]
         write_chunk(out, chunk, with_chunk_data(merged, runs, chunk, plan.groups[chunk.group]))
+    # old chunks the new plan does not name (fewer, larger chunks): their runs are in
+    # the new chunks now; removed by name, as the run would remove them as foreign
+    keep = {c.filename for c in plan.chunks}
+    for name in done_chunks(out) - keep:
+        (out / CHUNK_DIR / name).unlink(missing_ok=True)
     return trained
