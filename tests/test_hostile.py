@@ -134,10 +134,9 @@ def test_overlapping_sweep_axis_from_set_is_refused():
     "record",
     [
         "100",
-        "garbage{",
         *(
             pytest.param(r, marks=pytest.mark.slow)
-            for r in ("-1", "{}", '{"chunk_runs": {"0": "x"}}')
+            for r in ("garbage{", "-1", "{}", '{"chunk_runs": {"0": "x"}}')
         ),
     ],
 )
@@ -302,7 +301,8 @@ def test_chunk_that_is_a_link_is_not_read(folder, clean, tmp_path):
 
 
 # ------------------------------------------------ 10. a chunk without its runs
-def test_chunk_with_only_group_and_chunk_attributes_is_refused_then_redone(folder, clean):
+@pytest.mark.parametrize("repair", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_chunk_with_only_group_and_chunk_attributes_is_refused_then_redone(folder, clean, repair):
     path = folder / "chunks" / "g000-c00001.nc"
     path.unlink()
     with h5py.File(path, "w") as h:
@@ -311,7 +311,8 @@ def test_chunk_with_only_group_and_chunk_attributes_is_refused_then_redone(folde
     with pytest.raises(UserInputError, match=r"g000-c00001\.nc") as err:
         open_results(folder)
     _one_line(err.value)
-    _assert_equal_runs(ib.run(TINY, out=folder), clean[1])
+    if repair:  # the run redoes it (on main: a KeyError traceback)
+        _assert_equal_runs(ib.run(TINY, out=folder), clean[1])
 
 
 def test_small_chunk_declaring_gigabytes_is_refused_unread(folder):
