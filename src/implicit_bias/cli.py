@@ -76,12 +76,21 @@ def _main(
 
 
 def _fail(msg: str) -> None:
-    typer.echo(f"error: {msg}", err=True)
+    from ._errors import one_line
+
+    typer.echo(f"error: {_printable(one_line(msg))}", err=True)
     raise typer.Exit(2)
 
 
+def _printable(text: str) -> str:
+    """``text`` with undecodable file-name bytes shown as U+FFFD (never an encoding error)."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
-    typer.echo(f"warning: {' '.join(str(message).split())}", err=True)
+    from ._errors import one_line
+
+    typer.echo(f"warning: {_printable(one_line(message))}", err=True)
 
 
 def _guard(fn):
@@ -109,8 +118,17 @@ def _guard(fn):
         _fail(str(err))
     except FileNotFoundError as err:
         _fail(f"file not found: {err.filename or err}")
+    except OSError as err:  # a full disk, a read-only folder, another user's file
+        from ._errors import disk_full, is_disk_full
+
+        if is_disk_full(err):
+            _fail(str(disk_full(err, err.filename or "the results folder")))
+        where = f": {err.filename}" if err.filename else ""
+        _fail(f"{err.strerror or type(err).__name__}{where}")
+    except RecursionError:
+        _fail("input nested too deep (a config or value with hundreds of levels)")
     except ChunksFailed as err:
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(f"error: {_printable(str(err))}", err=True)
         raise typer.Exit(1) from None
     except KeyboardInterrupt:
         typer.echo(
@@ -169,8 +187,8 @@ def run(
             progress=not quiet,
             echo=typer.echo,
         )
-        typer.echo(summary_table(tree))
-        typer.echo(f"results: {tree.attrs.get('path', out)}")
+        typer.echo(_printable(summary_table(tree)))
+        typer.echo(_printable(f"results: {tree.attrs.get('path', out)}"))
 
     _guard(go)
 
@@ -194,9 +212,10 @@ def validate(
 
     def go():
         from .config import load_config
+
+        cfg = load_config(config, set_ or [])  # before torch is imported: a refusal is quick
         from .sweep import make_plan
 
-        cfg = load_config(config, set_ or [])
         plan = make_plan(cfg, config.resolve().parent)
         typer.echo(
             f"ok: {cfg.name}: {len(plan.runs)} runs in {len(plan.groups)} group(s), "
@@ -297,7 +316,7 @@ def report(
 
         paths = write_report(results, x=x, y=y, facet=facet)
         for p in paths:
-            typer.echo(str(p))
+            typer.echo(_printable(str(p)))
 
     _guard(go)
 
@@ -424,6 +443,12 @@ def info() -> None:
 
 
 def main() -> None:
+    import signal
+
+    # past a file-size limit (ulimit -f) a write then fails with EFBIG, reported in
+    # one line, instead of the signal killing the process mid-write
+    if hasattr(signal, "SIGXFSZ"):
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     app()
 
 

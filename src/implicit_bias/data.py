@@ -65,7 +65,6 @@ import csv
 import hashlib
 import io
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -529,7 +528,7 @@ def _read_npz(p: Path) -> dict[str, np.ndarray]:
 def _read_csv(p: Path, label_column: str | int | None) -> tuple[np.ndarray, np.ndarray]:
     where = f"data.path: {p}"
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8-sig")  # Excel writes a byte-order mark
     except (OSError, UnicodeDecodeError) as err:
         raise UserInputError(f"{where}: cannot read as text ({type(err).__name__})") from None
     rows = [
@@ -546,8 +545,9 @@ def _read_csv(p: Path, label_column: str | int | None) -> tuple[np.ndarray, np.n
 
     header: list[str] | None = None
     first = rows[0][1]
-    # A first row with a non-empty, non-numeric cell is a header.
-    if any(c.strip() and numbers([c]) is None for c in first):
+    # A first row with no number in it is a header (a row with a number and an ``NA``
+    # or ``0x10`` is a data row with a bad cell, reported below, not a header)
+    if all(numbers([c]) is None for c in first):
         header = [c.strip() for c in rows[0][1]]
         rows = rows[1:]
     if not rows:
@@ -697,24 +697,46 @@ def make_dataset(cfg: DataConfig, base_dir: Path | None = None) -> Dataset:
         raise UserInputError(f"data.kind: unknown kind '{cfg.kind}'")
     X, y, Xt, yt = _checked(X, y, Xt, yt, source)
     X, Xt = _normalize(X, Xt, cfg.normalize)
+    _check_magnitude(X, Xt, source)
     desc |= params
     desc |= {"n_train": len(y), "n_test": len(yt), "d": int(X.shape[1])}
     return Dataset(X, y, Xt, yt, json.loads(json.dumps(desc)))
+
+
+#: largest |x| a data set may hold (after ``data.normalize``): beyond it the products
+#: of training and the Gram/SVM diagnostics overflow (float32 ends at 3.4e38)
+MAX_ABS_VALUE = 1e30
+
+
+def _check_magnitude(X: np.ndarray, Xt: np.ndarray, source: str) -> None:
+    """Refuse finite but huge inputs, which no run could train on.
+
+    Raises:
+        UserInputError: naming the data source and the largest value.
+    """
+    big = max((float(np.max(np.abs(a))) for a in (X, Xt) if a.size), default=0.0)
+    if big > MAX_ABS_VALUE:
+        raise UserInputError(
+            f"{source}: inputs as large as {big:.3g} (at most {MAX_ABS_VALUE:.0e} is usable: "
+            "training and the data diagnostics would overflow); rescale the data or set "
+            "data.normalize: standardize"
+        )
 
 
 # ---------------------------------------------------------------- save/load
 def save_dataset(ds: Dataset, path: Path) -> None:
     """Write ``ds`` to ``path`` as .npz (the four arrays and ``description`` as JSON).
 
-    Written to ``<path>.tmp`` first and renamed, so a reader never sees half a file.
+    Written to a unique temporary file beside it first and renamed, so a reader
+    never sees half a file and a link planted at ``path`` is replaced, not followed.
     """
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
+    from ._atomic import atomic_write_bytes
+
     arrays: dict[str, Any] = {k: np.asarray(getattr(ds, k), dtype=np.float64) for k in _ARRAY_KEYS}
     arrays["description"] = np.array(json.dumps(ds.description))
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    atomic_write_bytes(Path(path), buf.getvalue())
 
 
 def load_dataset(path: Path) -> Dataset:

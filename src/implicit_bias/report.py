@@ -15,7 +15,9 @@ rate, λ₀ the run's sharpness at initialisation), so 1 is the critical rate
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -84,6 +86,9 @@ def summary_table(tree) -> str:
     did not diverge (``nan`` when all did).
     """
     lines = []
+    note = missing_runs_note(tree)
+    if note:
+        lines.append(f"note: {note}")
     for view in group_views(tree):
         ph = view.phases()
         tally = ", ".join(f"{int((ph == p).sum())} {p}" for p in PHASES)
@@ -130,13 +135,35 @@ def _csv_cell(v: Any) -> str:
     return str(v)
 
 
+def csv_text(header: list[str], rows: list[list[Any]]) -> str:
+    """The rows as CSV text (see :func:`_csv_cell` for the numbers)."""
+    import io
+
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(header)
+    for r in rows:
+        w.writerow([_csv_cell(v) for v in r])
+    return buf.getvalue()
+
+
 def write_csv(path: Path, header: list[str], rows: list[list[Any]]) -> Path:
-    with open(path, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        for r in rows:
-            w.writerow([_csv_cell(v) for v in r])
-    return path
+    """Write the rows to ``path`` whole or not at all (a link there is replaced, not followed)."""
+    from .store import atomic_write_bytes
+
+    atomic_write_bytes(Path(path), csv_text(header, rows).encode("utf-8", "surrogateescape"))
+    return Path(path)
+
+
+def missing_runs_note(tree) -> str | None:
+    """A sentence naming the planned runs a partial folder lacks (None when complete or unknown)."""
+    planned, have = tree.attrs.get("n_runs_planned"), tree.attrs.get("n_runs")
+    if planned is None or have is None or int(have) >= int(planned):
+        return None
+    return (
+        f"{int(planned) - int(have)} of the {int(planned)} planned runs are missing (the run "
+        "was interrupted, failed, or is still going): run the same command again to finish it"
+    )
 
 
 def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
@@ -164,6 +191,9 @@ def summary_markdown(
     if path is not None:
         out.append(f"Results folder: `{path}`  ")
     out += [f"{n} runs in {len(views)} group(s); {units}.", ""]
+    note = missing_runs_note(tree)
+    if note:
+        out += [f"**Incomplete:** {note}.", ""]
     if not views:
         out += ["No finished chunks yet: run the same command again to finish the sweep.", ""]
     out += ["## Phase counts", ""]
@@ -226,23 +256,76 @@ def write_report(
         from ._errors import UserInputError
 
         raise UserInputError(f"not a results folder (no config.yaml): {path}")
-    from . import plots, plots_runs
-    from .store import open_results
+    from . import plots_runs
+    from .store import check_no_links, open_results
 
+    check_no_links(path)
     if tree is None:
         tree = open_results(path)
     table = runs_table(tree)
+    # a bad --x/--y/--facet is refused before anything is written
     axes = plots_runs.choose_axes(table, x, y, facet, critical=_critical_units(tree))
+    try:
+        return _write_report_files(tree, path, table, axes)
+    except OSError as err:
+        from ._errors import UserInputError, disk_full, is_disk_full
+
+        if is_disk_full(err):
+            raise disk_full(err, path / "report") from None
+        raise UserInputError(
+            f"cannot write the report in {path / 'report'}: "
+            f"{err.strerror or type(err).__name__} ({err.filename or path})"
+        ) from None
+
+
+def _write_report_files(tree, path: Path, table, axes) -> list[Path]:
+    """Write the report: figures drawn into a temporary folder inside ``report/`` and
+    moved into place, tables written whole (``os.replace``: a link planted at a
+    report file's name is replaced, never written through), then the manifest of
+    the files written (what ``--overwrite`` may remove)."""
+    import shutil
+
+    from . import plots, plots_runs
+    from ._atomic import tmp_tag
+    from ._errors import UserInputError
+    from .store import REPORT_MANIFEST, _atomic_write_text, report_manifest
+
     out = path / "report"
-    out.mkdir(parents=True, exist_ok=True)
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise UserInputError(
+            f"{out} is not a folder (a file or a link); move it away to write the report"
+        )
+    out.mkdir(exist_ok=True)
+    old = report_manifest(out)
     views = group_views(tree)
-    with warnings.catch_warnings():
-        # the figures are best-effort; numerical noise must not fail a report
-        warnings.simplefilter("ignore", RuntimeWarning)
-        figures = plots.write_all(tree, out, views=views, names=PER_GROUP_FIGURES)
-        figures += plots_runs.write_all(table, axes, out, _root_config(tree).get("name", "results"))
+    scratch = out / f".figures.{tmp_tag()}.tmp"
+    scratch.mkdir()
+    try:
+        with warnings.catch_warnings():
+            # the figures are best-effort; numerical noise must not fail a report
+            warnings.simplefilter("ignore", RuntimeWarning)
+            drawn = plots.write_all(tree, scratch, views=views, names=PER_GROUP_FIGURES)
+            drawn += plots_runs.write_all(
+                table, axes, scratch, _root_config(tree).get("name", "results")
+            )
+        figures = []
+        for f in drawn:
+            final = out / f.name
+            if final.is_dir() and not final.is_symlink():
+                raise UserInputError(f"{final} is a folder; move it away to write the report")
+            os.replace(f, final)
+            figures.append(final)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     header, rows = run_table(table)
     csv_path = write_csv(out / "summary.csv", header, rows)
     md_path = out / "summary.md"
-    md_path.write_text(summary_markdown(tree, views, figures, path, table))
-    return [*figures, md_path, csv_path]
+    _atomic_write_text(md_path, summary_markdown(tree, views, figures, path, table))
+    written = [*figures, md_path, csv_path]
+    names = [p.name for p in written]
+    for name in old:  # figures of an earlier report that this one does not draw
+        stale = out / name
+        if name not in names and (stale.is_symlink() or stale.is_file()):
+            stale.unlink()
+    _atomic_write_text(out / REPORT_MANIFEST, json.dumps(names, indent=1) + "\n")
+    return written

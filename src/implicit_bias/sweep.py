@@ -20,20 +20,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ._errors import ChunksFailed, UserInputError
+from ._errors import ChunksFailed, UserInputError, disk_full, is_disk_full
 from .config import ExperimentConfig, SweepSpace, load_config
 from .data import Dataset, make_dataset, save_dataset
 from .engine import RunSpec, Trainer
 from .store import (
+    CHUNKING_FILE,  # noqa: F401 - re-exported: where a folder records its chunking
     ChunkPlan,
+    chunk_run_count,
     chunk_to_dataset,
     done_chunks,
     folder_config_hash,
     folder_lock,
     prepare_folder,
+    read_chunking,
     remove_stale_tmp,
     verified_chunks,
     write_chunk,
+    write_chunking,
 )
 
 #: Dask re-runs a chunk this many times when it fails (a lost worker, a crash).
@@ -69,8 +73,6 @@ MAX_CHUNK_RUNS = 512
 CUDA_MEMORY_FRACTION = 0.7
 #: share of the available RAM (CPU) a chunk may plan for
 RAM_FRACTION = 0.5
-#: where a results folder records the chunk sizes it was started with
-CHUNKING_FILE = "chunking.json"
 
 
 @dataclass
@@ -508,25 +510,36 @@ def settle_chunking(plan: Plan, out: Path, write: bool = True) -> Plan:
     Automatic chunk sizes depend on the device and its free memory; a folder
     resumed elsewhere (another GPU, the CPU, another budget) must keep the
     chunks it has, so the sizes per group are written to ``chunking.json`` the
-    first time and reused afterwards (``write=False`` only reads). A folder from
-    before that file has its sizes read off its first chunk of each group.
+    first time and reused afterwards (``write=False`` only reads). The chunks
+    present win over the record: where chunk 0 of a group holds another number
+    of runs than ``chunking.json`` says (an edited or damaged record), chunk 0
+    is verified and, if sound, its size is kept and the record rewritten. A
+    folder from before that file has its sizes read off its first chunk of each group.
     """
-    path = Path(out) / CHUNKING_FILE
+    out = Path(out)
     planned = _group_sizes(plan)
-    recorded: dict[int, int] = {}
-    if path.exists():
-        raw = json.loads(path.read_text())
-        recorded = {int(g): int(k) for g, k in raw["chunk_runs"].items()}
-    elif Path(out).is_dir():
-        recorded = _sizes_from_chunks(Path(out), planned)
+    chunks = plan.chunks
+    assert isinstance(chunks, _Chunks)
+    group_runs = dict(enumerate(chunks.group_runs))
+    rec = read_chunking(out) if out.is_dir() else None
+    recorded: dict[int, int] = dict(rec["chunk_runs"]) if rec else {}
+    if out.is_dir():
+        mine = folder_config_hash(out)
+        for g in planned:
+            n = group_runs[g]
+            first = chunk_run_count(out, g)
+            if first is None:
+                continue
+            want = recorded.get(g)
+            if want is not None and min(want, n) == first:
+                continue  # the record and the chunks agree
+            if chunk_run_count(out, g, verify_hash=mine or "") == first:
+                recorded[g] = first  # a sound chunk 0: its size is the folder's
     sizes = {g: recorded.get(g, k) for g, k in planned.items()}
     if sizes != planned:
         plan = _recut(plan, sizes)
-    if write and (not path.exists() or recorded != sizes):
-        text = json.dumps({"chunk_runs": {str(g): k for g, k in sizes.items()}}, indent=1)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
+    if write and (rec is None or rec["chunk_runs"] != sizes or rec["group_runs"] != group_runs):
+        write_chunking(out, sizes, group_runs)
     return plan
 
 
@@ -534,21 +547,6 @@ def _group_sizes(plan: Plan) -> dict[int, int]:
     chunks = plan.chunks
     assert isinstance(chunks, _Chunks)
     return dict(enumerate(chunks.sizes))
-
-
-def _sizes_from_chunks(out: Path, planned: dict[int, int]) -> dict[int, int]:
-    """Run counts of the chunks ``g<group>-c00000.nc`` already in ``out``."""
-    import h5py
-
-    found: dict[int, int] = {}
-    for g in planned:
-        f = out / "chunks" / ChunkPlan(group=g, chunk=0, runs=()).filename
-        try:
-            with h5py.File(f, "r") as h:
-                found[g] = int(h["run"].shape[0])
-        except (OSError, KeyError):  # absent or damaged: verification will redo it
-            pass
-    return found
 
 
 def _recut(plan: Plan, sizes: dict[int, int]) -> Plan:
@@ -604,6 +602,12 @@ def run_sweep(
     """
     from .store import open_results
 
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)):
+        raise UserInputError(f"workers must be a whole number >= 1 (got {workers!r})")
+    if workers is not None and workers < 1:
+        raise UserInputError(f"workers must be >= 1 (got {workers})")
+    if isinstance(overrides, str):  # one "key=value", not its characters
+        overrides = [overrides]
     if device is not None:
         overrides = _with(overrides, "train.device", device)
     cfg = load_config(config, overrides)
@@ -615,6 +619,13 @@ def run_sweep(
         resolve_device("cuda")
     if scheduler is not None:
         check_scheduler_address(scheduler)
+    if out is None and (
+        not cfg.name.strip() or cfg.name in (".", "..") or any(c in cfg.name for c in "/\\\0")
+    ):
+        raise UserInputError(
+            f"name {cfg.name!r} is not a plain folder name, and the default results folder "
+            "is results/<name>: choose a name without / or .., or give --out"
+        )
     out = Path(out) if out is not None else Path("results") / cfg.name
     done = settle_chunking(plan, out, write=False).chunks  # as the folder was cut
     assert isinstance(done, _Chunks)
@@ -622,7 +633,9 @@ def run_sweep(
         # nothing left to do: read, never rewrite (the folder may be read-only); a
         # damaged chunk found on reading falls through to the repair below
         try:
-            return open_results(out)
+            tree = open_results(out)
+            if _complete(tree, len(plan.runs)):
+                return tree
         except UserInputError:
             pass
     check_out_folder(out)
@@ -649,6 +662,16 @@ def _run_in_folder(
     from .store import open_results
 
     with folder_lock(out):  # one writer per folder; refuses folders that are not ours
+        if not overwrite and _grows(out, cfg):
+            from .grow import folder_config, grow_folder, value_positions
+
+            old = folder_config(out)
+            assert old is not None
+            positions = value_positions(old, cfg)
+            assert positions is not None
+            if echo is not None:
+                echo(f"{plan.summary()}; growing the sweep of {out}: only new runs are trained")
+            grow_folder(plan, out, old, positions)
         prepare_folder(out, cfg, overwrite)
         plan = settle_chunking(plan, out)  # the chunking the folder was started with
         chunks = plan.chunks
@@ -692,7 +715,12 @@ def _run_local(plan: Plan, todo_ids: list[tuple[int, int]], out: Path, progress)
         for g, k in todo_ids:
             chunk = chunks.get(g, k)  # only the chunk being executed is built
             runs = [plan.runs[i] for i in chunk.runs]
-            _save_data(out, runs)
+            try:
+                _save_data(out, runs)
+            except OSError as err:
+                if is_disk_full(err):
+                    raise disk_full(err, out) from None
+                raise
             R = len(runs)
             try:
                 train_chunk(
@@ -701,6 +729,8 @@ def _run_local(plan: Plan, todo_ids: list[tuple[int, int]], out: Path, progress)
             except UserInputError:
                 raise
             except Exception as err:  # reported per chunk; the other chunks go on
+                if is_disk_full(err):  # the next chunk would fail the same way
+                    raise disk_full(err, out) from None
                 failed.append(_failure(chunk, err))
                 first = first or err
     if failed:
@@ -721,10 +751,11 @@ def _chunks_failed(failed: list[str], n: int, out: Path) -> ChunksFailed:
 
 
 def _save_data(out: Path, runs: Iterable[RunSpec]) -> None:
-    """Write each data set of ``runs`` once (named by content: a resumed run has it)."""
+    """Write each data set of ``runs`` once (named by content: a resumed run has it;
+    a link or other entry planted under that name is replaced, never written through)."""
     for ds in {id(r.data): r.data for r in runs}.values():
         path = out / "data" / f"{ds.fingerprint()}.npz"
-        if not path.exists():
+        if path.is_symlink() or not path.is_file():
             save_dataset(ds, path)
 
 
@@ -734,6 +765,25 @@ def _finished(out: Path, cfg: ExperimentConfig, chunks: _Chunks) -> bool:
         return False
     have = done_chunks(out)
     return all(ChunkPlan(g, c, ()).filename in have for g, c in chunks.ids())
+
+
+def _grows(out: Path, cfg: ExperimentConfig) -> bool:
+    """Whether ``out`` is a folder of another config whose sweep ``cfg`` extends."""
+    from .grow import folder_config, value_positions
+    from .store import is_results_folder
+
+    if not out.is_dir() or not is_results_folder(out):
+        return False
+    if folder_config_hash(out) in (None, cfg.config_hash()):
+        return False
+    old = folder_config(out)
+    return old is not None and value_positions(old, cfg) is not None
+
+
+def _complete(tree: Any, n_runs: int) -> bool:
+    """Whether an opened results tree holds ``n_runs`` runs (every planned run)."""
+    got = sum(int(node.ds.sizes.get("run", 0)) for node in tree.children.values())
+    return got == n_runs
 
 
 def check_out_folder(out: Path) -> None:
@@ -919,8 +969,16 @@ def _run_dask(plan: Plan, todo: list[ChunkPlan], out: Path, workers, client, pro
         cluster = gpu_cluster(workers)
         client = Client(cluster)
     else:
+        import logging
+
+        # a failed chunk is reported once, in one line, at the end: not also as the
+        # workers' "Compute Failed" warning blocks with their tracebacks
         cluster = LocalCluster(
-            n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.ERROR,
         )
         client = Client(cluster)
     failed: list[str] = []
