@@ -211,7 +211,7 @@ def test_summary_table_counts_phases(sweep_dir):
     assert text.splitlines()[1].split()[4 : 4 + len(PHASES)] == list(PHASES)
     body = [ln.split() for ln in text.splitlines()[2:]]
     assert len(body) == 4  # 2 rates × 2 init scales
-    assert sum(int(c) for r in body for c in r[2:7]) == 8
+    assert sum(int(c) for r in body for c in r[2 : 2 + len(PHASES)]) == 8
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:

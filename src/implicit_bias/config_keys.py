@@ -90,6 +90,16 @@ DESCRIPTIONS: dict[str, str] = {
     "train.batch_size": "Minibatch size of SGD; null is full-batch gradient descent.",
     "train.dtype": "Floating point precision of training: 'float32' or 'float64'.",
     "train.device": "'cpu' or 'cuda'.",
+    "train.optimizer": "Update rule, in PyTorch's conventions: 'gd', 'momentum' (heavy "
+    "ball v ← βv + g, w ← w − eta·v), 'nesterov', 'rmsprop' or 'adam'.",
+    "train.momentum": "β of 'momentum' and 'nesterov' (default 0.9); stability threshold "
+    "(2+2β)/eta, Nesterov (2+2β)/((1+2β)eta).",
+    "train.beta1": "Adam's first-moment decay β1 (default 0.9); Adam's threshold on the "
+    "preconditioned sharpness is (2+2β1)/((1−β1)eta).",
+    "train.beta2": "Second-moment decay of 'adam' (default 0.999) and 'rmsprop' (PyTorch's "
+    "alpha, default 0.99).",
+    "train.eps": "ε added to the square root of the second moment (adam, rmsprop; default 1e-8).",
+    "train.bias_correction": "Adam's bias corrections of both moments (default true).",
     "train.matmul_precision": "float32 matrix products of the training steps: 'highest', "
     "or 'high' (TF32 on CUDA; curvature stays in full precision).",
     "metrics": "What is measured, and when: eval steps and optional measurements.",
@@ -118,16 +128,24 @@ DESCRIPTIONS: dict[str, str] = {
     "metrics.trace.density": "Also the spectral density (stochastic Lanczos quadrature).",
     "metrics.trace.iters": "Lanczos iterations of the spectral density.",
     "metrics.phase": "Thresholds of the rule that labels each run's phase.",
-    "metrics.phase.catapult_rise": "A loss spike is a rise above its running minimum by "
-    "more than this × the initial loss.",
+    "metrics.phase.catapult_rise": "A catapult needs the loss to rise above (1 + this) × the "
+    "initial loss before the curvature first falls below the stability threshold.",
     "metrics.phase.diverge_factor": "A loss above this × the initial loss (or not finite) "
     "is divergence.",
-    "metrics.phase.eos_tolerance": "Sharpness counts as 'at 2/eta' within this relative "
-    "tolerance (edge of stability).",
-    "metrics.phase.eos_rise": "Edge of stability needs a loss rise of more than this × the "
-    "initial loss while the sharpness is at 2/eta.",
-    "metrics.phase.dead_acc_margin": "A final training accuracy within this of the majority "
-    "class fraction is chance level.",
+    "metrics.phase.eos_tolerance": "The curvature ratio lambda·eta/c (c = 2 for GD) is 'at "
+    "the threshold' within this; a run ending above 1 + this is not_converged.",
+    "metrics.phase.eos_rise": "Edge of stability needs the loss to rise above its running "
+    "minimum by more than this × the initial loss while the curvature hovers.",
+    "metrics.phase.eos_hover": "Edge of stability needs the curvature at the threshold at "
+    "this many consecutive eval steps.",
+    "metrics.phase.converged_margin": "Converged needs a final loss ≤ (1 − this) × the "
+    "initial loss.",
+    "metrics.phase.oscillation_tol": "Converged needs the loss over the last 10 % of steps "
+    "to rise above its running minimum there by at most this × the initial loss.",
+    "metrics.phase.lazy_low": "Lazy needs the curvature at every eval step ≥ this × its "
+    "initial value (below: sharpness_reduction).",
+    "metrics.phase.lazy_high": "Lazy needs the curvature at every eval step ≤ this × its "
+    "initial value (above, without hovering: progressive_sharpening).",
     "metrics.phase.dead_spread": "Outputs whose spread over the training points is below "
     "this × rms(y) are constant (a dead net).",
     "store": "What the results folder keeps.",
