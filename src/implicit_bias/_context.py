@@ -34,6 +34,7 @@ class Chunk(Protocol):
     loss_kind: LossName
     R: int
     n: int
+    n_params: int  # trained parameters of one run
     dtype: torch.dtype
     device: torch.device
     cfg: ExperimentConfig  # the chunk's (group's) config
@@ -48,6 +49,10 @@ class Chunk(Protocol):
     ) -> Callable[[Tensor], Tensor]: ...
 
     def start_vectors(self) -> Tensor: ...
+
+    def jacobian_gram(self, params: Params) -> tuple[Tensor, Tensor, Tensor]:
+        """NTK Gram J Jᵀ ``(R, n, n)`` on the training inputs, J θ and f ``(R, n)``."""
+        ...
 
     def outputs(self, params: Params, X: Tensor, x_dim: int | None) -> Tensor: ...
 

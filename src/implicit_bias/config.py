@@ -97,6 +97,8 @@ class ModelConfig(_Strict):
     parametrization: Literal["ntk", "standard", "direct"] = "ntk"
     last_layer: Literal["trained", "fixed_sign"] = "trained"
     init_scale: PositiveFloat = 1.0
+    #: ``auto``: the hand-written MLP path; ``generic``: the torch.func path (same numbers)
+    backend: Literal["auto", "generic"] = "auto"
 
     @model_validator(mode="after")
     def _fixed_sign_needs_hidden(self) -> ModelConfig:
@@ -281,6 +283,8 @@ class ExperimentConfig(_Strict):
         # the identity of folders made before them
         if raw["train"].get("matmul_precision") == "highest":
             del raw["train"]["matmul_precision"]
+        if raw["model"].get("backend") == "auto":
+            del raw["model"]["backend"]
         # the sweep's key order fixes the run order, so it is part of the identity
         raw["sweep_order"] = list(self.sweep)
         blob = json.dumps(raw, sort_keys=True, default=str)

@@ -20,13 +20,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import vmap
 
-from . import _linalg, batched, curvature, metrics, precision
+from . import _linalg, curvature, metrics, precision
 from .config import ExperimentConfig
 from .data import Dataset
 from .losses import accuracy, mean_loss
-from .models import ModelSpec, Params, fixed_last_layer, forward, init_params
+from .models import ModelSpec, Params, fixed_last_layer
+from .models.backend import Backend, make_backend
 from .schedules import multipliers
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -124,6 +124,28 @@ def minibatch_order(seed: int, n: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=_run_generator(seed, 7919 + epoch))
 
 
+def gd_update(params: Params, grads: Params, scale: Tensor) -> tuple[Params, Tensor]:
+    """The plain GD update θ ← θ + scale·∇loss of every run, in place.
+
+    Runs whose gradient or ``scale`` is not finite keep their weights (the
+    masks stay on the device: no host read).
+
+    Args:
+        scale: ``(R,)``, typically −η_t (0 for stopped runs).
+
+    Returns:
+        ``params`` and ``(R,)`` flags: the run's gradient and rate were finite.
+    """
+    finite = torch.isfinite(scale)
+    for g in grads:
+        finite = finite & torch.isfinite(g.reshape(g.shape[0], -1)).all(dim=1)
+    s = torch.where(finite, scale, 0.0)
+    for p, g in zip(params, grads, strict=True):
+        shape = (-1,) + (1,) * (g.dim() - 1)
+        p.add_(torch.where(finite.view(shape), g, 0.0) * s.view(shape))
+    return params, finite
+
+
 class Trainer:
     """Trains one chunk of runs that share a :class:`ModelSpec` and train settings."""
 
@@ -149,6 +171,10 @@ class Trainer:
         self.spec = ModelSpec.from_config(cfg.model, self.d)
         self.a = fixed_last_layer(self.spec, self.dtype, self.device)
         self.loss_kind = cfg.train.loss
+        self.backend: Backend = make_backend(cfg.model, self.spec, self.a, self.loss_kind)
+        self.n_params = self.backend.n_params
+        self._order: Tensor | None = None  # this epoch's SGD sample order per run
+        self._order_epoch = -1
         self.eval_steps = eval_steps_of(cfg)
 
     def _layout(
@@ -166,25 +192,31 @@ class Trainer:
     # ------------------------------------------------------------------ pieces
     def loss_single(self, params: Params, X: Tensor, y: Tensor) -> Tensor:
         """Mean training loss of one run (the function everything else batches)."""
-        return mean_loss(forward(params, X, self.spec, self.a), y, self.loss_kind)
+        return mean_loss(self.backend.output_single(params, X), y, self.loss_kind)
 
     def output_single(self, params: Params, X: Tensor) -> Tensor:
-        return forward(params, X, self.spec, self.a)
+        return self.backend.output_single(params, X)
 
     def value_and_grad(self, params: Params, X: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Params]:
-        """Loss ``(R,)``, outputs ``(R, n)`` and gradients of every run (hand-written backward)."""
-        return batched.value_and_grad(params, X, y, self.spec, self.a, self.loss_kind)
+        """Loss ``(R,)``, outputs ``(R, n)`` and gradients of every run (``X``, ``y``
+        in the layout of the training set)."""
+        loss, f, pas = self.backend.forward_loss(params, X, y, self.x_dim)
+        return loss, f, self.backend.grad(pas, params, X, y, self.x_dim)
+
+    def jacobian_gram(self, params: Params) -> tuple[Tensor, Tensor, Tensor]:
+        """NTK Gram J Jᵀ ``(R, n, n)`` on the training inputs, J θ and f ``(R, n)``."""
+        return self.backend.jacobian_gram(params, self.X, self.x_dim)
 
     def hessian_operator(
         self, params: Params, gauss_newton: bool = False
     ) -> Callable[[Tensor], Tensor]:
         """Batched Hessian-vector product of the full-batch loss, ``(R, P) → (R, P)``.
 
-        Forward-over-reverse by hand (:func:`batched.hvp_operator`), the
-        primal pass cached once per eval step.
+        Forward-over-reverse, by hand on the MLP path (the primal pass cached
+        once per eval step), by ``torch.func`` on the generic one.
         """
-        hvp = batched.hvp_operator(
-            params, self.X, self.y, self.spec, self.a, self.loss_kind, gauss_newton=gauss_newton
+        hvp = self.backend.hvp_operator(
+            params, self.X, self.y, self.x_dim, gauss_newton=gauss_newton
         )
 
         def mv(v: Tensor) -> Tensor:
@@ -197,12 +229,12 @@ class Trainer:
         # copy per layer rather than one per run and layer (1024 runs × 3 layers were
         # 3072 synchronising pageable copies in the H200 profile)
         def one(r: RunSpec) -> Params:
-            return init_params(self.spec, r.config.seed, r.config.model.init_scale, self.dtype)
+            return self.backend.init_one(r.config.seed, r.config.model.init_scale, self.dtype)
 
         # torch's CPU normal sampler is serial and releases the GIL: draw the
         # runs' weights on a few threads (Frei et al.-sized first layers are
         # millions of float64 draws per run)
-        if len(self.runs) > 1 and self.spec.n_params >= 1 << 18:
+        if len(self.runs) > 1 and self.backend.n_params >= 1 << 18:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(min(len(self.runs), torch.get_num_threads())) as pool:
@@ -215,10 +247,10 @@ class Trainer:
 
     def outputs(self, params: Params, X: Tensor, x_dim: int | None) -> Tensor:
         """f on every run: ``(R, n)``."""
-        return vmap(self.output_single, in_dims=(0, x_dim))(params, X)
+        return self.backend.outputs(params, X, x_dim)
 
     def start_vectors(self) -> Tensor:
-        P = self.spec.n_params
+        P = self.n_params
         v = [
             torch.randn(P, generator=_run_generator(r.config.seed, 17), dtype=torch.float64)
             for r in self.runs
@@ -279,24 +311,10 @@ class Trainer:
         eval_set = set(self.eval_steps)
         L0: Tensor | None = None
 
-        sgd = cfg.train.batch_size is not None and cfg.train.batch_size < self.n
-        bs = cfg.train.batch_size or self.n
-        per_epoch = self.n // bs if sgd else 1
-        order: Tensor | None = None
-        ar = torch.arange(R, device=dev)[:, None]
-
         # the training GEMMs at train.matmul_precision (TF32 with `high` on CUDA)
         with precision.matmul_precision(cfg.train.matmul_precision, dev):
             for t in range(steps + 1):
-                if sgd:
-                    full_f = self.outputs(params, self.X, self.x_dim)
-                    loss_t = mean_loss(full_f, self.y, self.loss_kind)
-                    acc_t = accuracy(full_f, self.y)
-                else:
-                    loss_t, f_t, pas = batched.forward_loss(
-                        params, self.X, self.y, self.spec, self.a, self.loss_kind
-                    )
-                    acc_t = accuracy(f_t, self.y)
+                loss_t, acc_t, pas = self._full_batch_loss(params)
                 if L0 is None:
                     L0 = loss_t.detach().clone()
                 # Divergence: a non-finite loss, a loss above diverge_factor × L₀, or an update
@@ -330,28 +348,10 @@ class Trainer:
                         step_vals.setdefault(name, []).append(val)
                 if t == steps:
                     break
-                if sgd:
-                    epoch, pos = divmod(t, per_epoch)
-                    if pos == 0:
-                        order = _to_device(
-                            _stack(
-                                [minibatch_order(r.config.seed, self.n, epoch) for r in self.runs]
-                            ),
-                            dev,
-                        )
-                    assert order is not None
-                    idx = order[:, pos * bs : (pos + 1) * bs]
-                    Xb = self.X[idx] if self.x_dim is None else self.X[ar, idx]
-                    yb = self.y[idx] if self.x_dim is None else self.y[ar, idx]
-                    _, _, pas = batched.forward_loss(
-                        params, Xb, yb, self.spec, self.a, self.loss_kind
-                    )
-                y_step = yb if sgd else self.y
-                # Backward fused with the in-place update. A non-finite gradient (or rate)
-                # leaves the run's weights as they were (the last finite ones) and flags
-                # it diverged at t + 1.
+                # a non-finite gradient (or rate) leaves the run's weights as they
+                # were (the last finite ones) and flags it diverged at t + 1
                 scale = torch.where(active, neg_lr[:, t], 0.0)
-                finite = batched.descend(pas, params, y_step, self.spec, self.loss_kind, scale)
+                params, finite = self._step(params, t, pas, scale)
                 pending = active & ~finite
                 if self.progress is not None and (t + 1) % 50 == 0:
                     self.progress(50)
@@ -375,6 +375,57 @@ class Trainer:
             [names.get(k, c) for k, c in zip(kinds, causes, strict=True)], dtype=str
         )
         return res
+
+    # ------------------------------------------------------------------- steps
+    @property
+    def _sgd(self) -> bool:
+        bs = self.cfg.train.batch_size
+        return bs is not None and bs < self.n
+
+    def _full_batch_loss(self, params: Params) -> tuple[Tensor, Tensor, Any]:
+        """Training loss and accuracy ``(R,)`` on the full set, and (full-batch GD)
+        the forward pass the step completes; ``None`` under SGD."""
+        if self._sgd:
+            f = self.outputs(params, self.X, self.x_dim)
+            return mean_loss(f, self.y, self.loss_kind), accuracy(f, self.y), None
+        loss, f, pas = self.backend.forward_loss(params, self.X, self.y, self.x_dim)
+        return loss, accuracy(f, self.y), pas
+
+    def _minibatch(self, t: int) -> tuple[Tensor, Tensor]:
+        """Step t's minibatch of every run, ``(R, b, d)`` and ``(R, b)``: epoch
+        orders drawn per run seed (:func:`minibatch_order`), cached per epoch."""
+        bs = self.cfg.train.batch_size
+        assert bs is not None
+        epoch, pos = divmod(t, self.n // bs)
+        if self._order is None or self._order_epoch != epoch:
+            order = _stack([minibatch_order(r.config.seed, self.n, epoch) for r in self.runs])
+            self._order, self._order_epoch = _to_device(order, self.device), epoch
+        idx = self._order[:, pos * bs : (pos + 1) * bs]
+        if self.x_dim is None:
+            return self.X[idx], self.y[idx]
+        ar = torch.arange(self.R, device=self.device)[:, None]
+        return self.X[ar, idx], self.y[ar, idx]
+
+    def _step(self, params: Params, t: int, pas: Any, scale: Tensor) -> tuple[Params, Tensor]:
+        """One update of every run: gradient from the backend, then the update rule.
+
+        Args:
+            pas: the full-batch forward pass of step t (``None`` under SGD).
+            scale: ``(R,)``, −η_t (0 for stopped runs).
+
+        Returns:
+            The new params and ``(R,)`` flags: the run's gradient was finite.
+        """
+        X, y, x_dim = self.X, self.y, self.x_dim
+        if self._sgd:
+            X, y = self._minibatch(t)
+            x_dim = 0  # a minibatch is drawn per run
+            pas = self.backend.forward_loss(params, X, y, x_dim)[2]
+        if self.backend.fused_descent:
+            # plain GD on the hand-written path: backward fused with the in-place update
+            return params, self.backend.descend(pas, params, y, scale)
+        grads = self.backend.grad(pas, params, X, y, x_dim)
+        return gd_update(params, grads, scale)
 
     def _broke(
         self, records: list[tuple[str, Tensor]], active: Tensor, t: int, causes: list[str]
@@ -433,11 +484,11 @@ class Trainer:
         res.per_run["lr"] = lr_np
         res.per_run.update({k: v for k, v in finals.items() if k not in res.per_run})
         keep = set(self.cfg.store.weights)
-        for i, (w0, w1) in enumerate(zip(init_weights, params, strict=True)):
+        for name, w0, w1 in zip(self.backend.names, init_weights, params, strict=True):
             if "init" in keep:
-                res.weights[f"init_W{i + 1}"] = np_(w0)
+                res.weights[f"init_{name}"] = np_(w0)
             if "final" in keep:
-                res.weights[f"final_W{i + 1}"] = np_(w1)
+                res.weights[f"final_{name}"] = np_(w1)
         if self.a is not None:
             res.fixed["a"] = np_(self.a)
         return res

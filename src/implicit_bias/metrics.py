@@ -99,9 +99,7 @@ def _gn_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
 def _ntk(ctx: EvalContext) -> dict[str, Tensor]:
     tr = ctx.chunk
     if tr.n <= 2048:
-        from .batched import jacobian_gram
-
-        gram = jacobian_gram(ctx.params, tr.X, tr.spec, tr.a)[0] / tr.n
+        gram = tr.jacobian_gram(ctx.params)[0] / tr.n
         out = {"ntk_max": _linalg.eigvalsh(gram, "NTK Gram linalg.eigvalsh")[0][:, -1]}
         if ctx.step in ctx.cfg.ntk_gram_at:
             ctx.state.setdefault("ntk_gram", {})[ctx.step] = gram
@@ -128,12 +126,12 @@ def _trace(ctx: EvalContext) -> dict[str, Tensor]:
     act = 8 * tr.n * max(tr.spec.width, 1) * tr.spec.depth
     out = {
         "hessian_trace": curvature.hutchinson_trace(
-            op, tr.R, tr.spec.n_params, tc.probes, tr.dtype, tr.device, gen, act
+            op, tr.R, tr.n_params, tc.probes, tr.dtype, tr.device, gen, act
         )
     }
     if tc.density:
         nodes, weights = curvature.spectral_density(
-            op, tr.R, tr.spec.n_params, tc.probes, tc.iters, tr.dtype, tr.device, gen, act
+            op, tr.R, tr.n_params, tc.probes, tc.iters, tr.dtype, tr.device, gen, act
         )
         out["density_nodes"], out["density_weights"] = nodes, weights
     return out

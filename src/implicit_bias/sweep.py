@@ -163,7 +163,7 @@ def estimate_run_bytes(cfg: ExperimentConfig, n: int, d: int, m: int) -> int:
     act = (n + m) * max(spec.width, 1) * spec.depth
     per = item * (P * per_param + 8 * act + n * d) + TRACE_BYTES_PER_STEP * (cfg.train.steps + 1)
     if cfg.metrics.kkt or cfg.metrics.ntk:
-        # the layer-wise Gram of per-sample gradients (batched.jacobian_gram):
+        # the layer-wise Gram of per-sample gradients (models.mlp.jacobian_gram):
         # (n, n) blocks and (n, width) factors, never the (n, P) Jacobian
         per += 8 * (4 * n * n + 3 * n * max(spec.width, 1) * spec.depth)
     return int(per)

@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 Params = tuple[Tensor, ...]
 
