@@ -9,7 +9,8 @@ import torch
 from implicit_bias import curvature
 from implicit_bias.config import load_config
 from implicit_bias.engine import Trainer, gd_update
-from implicit_bias.models import ModelSpec, fixed_last_layer, init_params
+from implicit_bias.losses import mean_loss
+from implicit_bias.models import ModelSpec, fixed_last_layer, forward, init_params
 from implicit_bias.models.backend import MLPBackend, mlp_generic
 from implicit_bias.sweep import make_plan
 
@@ -30,6 +31,12 @@ SPECS = {
     "depth1": ModelSpec(d=D, depth=1, width=6),
 }
 LOSSES = ["logistic", "exponential", "mse"]
+CASES = [(name, loss, per_run) for name in SPECS for loss in LOSSES for per_run in (False, True)]
+#: the smooth activations (φ'' enters the hand-written HVP), one loss each
+SMOOTH = {"tanh": "mse", "elu": "logistic", "gelu": "exponential", "softplus": "mse"}
+for _act, _loss in SMOOTH.items():
+    SPECS[_act] = ModelSpec(d=D, depth=3, width=5, activation=_act)  # type: ignore[arg-type]
+    CASES += [(_act, _loss, False), (_act, _loss, True)]
 
 
 def _problem(spec: ModelSpec, per_run: bool):
@@ -54,9 +61,7 @@ def _close(a, b, tol=1e-10):
         torch.testing.assert_close(x, z, rtol=tol, atol=tol)
 
 
-@pytest.mark.parametrize("per_run", [False, True], ids=["shared-X", "per-run-X"])
-@pytest.mark.parametrize("loss", LOSSES)
-@pytest.mark.parametrize("name", list(SPECS))
+@pytest.mark.parametrize(("name", "loss", "per_run"), CASES, ids=lambda c: str(c))
 def test_generic_equals_hand_written(name, loss, per_run):
     """Loss, outputs, gradient, HVP, Gauss–Newton product and NTK Gram to 1e-10 (float64)."""
     spec = SPECS[name]
@@ -173,3 +178,74 @@ def test_generic_backend_key_keeps_old_folder_hashes():
     h0 = load_config(base).config_hash()
     assert load_config({**base, "model": {"backend": "auto"}}).config_hash() == h0
     assert load_config({**base, "model": {"backend": "generic"}}).config_hash() != h0
+
+
+# ---------------------------------------------------------------------- biases
+def test_bias_net_is_torch_nn_linear_stack():
+    """``bias: true``: f = W₂ φ(W₁x + b₁) + b₂ exactly as nn.Linear layers compute it."""
+    spec = ModelSpec(
+        d=D, depth=3, width=4, activation="tanh", parametrization="standard", bias=True
+    )
+    assert spec.param_names == ["W1", "W2", "W3", "b1", "b2", "b3"]
+    assert spec.n_params == 4 * D + 16 + 4 + 4 + 4 + 1
+    params = init_params(spec, 3, 1.0, torch.float64)
+    assert all(torch.equal(b, torch.zeros_like(b)) for b in params[3:])  # zero at init
+    gen = torch.Generator().manual_seed(0)
+    params = params[:3] + tuple(
+        torch.randn(b.shape, generator=gen, dtype=b.dtype) for b in params[3:]
+    )
+    net = torch.nn.Sequential(
+        torch.nn.Linear(D, 4),
+        torch.nn.Tanh(),
+        torch.nn.Linear(4, 4),
+        torch.nn.Tanh(),
+        torch.nn.Linear(4, 1),
+    ).double()
+    with torch.no_grad():
+        for i, lin in enumerate(net[::2]):
+            lin.weight.copy_(params[i])
+            lin.bias.copy_(params[3 + i])
+    X = torch.randn(N, D, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(forward(params, X, spec), net(X).squeeze(-1), rtol=1e-14, atol=1e-14)
+
+
+def _bias_loop(run):
+    """One run of a biased net the plain way: autograd on nn-free code, Python float rate."""
+    cfg, data = run.config, run.data
+    X = torch.as_tensor(data.X_train, dtype=torch.float64)
+    y = torch.as_tensor(data.y_train, dtype=torch.float64)
+    spec = ModelSpec.from_config(cfg.model, X.shape[1])
+    params = [
+        p.clone().requires_grad_(True) for p in init_params(spec, cfg.seed, 1.0, torch.float64)
+    ]
+    for _ in range(cfg.train.steps):
+        loss = mean_loss(forward(tuple(params), X, spec), y, cfg.train.loss)
+        grads = torch.autograd.grad(loss, params)
+        with torch.no_grad():
+            for p, g in zip(params, grads, strict=True):
+                p -= cfg.train.lr * g
+    return dict(zip(spec.param_names, [p.detach().numpy() for p in params], strict=True))
+
+
+def test_bias_sweep_batched_equals_per_run_loop_and_is_stored(tmp_path):
+    import implicit_bias as ib
+
+    raw = {
+        "name": "bias",
+        "data": {"kind": "overlap", "n_train": 12, "n_test": 6, "d": 4, "seed": 2},
+        "model": {"depth": 2, "width": 6, "activation": "tanh", "bias": True},
+        "train": {"loss": "mse", "steps": 10, "lr": 0.3, "dtype": "float64"},
+        "metrics": {"every": 5, "sharpness": {"iters": 8}, "stable_rank": True},
+        "sweep": {"seed": [0, 1], "train.lr": [0.1, 0.5]},
+    }
+    plan = make_plan(load_config(raw))
+    tr = Trainer(plan.runs)
+    assert not tr.backend.fused_descent  # auto picks the generic path for biases
+    res = tr.train()
+    for i, run in enumerate(plan.runs):
+        for name, w in _bias_loop(run).items():
+            np.testing.assert_allclose(res.weights[f"final_{name}"][i], w, rtol=1e-10, atol=1e-12)
+    ds = ib.run(raw, out=tmp_path / "res")["group_000"].to_dataset()
+    assert ds["final_b1"].dims == ("run", "b1_out") and ds["final_b2"].shape == (4, 1)
+    assert ds["init_W1"].dims == ("run", "W1_out", "W1_in")
+    assert "stable_rank_W2" in ds and "stable_rank_W3" not in ds

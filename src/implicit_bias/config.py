@@ -91,13 +91,18 @@ class ModelConfig(_Strict):
 
     depth: Annotated[int, Strict(), Field(ge=1)] = 2
     width: PositiveInt = 256
-    activation: Literal["linear", "relu", "leaky_relu", "smooth_leaky_relu"] = "linear"
+    activation: Literal[
+        "linear", "relu", "leaky_relu", "smooth_leaky_relu", "tanh", "elu", "gelu", "softplus"
+    ] = "linear"
     leak: Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)] = 0.1
     smoothing: PositiveFloat = 1.0
     parametrization: Literal["ntk", "standard", "direct"] = "ntk"
     last_layer: Literal["trained", "fixed_sign"] = "trained"
     init_scale: PositiveFloat = 1.0
-    #: ``auto``: the hand-written MLP path; ``generic``: the torch.func path (same numbers)
+    #: a bias on every trained layer (zero at init; the generic path runs it)
+    bias: Annotated[bool, Strict()] = False
+    #: ``auto``: the hand-written MLP path where it covers the model; ``generic``:
+    #: the torch.func path (same numbers)
     backend: Literal["auto", "generic"] = "auto"
 
     @model_validator(mode="after")
@@ -283,8 +288,9 @@ class ExperimentConfig(_Strict):
         # the identity of folders made before them
         if raw["train"].get("matmul_precision") == "highest":
             del raw["train"]["matmul_precision"]
-        if raw["model"].get("backend") == "auto":
-            del raw["model"]["backend"]
+        for key, default in (("backend", "auto"), ("bias", False)):
+            if raw["model"].get(key) == default:
+                del raw["model"][key]
         # the sweep's key order fixes the run order, so it is part of the identity
         raw["sweep_order"] = list(self.sweep)
         blob = json.dumps(raw, sort_keys=True, default=str)
@@ -610,10 +616,18 @@ class SweepSpace:
             yield self.run(index)
 
 
+#: activations whose nets have no homogenization (the KKT residuals are not defined)
+_NOT_HOMOGENIZABLE = ("tanh", "elu", "gelu", "softplus")
+
+
 def config_warnings(cfg: ExperimentConfig) -> list[str]:
     """One-line warnings about a valid config that probably says more than it does."""
     steps = cfg.train.steps
     out: list[str] = []
+    m = cfg.model
+    if cfg.metrics.kkt and (m.bias or m.activation in _NOT_HOMOGENIZABLE):
+        why = "biases" if m.bias else f"activation {m.activation}"
+        out.append(f"metrics.kkt: skipped: a net with {why} is not (near-)homogeneous")
     late = [s for s in cfg.metrics.at if s > steps]
     if late:
         out.append(f"metrics.at: steps {late} are beyond train.steps={steps} and never measured")

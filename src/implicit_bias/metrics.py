@@ -144,11 +144,16 @@ def _test(ctx: EvalContext) -> dict[str, Tensor]:
     return {"test_loss": mean_loss(f, tr.yt, tr.loss_kind), "test_acc": accuracy(f, tr.yt)}
 
 
+def _weight_matrices(ctx: EvalContext) -> Params:
+    """The trained weight matrices ``(R, out, in)`` (W1 …; not the biases after them)."""
+    return ctx.params[: len(ctx.chunk.spec.trained_shapes)]
+
+
 def _stable_rank(ctx: EvalContext) -> dict[str, Tensor]:
     from . import diagnostics
 
     out = {}
-    for i, W in enumerate(ctx.params):
+    for i, W in enumerate(_weight_matrices(ctx)):
         out[f"stable_rank_W{i + 1}"] = diagnostics.stable_rank(W)
         out[f"numerical_rank_W{i + 1}"] = diagnostics.numerical_rank(W, ctx.cfg.rank_tol).to(
             W.dtype
@@ -180,7 +185,8 @@ STEP_METRICS: list[tuple[Callable[[EvalContext], bool], MetricFn]] = [
     (lambda c: c.cfg.ntk, _ntk),
     (lambda c: c.cfg.stable_rank, _stable_rank),
     (lambda c: c.cfg.margins, _margins),
-    (lambda c: c.cfg.kkt, _kkt),
+    # KKT points are those of (near-)homogeneous nets; config_warnings says when skipped
+    (lambda c: c.cfg.kkt and c.chunk.spec.has_homogenization, _kkt),
     (lambda c: c.cfg.trace is not None, _trace),
 ]
 
@@ -218,7 +224,7 @@ def output_stats(ctx: EvalContext) -> dict[str, Tensor]:
         ≤ 0 on every training point (ReLU' = 0 there, so they never train again), max
         over hidden layers; 0 for activations without a flat part (linear, leaky).
     """
-    from .models import activate
+    from .models.spec import activate, preactivation
 
     tr = ctx.chunk
     params = ctx.params
@@ -227,10 +233,9 @@ def output_stats(ctx: EvalContext) -> dict[str, Tensor]:
     spread = f.std(-1, correction=0) / y_rms
     dead = torch.zeros(tr.R, dtype=f.dtype, device=f.device)
     if tr.spec.activation == "relu" and tr.spec.depth > 1:
-        c = tr.spec.multipliers()
         h = tr.X  # (n, d) or (R, n, d)
         for layer in range(tr.spec.depth - 1):
-            z = (h @ params[layer].transpose(-1, -2)) * c[layer]  # (R, n, width)
+            z = preactivation(h, params, tr.spec, layer)  # (R, n, width)
             inactive = (z <= 0).all(dim=-2).to(f.dtype).mean(-1)
             dead = torch.maximum(dead, inactive)
             h = activate(z, tr.spec)
@@ -249,7 +254,7 @@ def final_metrics(ctx: EvalContext) -> dict[str, Tensor]:
     from . import diagnostics
 
     if ctx.cfg.stable_rank:
-        for i, W in enumerate(ctx.params):
+        for i, W in enumerate(_weight_matrices(ctx)):
             out[f"singular_values_W{i + 1}"] = diagnostics.singular_values(W)
     if ctx.cfg.margins:
         v = diagnostics.linear_predictor_batched(ctx.params, tr.spec, tr.a)

@@ -92,7 +92,9 @@ class MLPBackend:
 
     def __init__(self, spec: ModelSpec, a: Tensor | None, loss_kind: LossName) -> None:
         self.spec, self.a, self.loss_kind = spec, a, loss_kind
-        self.names = tuple(f"W{i + 1}" for i in range(len(spec.trained_shapes)))
+        if spec.bias:
+            raise ValueError("the hand-written MLP path has no biases: use the generic one")
+        self.names = tuple(spec.param_names)
         self.n_params = spec.n_params
 
     def init_one(self, seed: int, init_scale: float, dtype: torch.dtype) -> Params:
@@ -143,15 +145,14 @@ def mlp_generic(spec: ModelSpec, a: Tensor | None, loss_kind: LossName) -> Gener
     def init_one(seed: int, init_scale: float, dtype: torch.dtype) -> Params:
         return init_params(spec, seed, init_scale, dtype)
 
-    names = [f"W{i + 1}" for i in range(len(spec.trained_shapes))]
-    return GenericBackend(fn, names, init_one, loss_kind, spec.n_params)
+    return GenericBackend(fn, spec.param_names, init_one, loss_kind, spec.n_params)
 
 
 def make_backend(
     cfg: ModelConfig, spec: ModelSpec, a: Tensor | None, loss_kind: LossName
 ) -> MLPBackend | GenericBackend:
-    """The backend ``cfg`` asks for: the hand-written MLP path under ``auto``,
-    the ``torch.func`` path under ``generic``."""
-    if cfg.backend == "generic":
+    """The backend ``cfg`` asks for: under ``auto`` the hand-written MLP path where
+    it covers the model (no biases), the ``torch.func`` path under ``generic``."""
+    if cfg.backend == "generic" or spec.bias:
         return mlp_generic(spec, a, loss_kind)
     return MLPBackend(spec, a, loss_kind)
