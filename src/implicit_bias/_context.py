@@ -35,6 +35,7 @@ class Chunk(Protocol):
     R: int
     n: int
     n_params: int  # trained parameters of one run
+    n_outputs: int  # outputs per sample: 1 (±1 labels) or K (labels 0…K−1)
     dtype: torch.dtype
     device: torch.device
     cfg: ExperimentConfig  # the chunk's (group's) config

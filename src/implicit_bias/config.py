@@ -71,7 +71,7 @@ class DataConfig(_Strict):
     p_positive: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)] | None = None
     separable: Annotated[bool, Strict()] | None = None
     name: str | None = None
-    classes: list[list[Int]] | list[Int] | None = None
+    classes: list[list[Int]] | list[Int] | Literal["all"] | None = None
     test_fraction: Annotated[float, Strict(), Field(ge=0, lt=1)] | None = None
     seed: Seed = 0
     normalize: Literal["none", "unit", "standardize"] = "none"
@@ -144,7 +144,7 @@ Schedule = Annotated[
 
 
 class TrainConfig(_Strict):
-    loss: Literal["logistic", "exponential", "mse"] = "logistic"
+    loss: Literal["logistic", "exponential", "mse", "cross_entropy"] = "logistic"
     steps: PositiveInt = 1000
     lr: PositiveFloat = 0.1
     lr_units: Literal["absolute", "critical"] = "absolute"
@@ -625,9 +625,17 @@ def config_warnings(cfg: ExperimentConfig) -> list[str]:
     steps = cfg.train.steps
     out: list[str] = []
     m = cfg.model
-    if cfg.metrics.kkt and (m.bias or m.activation in _NOT_HOMOGENIZABLE):
+    multi = cfg.data.classes == "all"
+    if multi and cfg.metrics.kkt:
+        out.append("metrics.kkt: skipped: the KKT residuals are those of a binary margin problem")
+    elif cfg.metrics.kkt and (m.bias or m.activation in _NOT_HOMOGENIZABLE):
         why = "biases" if m.bias else f"activation {m.activation}"
         out.append(f"metrics.kkt: skipped: a net with {why} is not (near-)homogeneous")
+    if multi and cfg.metrics.margins:
+        out.append(
+            "metrics.margins: the linear predictor, SVM cosine and boundary agreement are "
+            "binary-only and skipped; the multiclass margin is reported"
+        )
     late = [s for s in cfg.metrics.at if s > steps]
     if late:
         out.append(f"metrics.at: steps {late} are beyond train.steps={steps} and never measured")

@@ -24,7 +24,7 @@ from torch import Tensor
 from . import _linalg, curvature, metrics, precision
 from .config import ExperimentConfig
 from .data import Dataset
-from .losses import accuracy, mean_loss
+from .losses import MULTICLASS_LOSSES, accuracy, mean_loss
 from .models import ModelSpec, Params, fixed_last_layer
 from .models.backend import Backend, make_backend
 from .schedules import multipliers
@@ -124,6 +124,34 @@ def minibatch_order(seed: int, n: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=_run_generator(seed, 7919 + epoch))
 
 
+def _outputs_of(runs: list[RunSpec]) -> int:
+    """Outputs per sample of a chunk's model: 1 for ±1 labels, K for K classes;
+    the loss and last layer checked against them (one line naming the key)."""
+    from ._errors import UserInputError
+
+    cfg, data = runs[0].config, runs[0].data
+    ks = {r.data.n_classes if r.data.multiclass else 1 for r in runs}
+    if len(ks) > 1:
+        raise UserInputError(f"data: the runs of one chunk have different class counts {ks}")
+    K = ks.pop()
+    loss = cfg.train.loss
+    if K == 1 and loss == "cross_entropy":
+        raise UserInputError(
+            "train.loss: cross_entropy needs class labels 0…K−1 (e.g. data.classes: all); "
+            "the data has ±1 labels: use logistic"
+        )
+    if K > 1 and loss not in MULTICLASS_LOSSES:
+        raise UserInputError(
+            f"train.loss: {loss} is for ±1 labels; the data has {data.n_classes} classes: "
+            "use cross_entropy or mse"
+        )
+    if K > 1 and cfg.model.last_layer == "fixed_sign":
+        raise UserInputError(
+            f"model.last_layer: fixed_sign needs ±1 labels; the data has {data.n_classes} classes"
+        )
+    return K
+
+
 def gd_update(params: Params, grads: Params, scale: Tensor) -> tuple[Params, Tensor]:
     """The plain GD update θ ← θ + scale·∇loss of every run, in place.
 
@@ -168,7 +196,9 @@ class Trainer:
             [d.X_test for d in data], [d.y_test for d in data]
         )
         self.n, self.d = self.X.shape[-2], self.X.shape[-1]
-        self.spec = ModelSpec.from_config(cfg.model, self.d)
+        #: outputs per sample: 1 for ±1 labels, K for class indices 0…K−1
+        self.n_outputs = _outputs_of(runs)
+        self.spec = ModelSpec.from_config(cfg.model, self.d, self.n_outputs)
         self.a = fixed_last_layer(self.spec, self.dtype, self.device)
         self.loss_kind = cfg.train.loss
         self.backend: Backend = make_backend(cfg.model, self.spec, self.a, self.loss_kind)
@@ -192,7 +222,7 @@ class Trainer:
     # ------------------------------------------------------------------ pieces
     def loss_single(self, params: Params, X: Tensor, y: Tensor) -> Tensor:
         """Mean training loss of one run (the function everything else batches)."""
-        return mean_loss(self.backend.output_single(params, X), y, self.loss_kind)
+        return mean_loss(self.backend.output_single(params, X), y, self.loss_kind, self.n_outputs)
 
     def output_single(self, params: Params, X: Tensor) -> Tensor:
         return self.backend.output_single(params, X)
@@ -387,9 +417,10 @@ class Trainer:
         the forward pass the step completes; ``None`` under SGD."""
         if self._sgd:
             f = self.outputs(params, self.X, self.x_dim)
-            return mean_loss(f, self.y, self.loss_kind), accuracy(f, self.y), None
+            K = self.n_outputs
+            return mean_loss(f, self.y, self.loss_kind, K), accuracy(f, self.y, K), None
         loss, f, pas = self.backend.forward_loss(params, self.X, self.y, self.x_dim)
-        return loss, accuracy(f, self.y), pas
+        return loss, accuracy(f, self.y, self.n_outputs), pas
 
     def _minibatch(self, t: int) -> tuple[Tensor, Tensor]:
         """Step t's minibatch of every run, ``(R, b, d)`` and ``(R, b)``: epoch

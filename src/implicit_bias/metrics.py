@@ -19,7 +19,7 @@ from torch import Tensor
 
 from . import _linalg, curvature, phases
 from .config import MetricsConfig
-from .losses import accuracy, mean_loss
+from .losses import accuracy, mean_loss, multiclass_margins
 
 if TYPE_CHECKING:
     from ._context import Chunk
@@ -141,7 +141,11 @@ def _trace(ctx: EvalContext) -> dict[str, Tensor]:
 def _test(ctx: EvalContext) -> dict[str, Tensor]:
     tr = ctx.chunk
     f = tr.outputs(ctx.params, tr.Xt, tr.xt_dim)
-    return {"test_loss": mean_loss(f, tr.yt, tr.loss_kind), "test_acc": accuracy(f, tr.yt)}
+    K = tr.n_outputs
+    return {
+        "test_loss": mean_loss(f, tr.yt, tr.loss_kind, K),
+        "test_acc": accuracy(f, tr.yt, K),
+    }
 
 
 def _weight_matrices(ctx: EvalContext) -> Params:
@@ -165,6 +169,12 @@ def _margins(ctx: EvalContext) -> dict[str, Tensor]:
     from . import diagnostics
 
     tr = ctx.chunk
+    if tr.n_outputs > 1:
+        # minᵢ (f_{yᵢ} − max_{j≠yᵢ} f_j), normalised like the binary one
+        f = tr.outputs(ctx.params, tr.X, tr.x_dim)
+        m = multiclass_margins(f, tr.y).amin(-1)
+        norm = torch.cat([p.reshape(p.shape[0], -1) for p in ctx.params], dim=1).norm(dim=1)
+        return {"margin": m, "normalized_margin": m / norm**tr.spec.homogeneity}
     return diagnostics.margins(ctx.params, tr.X, tr.y, tr.spec, tr.a)
 
 
@@ -186,7 +196,7 @@ STEP_METRICS: list[tuple[Callable[[EvalContext], bool], MetricFn]] = [
     (lambda c: c.cfg.stable_rank, _stable_rank),
     (lambda c: c.cfg.margins, _margins),
     # KKT points are those of (near-)homogeneous nets; config_warnings says when skipped
-    (lambda c: c.cfg.kkt and c.chunk.spec.has_homogenization, _kkt),
+    (lambda c: c.cfg.kkt and c.chunk.spec.has_homogenization and c.chunk.n_outputs == 1, _kkt),
     (lambda c: c.cfg.trace is not None, _trace),
 ]
 
@@ -228,9 +238,13 @@ def output_stats(ctx: EvalContext) -> dict[str, Tensor]:
 
     tr = ctx.chunk
     params = ctx.params
-    f = tr.outputs(params, tr.X, tr.x_dim)  # (R, n)
-    y_rms = tr.y.square().mean(-1).sqrt()
-    spread = f.std(-1, correction=0) / y_rms
+    f = tr.outputs(params, tr.X, tr.x_dim)  # (R, n), or (R, n, K)
+    if tr.n_outputs > 1:
+        # spread of each output over the samples, averaged over outputs, over the
+        # rms √(1/K) of a one-hot target
+        spread = f.std(-2, correction=0).mean(-1) * tr.n_outputs**0.5
+    else:
+        spread = f.std(-1, correction=0) / tr.y.square().mean(-1).sqrt()
     dead = torch.zeros(tr.R, dtype=f.dtype, device=f.device)
     if tr.spec.activation == "relu" and tr.spec.depth > 1:
         h = tr.X  # (n, d) or (R, n, d)
@@ -289,6 +303,10 @@ def data_geometry(data) -> tuple[Any, dict[str, Any]]:
     from . import diagnostics
 
     key = data.fingerprint()
+    if data.multiclass:  # the SVM and the separability tests are binary
+        nan = float("nan")
+        geo = dict.fromkeys(GEOMETRY_KEYS, nan) | {"separable": False, "degenerate": False}
+        return None, geo
     if key not in _GEOMETRY_CACHE:
         svm = diagnostics.svm_direction(data.X_train, data.y_train)
         geo = diagnostics.data_geometry(data.X_train, data.y_train, svm=svm)
@@ -372,6 +390,9 @@ def summaries(
     chance = np.empty(R)
     for i, r in enumerate(runs):
         y = np.asarray(r.data.y_train)
+        if r.data.multiclass and y.size:  # the most frequent class
+            chance[i] = np.bincount(y.astype(np.int64)).max() / y.size
+            continue
         chance[i] = max(np.mean(y > 0), np.mean(y < 0)) if y.size else np.nan
     th = phases.Thresholds.from_configs([r.config.metrics.phase for r in runs])
     inp = phases.phase_inputs(

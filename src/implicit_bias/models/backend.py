@@ -92,8 +92,8 @@ class MLPBackend:
 
     def __init__(self, spec: ModelSpec, a: Tensor | None, loss_kind: LossName) -> None:
         self.spec, self.a, self.loss_kind = spec, a, loss_kind
-        if spec.bias:
-            raise ValueError("the hand-written MLP path has no biases: use the generic one")
+        if spec.bias or spec.outputs > 1:
+            raise ValueError("the hand-written MLP path has one output and no biases")
         self.names = tuple(spec.param_names)
         self.n_params = spec.n_params
 
@@ -145,14 +145,17 @@ def mlp_generic(spec: ModelSpec, a: Tensor | None, loss_kind: LossName) -> Gener
     def init_one(seed: int, init_scale: float, dtype: torch.dtype) -> Params:
         return init_params(spec, seed, init_scale, dtype)
 
-    return GenericBackend(fn, spec.param_names, init_one, loss_kind, spec.n_params)
+    return GenericBackend(
+        fn, spec.param_names, init_one, loss_kind, spec.n_params, outputs=spec.outputs
+    )
 
 
 def make_backend(
     cfg: ModelConfig, spec: ModelSpec, a: Tensor | None, loss_kind: LossName
 ) -> MLPBackend | GenericBackend:
     """The backend ``cfg`` asks for: under ``auto`` the hand-written MLP path where
-    it covers the model (no biases), the ``torch.func`` path under ``generic``."""
-    if cfg.backend == "generic" or spec.bias:
+    it covers the model (one output, no biases), the ``torch.func`` path under
+    ``generic``."""
+    if cfg.backend == "generic" or spec.bias or spec.outputs > 1:
         return mlp_generic(spec, a, loss_kind)
     return MLPBackend(spec, a, loss_kind)

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.func import grad, grad_and_value, jacrev, jvp, vjp, vmap
 
-from ..losses import LossName, loss_hess, mean_loss
+from ..losses import LossName, mean_loss
 from .spec import Params
 
 #: a model for one run: (params, x (n, …)) -> f (n,)
@@ -43,6 +43,7 @@ class GenericBackend:
         init_one: draws one run's parameters on the host.
         loss_kind: the training loss (:mod:`implicit_bias.losses`).
         n_params: trained parameters of one run (counted from a draw if not given).
+        outputs: K outputs per sample (f ``(n, K)``, labels 0…K−1) or 1 (f ``(n,)``, ±1).
     """
 
     #: no fused backward + update: the engine takes :meth:`grad` and an update rule
@@ -55,7 +56,9 @@ class GenericBackend:
         init_one: InitFn,
         loss_kind: LossName,
         n_params: int | None = None,
+        outputs: int = 1,
     ) -> None:
+        self.n_outputs = outputs
         self.fn = fn
         self.names = tuple(names)
         self.init_one = init_one
@@ -69,11 +72,11 @@ class GenericBackend:
         return self.fn(params, X)
 
     def _loss_single(self, params: Params, X: Tensor, y: Tensor) -> Tensor:
-        return mean_loss(self.fn(params, X), y, self.loss_kind)
+        return mean_loss(self.fn(params, X), y, self.loss_kind, self.n_outputs)
 
     def _loss_and_output(self, params: Params, X: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         f = self.fn(params, X)
-        return mean_loss(f, y, self.loss_kind), f
+        return mean_loss(f, y, self.loss_kind, self.n_outputs), f
 
     # ------------------------------------------------------------- batched
     def outputs(self, params: Params, X: Tensor, x_dim: int | None) -> Tensor:
@@ -113,15 +116,20 @@ class GenericBackend:
     ) -> Callable[[Params], Params]:
         """``V ↦ H V`` (or the Gauss–Newton G V) of the mean loss of every run."""
         params = tuple(p.detach() for p in params)
-        fn, loss_fn, kind = self.fn, self._loss_single, self.loss_kind
+        fn, loss_fn, kind, K = self.fn, self._loss_single, self.loss_kind, self.n_outputs
 
         def hvp_one(p: Params, v: Params, x: Tensor, yy: Tensor) -> Params:
             return jvp(lambda q: grad(loss_fn)(q, x, yy), (p,), (v,))[1]
 
         def gn_one(p: Params, v: Params, x: Tensor, yy: Tensor) -> Params:
+            # Jᵀ (∇²_f L) J v: the loss's Hessian in the outputs (ℓ''/n per sample, or
+            # the K×K block of softmax / one-hot MSE) applied by jvp of its gradient
             f, Jv = jvp(lambda q: fn(q, x), (p,), (v,))[:2]
-            pullback = vjp(lambda q: fn(q, x), p)[1]
-            return pullback(loss_hess(f, yy, kind) * Jv / f.shape[0])[0]
+            def loss_of_f(g: Tensor) -> Tensor:
+                return mean_loss(g, yy, kind, K)
+
+            HJv = jvp(grad(loss_of_f), (f,), (Jv,))[1]
+            return vjp(lambda q: fn(q, x), p)[1](HJv)[0]
 
         batched = vmap(gn_one if gauss_newton else hvp_one, in_dims=(0, 0, x_dim, x_dim))
         return lambda V: batched(params, V, X, y)
@@ -130,13 +138,15 @@ class GenericBackend:
         self, params: Params, X: Tensor, x_dim: int | None
     ) -> tuple[Tensor, Tensor, Tensor]:
         """``K = J Jᵀ (R, n, n)``, ``dots = J θ (R, n)`` and ``f (R, n)``, J the
-        ``(n, P)`` Jacobian of the outputs over the parameters (formed per run)."""
+        ``(n, P)`` Jacobian of the outputs over the parameters (formed per run);
+        with K outputs J is ``(n·K, P)`` (sample-major) and f ``(R, n, K)``."""
         fn = self.fn
 
         def one(p: Params, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-            J = jacrev(fn)(p, x)  # one (n, *shape) block per parameter
-            Jf = torch.cat([j.reshape(j.shape[0], -1) for j in J], dim=1)
+            J = jacrev(fn)(p, x)  # one (n, [K,] *shape) block per parameter
+            f = fn(p, x)
+            Jf = torch.cat([j.reshape(f.numel(), -1) for j in J], dim=1)  # (n·K, P)
             theta = torch.cat([q.reshape(-1) for q in p])
-            return Jf @ Jf.T, Jf @ theta, fn(p, x)
+            return Jf @ Jf.T, Jf @ theta, f
 
         return vmap(one, in_dims=(0, x_dim))(params, X)

@@ -46,10 +46,13 @@ class ModelSpec:
     last_layer: Literal["trained", "fixed_sign"] = "trained"
     #: a bias per trained layer, after the weights in ``params`` (b_l of shape (out,))
     bias: bool = False
+    #: outputs K: 1 for ±1 labels, K for K classes
+    outputs: int = 1
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, d: int) -> ModelSpec:
+    def from_config(cls, cfg: ModelConfig, d: int, outputs: int = 1) -> ModelSpec:
         return cls(
+            outputs=outputs,
             d=d,
             depth=cfg.depth,
             width=cfg.width,
@@ -63,8 +66,8 @@ class ModelSpec:
 
     @property
     def all_shapes(self) -> list[tuple[int, int]]:
-        """Shapes ``(out, in)`` of all ``depth`` layers, the last one ``(1, width)``."""
-        dims = [self.d] + [self.width] * (self.depth - 1) + [1]
+        """Shapes ``(out, in)`` of all ``depth`` layers, the last one ``(K, width)``."""
+        dims = [self.d] + [self.width] * (self.depth - 1) + [self.outputs]
         return [(dims[i + 1], dims[i]) for i in range(self.depth)]
 
     @property
@@ -259,13 +262,14 @@ def forward(params: Params, x: Tensor, spec: ModelSpec, a: Tensor | None = None)
         a: the fixed last layer ``(1, width)`` when ``spec.last_layer == 'fixed_sign'``.
 
     Returns:
-        f(x), shape ``(n,)``.
+        f(x), shape ``(n,)`` (``(n, K)`` with K > 1 outputs).
     """
     h = hidden(params, x, spec) if spec.depth > 1 else x
     if spec.last_layer == "fixed_sign":
         assert a is not None, "fixed_sign needs the fixed layer a"
         return (h @ a.T).squeeze(-1)
-    return preactivation(h, params, spec, spec.depth - 1).squeeze(-1)
+    f = preactivation(h, params, spec, spec.depth - 1)
+    return f.squeeze(-1) if spec.outputs == 1 else f
 
 
 def init_params(
@@ -305,7 +309,7 @@ def linear_predictor(params: Params, spec: ModelSpec, a: Tensor | None = None) -
     decision boundary matches. ``None`` for other nonlinear nets.
     """
     c = spec.multipliers()
-    if spec.bias:  # affine, not linear
+    if spec.bias or spec.outputs > 1:  # affine, or not one predictor
         return None
     if spec.last_layer == "fixed_sign" and spec.depth == 2:
         assert a is not None
