@@ -29,13 +29,15 @@ class Chunk(Protocol):
     yt: Tensor
     x_dim: int | None  # None: X is shared by all runs; 0: per run
     xt_dim: int | None
-    spec: ModelSpec
+    spec: ModelSpec | None  # the MLP family's spec; None for other models
     a: Tensor | None  # the fixed last layer, if any
     loss_kind: LossName
     R: int
     n: int
     n_params: int  # trained parameters of one run
     n_outputs: int  # outputs per sample: 1 (±1 labels) or K (labels 0…K−1)
+    param_names: tuple[str, ...]  # one per parameter tensor (W1, …, or qualified names)
+    act_per_sample: int  # activations one sample holds in a forward pass (memory sizing)
     dtype: torch.dtype
     device: torch.device
     cfg: ExperimentConfig  # the chunk's (group's) config

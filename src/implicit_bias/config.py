@@ -87,8 +87,16 @@ class DataConfig(_Strict):
 
 # -------------------------------------------------------------------------- model
 class ModelConfig(_Strict):
-    """The bias-free fully connected network of SPEC §2."""
+    """The model (SPEC §2, §2.1): the MLP family, Cohen et al.'s convnet, or a user module."""
 
+    #: ``mlp`` the fully connected family; ``cnn`` conv3×3 → φ → pool per entry of
+    #: ``channels``, then a linear head (biases on); ``module`` a user factory
+    kind: Literal["mlp", "cnn", "module"] = "mlp"
+    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 32])
+    pool: Literal["max", "avg"] = "max"
+    #: ``"package.module:factory"``, called as ``factory(**kwargs)`` (``kind: module``)
+    module: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
     depth: Annotated[int, Strict(), Field(ge=1)] = 2
     width: PositiveInt = 256
     activation: Literal[
@@ -104,6 +112,16 @@ class ModelConfig(_Strict):
     #: ``auto``: the hand-written MLP path where it covers the model; ``generic``:
     #: the torch.func path (same numbers)
     backend: Literal["auto", "generic"] = "auto"
+
+    @model_validator(mode="after")
+    def _module_needs_a_factory(self) -> ModelConfig:
+        if self.kind == "module" and not self.module:
+            raise ValueError("model.module ('package.module:factory') is required for kind module")
+        if self.kind != "module" and (self.module or self.kwargs):
+            raise ValueError("model.module and model.kwargs apply to kind module only")
+        if self.kind != "mlp" and self.last_layer == "fixed_sign":
+            raise ValueError("model.last_layer: fixed_sign applies to kind mlp only")
+        return self
 
     @model_validator(mode="after")
     def _fixed_sign_needs_hidden(self) -> ModelConfig:
@@ -288,9 +306,14 @@ class ExperimentConfig(_Strict):
         # the identity of folders made before them
         if raw["train"].get("matmul_precision") == "highest":
             del raw["train"]["matmul_precision"]
-        for key, default in (("backend", "auto"), ("bias", False)):
-            if raw["model"].get(key) == default:
-                del raw["model"][key]
+        # keys added with the MLP's old behaviour as default leave old folders' hashes alone
+        if raw["model"].get("kind") == "mlp":
+            for key, default in (
+                ("kind", "mlp"), ("backend", "auto"), ("bias", False), ("channels", [32, 32]),
+                ("pool", "max"), ("module", None), ("kwargs", {}),
+            ):  # fmt: skip
+                if raw["model"].get(key) == default:
+                    del raw["model"][key]
         # the sweep's key order fixes the run order, so it is part of the identity
         raw["sweep_order"] = list(self.sweep)
         blob = json.dumps(raw, sort_keys=True, default=str)

@@ -90,6 +90,8 @@ _SKLEARN_DEFAULT_CLASSES: dict[str, tuple[list[int], list[int] | None]] = {
 }
 
 _ARRAY_KEYS = ("X_train", "y_train", "X_test", "y_test")
+#: the bundled sets that are images: digits are 8×8 grey levels (one channel)
+_SKLEARN_IMAGES: dict[str, dict[str, Any]] = {"digits": {"image_shape": [1, 8, 8]}}
 
 
 # ------------------------------------------------------------------- Dataset
@@ -123,6 +125,16 @@ class Dataset:
     @property
     def d(self) -> int:
         return int(self.X_train.shape[1])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) when the inputs are images (each row of X is one, flattened
+        C-major as ``reshape(n, C, H, W)`` reads it), else ``None``."""
+        shape = self.description.get("image_shape")
+        if shape is None or int(np.prod(shape)) != self.d:
+            return None
+        c, h, w = (int(v) for v in shape)
+        return c, h, w
 
     @property
     def n_classes(self) -> int:
@@ -219,13 +231,13 @@ def _check_pair(
 
 
 def _is_multiclass(*ys: Any) -> bool:
-    """Labels that are neither all ±1 nor all 0/1 (train and test together) are
-    class indices, kept as they are for both."""
+    """Labels with a value outside {−1, 0, 1} (train and test together; e.g. 0, 1, 2)
+    are class indices, kept as they are for both; otherwise each array is binary."""
     try:
         vals = set(np.unique(np.concatenate([np.ravel(v) for v in ys if v is not None])).tolist())
     except (TypeError, ValueError):
         return False  # _check_y names the problem
-    return not (vals <= {-1.0, 1.0} or vals <= {0.0, 1.0})
+    return not vals <= {-1.0, 0.0, 1.0}
 
 
 def _checked(
@@ -522,6 +534,7 @@ def _load_sklearn(cfg: DataConfig, rng: np.random.Generator) -> tuple:
         X = X.astype(np.float64)
         params = {"name": name, "classes": "all", "n_classes": len(present)}
         params["available"] = len(y)
+        params |= _SKLEARN_IMAGES.get(name, {})
         return X[tr], y[tr], X[te], y[te], params
     pos, neg = _sklearn_groups(cfg, name, present)
     keep = np.isin(target, pos + neg)
@@ -532,6 +545,7 @@ def _load_sklearn(cfg: DataConfig, rng: np.random.Generator) -> tuple:
     perm = rng.permutation(len(y))
     tr, te = perm[:n_tr], perm[n_tr : n_tr + n_te]
     params = {"name": name, "classes": [pos, neg], "available": len(y)}
+    params |= _SKLEARN_IMAGES.get(name, {})
     return X[tr], y[tr], X[te], y[te], params
 
 
@@ -655,10 +669,20 @@ def _load_file(cfg: DataConfig, base_dir: Path | None, rng: np.random.Generator)
     suffix = p.suffix.lower()
     where = f"data.path: {p}"
     Xt = yt = None
+    image: list[int] | None = None
     if suffix == ".npz":
         arrays = _read_npz(p)
         X, y = arrays["X_train"], arrays["y_train"]
         Xt, yt = arrays.get("X_test"), arrays.get("y_test")
+        if np.ndim(X) == 4:  # images (n, C, H, W): kept flattened, their shape recorded
+            image = [int(v) for v in np.shape(X)[1:]]
+            X = np.reshape(X, (np.shape(X)[0], -1))
+            if Xt is not None and np.ndim(Xt) == 4:
+                if list(np.shape(Xt)[1:]) != image:
+                    raise UserInputError(
+                        f"{where}: X_test images are {list(np.shape(Xt)[1:])}, X_train {image}"
+                    )
+                Xt = np.reshape(Xt, (np.shape(Xt)[0], -1))
     elif suffix == ".npy":
         if not cfg.labels:
             raise UserInputError(
@@ -705,6 +729,8 @@ def _load_file(cfg: DataConfig, base_dir: Path | None, rng: np.random.Generator)
     X, y = _subsample(rng, X, y, cfg.n_train, "data.n_train", p)
     Xt, yt = _subsample(rng, Xt, yt, cfg.n_test, "data.n_test", p)
     params = {"path": str(p), "format": suffix[1:], "split_from_train": split}
+    if image is not None:
+        params["image_shape"] = image
     if multi:  # K from the whole file, before any subsample drops a class
         params["n_classes"] = (
             int(classes.max()) + 1 if len(yt) == 0 else int(max(classes.max(), yt.max()) + 1)

@@ -26,7 +26,7 @@ from .config import ExperimentConfig
 from .data import Dataset
 from .losses import MULTICLASS_LOSSES, accuracy, mean_loss
 from .models import ModelSpec, Params, fixed_last_layer
-from .models.backend import Backend, make_backend
+from .models.backend import Backend, activations_per_sample, make_backend
 from .schedules import multipliers
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -124,6 +124,36 @@ def minibatch_order(seed: int, n: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=_run_generator(seed, 7919 + epoch))
 
 
+@dataclass(frozen=True)
+class ModelSize:
+    """What chunk sizing needs to know of a model (:func:`describe_model`)."""
+
+    n_params: int  # trained parameters of one run
+    act_per_sample: int  # activations one sample holds in a forward pass
+    outputs: int  # 1 (±1 labels) or K
+    generic: bool  # runs on the torch.func path
+
+
+def describe_model(cfg: ExperimentConfig, data: Dataset) -> ModelSize:
+    """Build the model a config asks for on its data once, as the engine will.
+
+    Called when a sweep is planned, so a model that cannot run (a BatchNorm, an
+    unknown factory, K outputs for other labels, a CNN on vectors) is refused
+    with one line before any results folder is written.
+
+    Raises:
+        UserInputError: naming the key that is wrong.
+    """
+    K = _outputs_of([RunSpec(0, {}, cfg, data)])
+    d, image = data.d, data.image_shape
+    spec = ModelSpec.from_config(cfg.model, d, K) if cfg.model.kind == "mlp" else None
+    a = fixed_last_layer(spec, torch.float64, "cpu") if spec is not None else None
+    shape = image if image is not None else (d,)
+    backend = make_backend(cfg.model, spec, a, cfg.train.loss, K, shape)
+    act = activations_per_sample(cfg.model, spec, image) or backend.n_params
+    return ModelSize(backend.n_params, act, K, not backend.fused_descent)
+
+
 def _outputs_of(runs: list[RunSpec]) -> int:
     """Outputs per sample of a chunk's model: 1 for ±1 labels, K for K classes;
     the loss and last layer checked against them (one line naming the key)."""
@@ -198,11 +228,25 @@ class Trainer:
         self.n, self.d = self.X.shape[-2], self.X.shape[-1]
         #: outputs per sample: 1 for ±1 labels, K for class indices 0…K−1
         self.n_outputs = _outputs_of(runs)
-        self.spec = ModelSpec.from_config(cfg.model, self.d, self.n_outputs)
-        self.a = fixed_last_layer(self.spec, self.dtype, self.device)
         self.loss_kind = cfg.train.loss
-        self.backend: Backend = make_backend(cfg.model, self.spec, self.a, self.loss_kind)
+        #: the MLP family's spec (what its diagnostics read); None for cnn and module
+        self.spec: ModelSpec | None = None
+        self.a: Tensor | None = None
+        if cfg.model.kind == "mlp":
+            self.spec = ModelSpec.from_config(cfg.model, self.d, self.n_outputs)
+            self.a = fixed_last_layer(self.spec, self.dtype, self.device)
+        image = runs[0].data.image_shape
+        self.backend: Backend = make_backend(
+            cfg.model,
+            self.spec,
+            self.a,
+            self.loss_kind,
+            self.n_outputs,
+            image if image is not None else (self.d,),
+        )
         self.n_params = self.backend.n_params
+        self.param_names = self.backend.names
+        self.act_per_sample = activations_per_sample(cfg.model, self.spec, image) or self.n_params
         self._order: Tensor | None = None  # this epoch's SGD sample order per run
         self._order_epoch = -1
         self.eval_steps = eval_steps_of(cfg)

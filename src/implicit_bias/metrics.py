@@ -123,7 +123,7 @@ def _trace(ctx: EvalContext) -> dict[str, Tensor]:
     gen = torch.Generator(device="cpu").manual_seed(1234 + ctx.step)
     # what one run's Hessian-vector product holds: primal and tangent signals of
     # every layer, forward and backward (sizes the vmapped blocks of probes)
-    act = 8 * tr.n * max(tr.spec.width, 1) * tr.spec.depth
+    act = 8 * tr.n * tr.act_per_sample
     out = {
         "hessian_trace": curvature.hutchinson_trace(
             op, tr.R, tr.n_params, tc.probes, tr.dtype, tr.device, gen, act
@@ -148,20 +148,27 @@ def _test(ctx: EvalContext) -> dict[str, Tensor]:
     }
 
 
-def _weight_matrices(ctx: EvalContext) -> Params:
-    """The trained weight matrices ``(R, out, in)`` (W1 …; not the biases after them)."""
-    return ctx.params[: len(ctx.chunk.spec.trained_shapes)]
+def _weight_matrices(ctx: EvalContext) -> list[tuple[str, Tensor]]:
+    """(name, W ``(R, out, in)``) of the trained weight matrices: the MLP's W1 … (not
+    its biases); for other models every parameter with two or more axes, a
+    convolution's kernel read as ``(out, in·kh·kw)``."""
+    tr = ctx.chunk
+    if tr.spec is not None:
+        return [(f"W{i + 1}", W) for i, W in enumerate(ctx.params[: len(tr.spec.trained_shapes)])]
+    return [
+        (name, p.reshape(p.shape[0], p.shape[1], -1))
+        for name, p in zip(tr.param_names, ctx.params, strict=True)
+        if p.dim() >= 3
+    ]
 
 
 def _stable_rank(ctx: EvalContext) -> dict[str, Tensor]:
     from . import diagnostics
 
     out = {}
-    for i, W in enumerate(_weight_matrices(ctx)):
-        out[f"stable_rank_W{i + 1}"] = diagnostics.stable_rank(W)
-        out[f"numerical_rank_W{i + 1}"] = diagnostics.numerical_rank(W, ctx.cfg.rank_tol).to(
-            W.dtype
-        )
+    for name, W in _weight_matrices(ctx):
+        out[f"stable_rank_{name}"] = diagnostics.stable_rank(W)
+        out[f"numerical_rank_{name}"] = diagnostics.numerical_rank(W, ctx.cfg.rank_tol).to(W.dtype)
     return out
 
 
@@ -169,10 +176,13 @@ def _margins(ctx: EvalContext) -> dict[str, Tensor]:
     from . import diagnostics
 
     tr = ctx.chunk
-    if tr.n_outputs > 1:
-        # minᵢ (f_{yᵢ} − max_{j≠yᵢ} f_j), normalised like the binary one
+    if tr.spec is None or tr.n_outputs > 1:
+        # minᵢ yᵢ f(xᵢ), or minᵢ (f_{yᵢ} − max_{j≠yᵢ} f_j); normalised by ‖θ‖^L
+        # where the MLP family says what L is
         f = tr.outputs(ctx.params, tr.X, tr.x_dim)
-        m = multiclass_margins(f, tr.y).amin(-1)
+        m = (multiclass_margins(f, tr.y) if tr.n_outputs > 1 else f * tr.y).amin(-1)
+        if tr.spec is None:
+            return {"margin": m}
         norm = torch.cat([p.reshape(p.shape[0], -1) for p in ctx.params], dim=1).norm(dim=1)
         return {"margin": m, "normalized_margin": m / norm**tr.spec.homogeneity}
     return diagnostics.margins(ctx.params, tr.X, tr.y, tr.spec, tr.a)
@@ -182,7 +192,13 @@ def _kkt(ctx: EvalContext) -> dict[str, Tensor]:
     from . import diagnostics
 
     tr = ctx.chunk
+    assert tr.spec is not None
     return diagnostics.kkt_residuals(ctx.params, tr.X, tr.y, tr.spec, tr.a)
+
+
+def _kkt_defined(tr: Chunk) -> bool:
+    """A binary MLP that is (near-)homogeneous: the nets the KKT theory is about."""
+    return tr.spec is not None and tr.spec.has_homogenization and tr.n_outputs == 1
 
 
 MetricFn = Callable[[EvalContext], dict[str, Tensor]]
@@ -196,7 +212,7 @@ STEP_METRICS: list[tuple[Callable[[EvalContext], bool], MetricFn]] = [
     (lambda c: c.cfg.stable_rank, _stable_rank),
     (lambda c: c.cfg.margins, _margins),
     # KKT points are those of (near-)homogeneous nets; config_warnings says when skipped
-    (lambda c: c.cfg.kkt and c.chunk.spec.has_homogenization and c.chunk.n_outputs == 1, _kkt),
+    (lambda c: c.cfg.kkt and _kkt_defined(c.chunk), _kkt),
     (lambda c: c.cfg.trace is not None, _trace),
 ]
 
@@ -246,7 +262,7 @@ def output_stats(ctx: EvalContext) -> dict[str, Tensor]:
     else:
         spread = f.std(-1, correction=0) / tr.y.square().mean(-1).sqrt()
     dead = torch.zeros(tr.R, dtype=f.dtype, device=f.device)
-    if tr.spec.activation == "relu" and tr.spec.depth > 1:
+    if tr.spec is not None and tr.spec.activation == "relu" and tr.spec.depth > 1:
         h = tr.X  # (n, d) or (R, n, d)
         for layer in range(tr.spec.depth - 1):
             z = preactivation(h, params, tr.spec, layer)  # (R, n, width)
@@ -268,9 +284,9 @@ def final_metrics(ctx: EvalContext) -> dict[str, Tensor]:
     from . import diagnostics
 
     if ctx.cfg.stable_rank:
-        for i, W in enumerate(_weight_matrices(ctx)):
-            out[f"singular_values_W{i + 1}"] = diagnostics.singular_values(W)
-    if ctx.cfg.margins:
+        for name, W in _weight_matrices(ctx):
+            out[f"singular_values_{name}"] = diagnostics.singular_values(W)
+    if ctx.cfg.margins and tr.spec is not None:
         v = diagnostics.linear_predictor_batched(ctx.params, tr.spec, tr.a)
         if v is not None:
             out["linear_predictor"] = v

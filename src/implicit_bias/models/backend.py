@@ -24,10 +24,12 @@ import torch
 from torch import Tensor
 from torch.func import vmap
 
+from .._errors import UserInputError
 from ..config import ModelConfig
 from ..losses import LossName
 from . import mlp
-from .generic import GenericBackend
+from .cnn import convnet, feature_count
+from .generic import GenericBackend, load_factory, module_backend
 from .spec import ModelSpec, Params, forward, init_params
 
 
@@ -151,11 +153,65 @@ def mlp_generic(spec: ModelSpec, a: Tensor | None, loss_kind: LossName) -> Gener
 
 
 def make_backend(
-    cfg: ModelConfig, spec: ModelSpec, a: Tensor | None, loss_kind: LossName
+    cfg: ModelConfig,
+    spec: ModelSpec | None,
+    a: Tensor | None,
+    loss_kind: LossName,
+    outputs: int = 1,
+    input_shape: tuple[int, ...] = (),
 ) -> MLPBackend | GenericBackend:
-    """The backend ``cfg`` asks for: under ``auto`` the hand-written MLP path where
-    it covers the model (one output, no biases), the ``torch.func`` path under
-    ``generic``."""
+    """The backend ``cfg`` asks for.
+
+    ``kind: mlp``: under ``auto`` the hand-written path where it covers the
+    model (one output, no biases), else (or under ``generic``) the ``torch.func``
+    path on the same forward; ``cnn`` and ``module``: the ``torch.func`` path on
+    the ``nn.Module`` (inputs reshaped to ``input_shape``).
+    """
+    if cfg.kind == "cnn":
+        if len(input_shape) != 3:
+            raise UserInputError(
+                "model.kind: cnn needs image data (data.name: digits, or a .npz with X of "
+                "shape (n, C, H, W)); this data has flat (n, d) rows"
+            )
+        c, h, w = input_shape
+
+        def build() -> torch.nn.Module:
+            try:
+                return convnet((c, h, w), outputs, cfg.channels, cfg.activation, cfg.pool, cfg.leak)
+            except ValueError as err:
+                raise UserInputError(str(err)) from None
+
+        return module_backend(build, loss_kind, outputs, input_shape)
+    if cfg.kind == "module":
+        assert cfg.module is not None
+        factory = load_factory(cfg.module)
+
+        def build_user() -> torch.nn.Module:
+            try:
+                module = factory(**cfg.kwargs)
+            except Exception as err:  # the user's factory: say which, in one line
+                raise UserInputError(
+                    f"model.module: {cfg.module}(**model.kwargs) failed ({type(err).__name__}: {err})"
+                ) from None
+            if not isinstance(module, torch.nn.Module):
+                raise UserInputError(f"model.module: {cfg.module} did not return a torch.nn.Module")
+            return module
+
+        return module_backend(build_user, loss_kind, outputs, input_shape)
+    assert spec is not None
     if cfg.backend == "generic" or spec.bias or spec.outputs > 1:
         return mlp_generic(spec, a, loss_kind)
     return MLPBackend(spec, a, loss_kind)
+
+
+def activations_per_sample(
+    cfg: ModelConfig, spec: ModelSpec | None, image: tuple[int, int, int] | None
+) -> int:
+    """Activations one sample holds in a forward pass (sizes probe blocks and chunks):
+    width × depth for the MLP, the convnet's feature maps, and for a user module
+    its parameter count as a stand-in (the module's sizes are not known)."""
+    if spec is not None:
+        return max(spec.width, 1) * spec.depth * max(spec.outputs, 1)
+    if cfg.kind == "cnn" and image is not None:
+        return feature_count(image, cfg.channels)
+    return 0

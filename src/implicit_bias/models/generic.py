@@ -19,12 +19,15 @@ derivative written by hand; the tests hold the two equal on the MLP family.
 
 from __future__ import annotations
 
+import importlib
+import threading
 from collections.abc import Callable, Sequence
 
 import torch
-from torch import Tensor
-from torch.func import grad, grad_and_value, jacrev, jvp, vjp, vmap
+from torch import Tensor, nn
+from torch.func import functional_call, grad, grad_and_value, jacrev, jvp, vjp, vmap
 
+from .._errors import UserInputError
 from ..losses import LossName, mean_loss
 from .spec import Params
 
@@ -125,6 +128,7 @@ class GenericBackend:
             # Jᵀ (∇²_f L) J v: the loss's Hessian in the outputs (ℓ''/n per sample, or
             # the K×K block of softmax / one-hot MSE) applied by jvp of its gradient
             f, Jv = jvp(lambda q: fn(q, x), (p,), (v,))[:2]
+
             def loss_of_f(g: Tensor) -> Tensor:
                 return mean_loss(g, yy, kind, K)
 
@@ -150,3 +154,98 @@ class GenericBackend:
             return Jf @ Jf.T, Jf @ theta, f
 
         return vmap(one, in_dims=(0, x_dim))(params, X)
+
+
+# ------------------------------------------------------------------ nn.Module
+def load_factory(path: str) -> Callable[..., nn.Module]:
+    """The factory ``"package.module:factory"`` names (``model.module``).
+
+    Raises:
+        UserInputError: one line naming ``model.module`` when it cannot be imported.
+    """
+    mod_name, _, attr = path.partition(":")
+    if not mod_name or not attr:
+        raise UserInputError(f"model.module: '{path}' must read 'package.module:factory'")
+    try:
+        mod = importlib.import_module(mod_name)
+    except Exception as err:  # any import failure is the user's path
+        raise UserInputError(
+            f"model.module: cannot import '{mod_name}' ({type(err).__name__}: {err})"
+        ) from None
+    factory = getattr(mod, attr, None)
+    if not callable(factory):
+        raise UserInputError(f"model.module: '{mod_name}' has no callable '{attr}'")
+    return factory
+
+
+def check_deterministic(module: nn.Module) -> None:
+    """Refuse modules with buffers (BatchNorm's running statistics) or randomness
+    (dropout): full-batch curvature needs a deterministic function of the parameters.
+
+    Raises:
+        UserInputError: one line naming the first such submodule.
+    """
+    for name, sub in module.named_modules():
+        what = type(sub).__name__ + (f" ('{name}')" if name else "")
+        if any(True for _ in sub.buffers(recurse=False)):
+            raise UserInputError(
+                f"model: {what} holds buffers (e.g. running statistics); the curvature of "
+                "the full-batch loss needs a deterministic function of the parameters"
+            )
+        if isinstance(sub, nn.modules.dropout._DropoutNd):
+            raise UserInputError(
+                f"model: {what} is random; the curvature of the full-batch loss needs a "
+                "deterministic function of the parameters"
+            )
+
+
+#: the global RNG is seeded to draw a module's own initialisation: one draw at a time
+_INIT_LOCK = threading.Lock()
+
+
+def module_backend(
+    build: Callable[[], nn.Module],
+    loss_kind: LossName,
+    outputs: int,
+    input_shape: tuple[int, ...],
+) -> GenericBackend:
+    """A backend for any deterministic ``nn.Module`` (``build()`` makes one).
+
+    The module is called on inputs reshaped to ``(n, *input_shape)`` (images
+    ``(C, H, W)``, or ``(d,)``) and must return ``(n, K)`` (K classes) or
+    ``(n, 1)``/``(n,)`` (±1 labels). Each run's initial parameters are the
+    module's own initialisation drawn with the run seed, times ``init_scale``.
+
+    Raises:
+        UserInputError: buffers, randomness, or outputs that do not match the labels.
+    """
+    skeleton = build()
+    check_deterministic(skeleton)
+    qual = [n for n, _ in skeleton.named_parameters()]
+    with torch.no_grad():
+        out = skeleton(torch.zeros(2, *input_shape))
+    got = 1 if out.dim() == 1 else int(torch.tensor(out.shape[1:]).prod())
+    if out.shape[0] != 2 or got != outputs:
+        want = f"{outputs} classes" if outputs > 1 else "±1 labels (1 output)"
+        raise UserInputError(
+            f"model: the module gives outputs of shape {tuple(out.shape[1:])} per sample but "
+            f"the data has {want}"
+        )
+
+    def fn(params: Params, x: Tensor) -> Tensor:
+        f = functional_call(
+            skeleton, dict(zip(qual, params, strict=True)), (x.reshape(-1, *input_shape),)
+        )
+        return f.reshape(f.shape[0]) if outputs == 1 else f
+
+    def init_one(seed: int, init_scale: float, dtype: torch.dtype) -> Params:
+        with _INIT_LOCK, torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
+            module = build()
+        return tuple(
+            p.detach().to(torch.float64).mul(init_scale).to(dtype) for p in module.parameters()
+        )
+
+    names = [n.replace(".", "_") for n in qual]
+    n_params = sum(p.numel() for p in skeleton.parameters())
+    return GenericBackend(fn, names, init_one, loss_kind, n_params, outputs=outputs)
