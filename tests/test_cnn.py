@@ -190,3 +190,31 @@ def test_image_npz_files(tmp_path):
     ds = make_dataset(cfg.data)
     assert ds.image_shape == (2, 4, 4) and ds.X_train.shape == (12, 32) and ds.n_classes == 3
     np.testing.assert_array_equal(ds.X_train.reshape(12, 2, 4, 4), X)
+
+
+def test_loop_batching_equals_vmap():
+    """``model.batching: loop`` (the CPU choice for convolutions) gives vmap's numbers."""
+    build = lambda: convnet(IMG, 3, [2], "elu", "max")  # noqa: E731
+    loop = module_backend(build, "cross_entropy", 3, IMG, batching="auto", device="cpu")
+    vm = module_backend(build, "cross_entropy", 3, IMG, batching="vmap")
+    assert loop.loop and not vm.loop
+    gen = torch.Generator().manual_seed(1)
+    X = torch.randn(3, 5, 16, generator=gen, dtype=torch.float64)  # per-run inputs
+    y = torch.tensor([[0.0, 1, 2, 1, 0]] * 3, dtype=torch.float64)
+    params = tuple(
+        torch.stack(ps)
+        for ps in zip(*[vm.init_one(s, 1.0, torch.float64) for s in range(3)], strict=True)
+    )
+    V = tuple(torch.randn(p.shape, generator=gen, dtype=torch.float64) for p in params)
+    a, b = loop.value_and_grad(params, X, y, 0), vm.value_and_grad(params, X, y, 0)
+    for u, w in zip((a[0], a[1], *a[2]), (b[0], b[1], *b[2]), strict=True):
+        torch.testing.assert_close(u, w, rtol=1e-12, atol=1e-13)
+    for gn in (False, True):
+        for u, w in zip(
+            loop.hvp_operator(params, X, y, 0, gn)(V),
+            vm.hvp_operator(params, X, y, 0, gn)(V),
+            strict=True,
+        ):
+            torch.testing.assert_close(u, w, rtol=1e-12, atol=1e-13)
+    for u, w in zip(loop.jacobian_gram(params, X, 0), vm.jacobian_gram(params, X, 0), strict=True):
+        torch.testing.assert_close(u, w, rtol=1e-12, atol=1e-13)

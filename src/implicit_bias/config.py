@@ -97,6 +97,9 @@ class ModelConfig(_Strict):
     #: ``"package.module:factory"``, called as ``factory(**kwargs)`` (``kind: module``)
     module: str | None = None
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: how cnn/module runs are batched: ``vmap``, a ``loop`` over runs, or ``auto``
+    #: (a loop for convolutions on the CPU, where vmap of small convs is slower)
+    batching: Literal["auto", "vmap", "loop"] = "auto"
     depth: Annotated[int, Strict(), Field(ge=1)] = 2
     width: PositiveInt = 256
     activation: Literal[
@@ -310,7 +313,7 @@ class ExperimentConfig(_Strict):
         if raw["model"].get("kind") == "mlp":
             for key, default in (
                 ("kind", "mlp"), ("backend", "auto"), ("bias", False), ("channels", [32, 32]),
-                ("pool", "max"), ("module", None), ("kwargs", {}),
+                ("pool", "max"), ("module", None), ("kwargs", {}), ("batching", "auto"),
             ):  # fmt: skip
                 if raw["model"].get(key) == default:
                     del raw["model"][key]

@@ -149,7 +149,7 @@ def describe_model(cfg: ExperimentConfig, data: Dataset) -> ModelSize:
     spec = ModelSpec.from_config(cfg.model, d, K) if cfg.model.kind == "mlp" else None
     a = fixed_last_layer(spec, torch.float64, "cpu") if spec is not None else None
     shape = image if image is not None else (d,)
-    backend = make_backend(cfg.model, spec, a, cfg.train.loss, K, shape)
+    backend = make_backend(cfg.model, spec, a, cfg.train.loss, K, shape, cfg.train.device)
     act = activations_per_sample(cfg.model, spec, image) or backend.n_params
     return ModelSize(backend.n_params, act, K, not backend.fused_descent)
 
@@ -243,6 +243,7 @@ class Trainer:
             self.loss_kind,
             self.n_outputs,
             image if image is not None else (self.d,),
+            self.device.type,
         )
         self.n_params = self.backend.n_params
         self.param_names = self.backend.names

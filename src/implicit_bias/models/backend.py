@@ -159,6 +159,7 @@ def make_backend(
     loss_kind: LossName,
     outputs: int = 1,
     input_shape: tuple[int, ...] = (),
+    device: str = "cpu",
 ) -> MLPBackend | GenericBackend:
     """The backend ``cfg`` asks for.
 
@@ -181,7 +182,7 @@ def make_backend(
             except ValueError as err:
                 raise UserInputError(str(err)) from None
 
-        return module_backend(build, loss_kind, outputs, input_shape)
+        return module_backend(build, loss_kind, outputs, input_shape, cfg.batching, device)
     if cfg.kind == "module":
         assert cfg.module is not None
         factory = load_factory(cfg.module)
@@ -197,7 +198,7 @@ def make_backend(
                 raise UserInputError(f"model.module: {cfg.module} did not return a torch.nn.Module")
             return module
 
-        return module_backend(build_user, loss_kind, outputs, input_shape)
+        return module_backend(build_user, loss_kind, outputs, input_shape, cfg.batching, device)
     assert spec is not None
     if cfg.backend == "generic" or spec.bias or spec.outputs > 1:
         return mlp_generic(spec, a, loss_kind)

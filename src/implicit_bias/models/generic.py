@@ -47,6 +47,8 @@ class GenericBackend:
         loss_kind: the training loss (:mod:`implicit_bias.losses`).
         n_params: trained parameters of one run (counted from a draw if not given).
         outputs: K outputs per sample (f ``(n, K)``, labels 0…K−1) or 1 (f ``(n,)``, ±1).
+        loop: batch runs by a Python loop over them instead of ``vmap`` (the same
+            numbers; on a CPU, ``vmap`` of small convolutions loses to the loop).
     """
 
     #: no fused backward + update: the engine takes :meth:`grad` and an update rule
@@ -60,8 +62,10 @@ class GenericBackend:
         loss_kind: LossName,
         n_params: int | None = None,
         outputs: int = 1,
+        loop: bool = False,
     ) -> None:
         self.n_outputs = outputs
+        self.loop = loop
         self.fn = fn
         self.names = tuple(names)
         self.init_one = init_one
@@ -82,9 +86,25 @@ class GenericBackend:
         return mean_loss(f, y, self.loss_kind, self.n_outputs), f
 
     # ------------------------------------------------------------- batched
+    def _map(self, fn: Callable, in_dims: tuple[int | None, ...]) -> Callable:
+        """``fn`` for one run, over every run: ``vmap``, or a loop stacking the results."""
+        if not self.loop:
+            return vmap(fn, in_dims=in_dims)
+
+        def looped(*args):
+            first = next(a for a, d in zip(args, in_dims, strict=True) if d == 0)
+            runs = (first[0] if isinstance(first, tuple) else first).shape[0]
+            outs = [
+                fn(*(_index(a, r) if d == 0 else a for a, d in zip(args, in_dims, strict=True)))
+                for r in range(runs)
+            ]
+            return torch.utils._pytree.tree_map(lambda *xs: torch.stack(xs), *outs)
+
+        return looped
+
     def outputs(self, params: Params, X: Tensor, x_dim: int | None) -> Tensor:
         """f of every run, ``(R, n)``."""
-        return vmap(self.fn, in_dims=(0, x_dim))(params, X)
+        return self._map(self.fn, (0, x_dim))(params, X)
 
     def forward_loss(
         self, params: Params, X: Tensor, y: Tensor, x_dim: int | None
@@ -93,7 +113,7 @@ class GenericBackend:
         completes, the gradients (one ``grad_and_value`` costs what a forward and
         a backward cost; the loss is needed at every step anyway)."""
         gv = grad_and_value(self._loss_and_output, has_aux=True)
-        grads, (loss, f) = vmap(gv, in_dims=(0, x_dim, x_dim))(params, X, y)
+        grads, (loss, f) = self._map(gv, (0, x_dim, x_dim))(params, X, y)
         return loss, f, grads
 
     def grad(self, pas: Params, params: Params, X: Tensor, y: Tensor, x_dim: int | None) -> Params:
@@ -135,7 +155,7 @@ class GenericBackend:
             HJv = jvp(grad(loss_of_f), (f,), (Jv,))[1]
             return vjp(lambda q: fn(q, x), p)[1](HJv)[0]
 
-        batched = vmap(gn_one if gauss_newton else hvp_one, in_dims=(0, 0, x_dim, x_dim))
+        batched = self._map(gn_one if gauss_newton else hvp_one, (0, 0, x_dim, x_dim))
         return lambda V: batched(params, V, X, y)
 
     def jacobian_gram(
@@ -153,7 +173,12 @@ class GenericBackend:
             theta = torch.cat([q.reshape(-1) for q in p])
             return Jf @ Jf.T, Jf @ theta, f
 
-        return vmap(one, in_dims=(0, x_dim))(params, X)
+        return self._map(one, (0, x_dim))(params, X)
+
+
+def _index(a, r: int):
+    """Run r of a batched argument (a tensor, or a tuple of them)."""
+    return tuple(t[r] for t in a) if isinstance(a, tuple) else a[r]
 
 
 # ------------------------------------------------------------------ nn.Module
@@ -208,6 +233,8 @@ def module_backend(
     loss_kind: LossName,
     outputs: int,
     input_shape: tuple[int, ...],
+    batching: str = "vmap",
+    device: str = "cpu",
 ) -> GenericBackend:
     """A backend for any deterministic ``nn.Module`` (``build()`` makes one).
 
@@ -216,10 +243,17 @@ def module_backend(
     ``(n, 1)``/``(n,)`` (±1 labels). Each run's initial parameters are the
     module's own initialisation drawn with the run seed, times ``init_scale``.
 
+    ``batching``: ``vmap`` or ``loop`` over runs; ``auto`` loops on the CPU
+    when the module has convolutions (there ``vmap`` of small convolutions was
+    measured slower than the loop, issue 17) and vmaps otherwise.
+
     Raises:
         UserInputError: buffers, randomness, or outputs that do not match the labels.
     """
     skeleton = build()
+    if batching == "auto":
+        convs = any(isinstance(m, nn.modules.conv._ConvNd) for m in skeleton.modules())
+        batching = "loop" if convs and device == "cpu" else "vmap"
     check_deterministic(skeleton)
     qual = [n for n, _ in skeleton.named_parameters()]
     with torch.no_grad():
@@ -248,4 +282,6 @@ def module_backend(
 
     names = [n.replace(".", "_") for n in qual]
     n_params = sum(p.numel() for p in skeleton.parameters())
-    return GenericBackend(fn, names, init_one, loss_kind, n_params, outputs=outputs)
+    return GenericBackend(
+        fn, names, init_one, loss_kind, n_params, outputs=outputs, loop=batching == "loop"
+    )
