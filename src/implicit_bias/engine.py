@@ -1,10 +1,13 @@
 """The batched training engine: all runs of a chunk advance as one computation.
 
-The model and loss are written for one run (:mod:`implicit_bias.models`);
-here they are batched over a leading run dimension with ``torch.func.vmap``.
-Within a step there is no Python loop over runs and no host synchronisation:
-learning rates are a ``(runs, steps + 1)`` table, divergence is a mask, and
-traces are written into preallocated device tensors.
+The engine asks a model backend (:mod:`implicit_bias.models.backend`: the
+hand-written MLP path or the ``torch.func`` path of any module) for the
+batched forward pass, the gradient, Hessian-vector products and the NTK; it
+never looks at the model's kind. A step is ``backend.forward_loss`` →
+``backend.grad`` → an update rule (plain GD: :func:`gd_update`; the MLP path
+fuses its backward pass with that update). Within a step there is no host
+synchronisation: learning rates are a ``(runs, steps + 1)`` table,
+divergence is a mask, and traces are written into preallocated device tensors.
 """
 
 from __future__ import annotations
