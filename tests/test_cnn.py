@@ -218,3 +218,25 @@ def test_loop_batching_equals_vmap():
             torch.testing.assert_close(u, w, rtol=1e-12, atol=1e-13)
     for u, w in zip(loop.jacobian_gram(params, X, 0), vm.jacobian_gram(params, X, 0), strict=True):
         torch.testing.assert_close(u, w, rtol=1e-12, atol=1e-13)
+
+
+def test_chunk_sizing_counts_the_generic_models_memory():
+    """Planning builds the model once: its parameters and activations size the chunks."""
+    from implicit_bias.data import make_dataset
+    from implicit_bias.engine import describe_model
+    from implicit_bias.sweep import estimate_run_bytes
+
+    cfg = load_config(DIGITS_CNN)
+    data = make_dataset(cfg.data)
+    size = describe_model(cfg, data)
+    net = convnet((1, 8, 8), 10, [2, 3], "relu", "avg")
+    assert size.n_params == sum(p.numel() for p in net.parameters()) and size.generic
+    assert size.outputs == 10 and size.act_per_sample == 2 * 2 * 64 + 2 * 16 + 2 * 3 * 16 + 3 * 4
+    small = estimate_run_bytes(cfg, 20, 64, 10, size)
+    wide = load_config({**DIGITS_CNN, "model": {**DIGITS_CNN["model"], "channels": [64, 64]}})
+    big = estimate_run_bytes(wide, 20, 64, 10, describe_model(wide, data))
+    assert big > 10 * small  # ~1000x the parameters, ~20x the activations
+    with_ntk = load_config({**DIGITS_CNN, "metrics": {**DIGITS_CNN["metrics"], "ntk": True}})
+    # the (n·K, P) Jacobian jacrev forms per run
+    extra = estimate_run_bytes(with_ntk, 20, 64, 10, size) - small
+    assert extra >= 8 * 20 * 10 * size.n_params
