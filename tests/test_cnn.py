@@ -18,11 +18,14 @@ from implicit_bias.sweep import make_plan
 IMG = (1, 4, 4)
 
 
-@pytest.mark.parametrize(("loss", "pool"), [("mse", "avg"), ("cross_entropy", "max")])
+@pytest.mark.parametrize(
+    ("loss", "pool"),
+    [("mse", "avg"), pytest.param("cross_entropy", "max", marks=pytest.mark.slow)],
+)
 def test_cnn_hvp_sharpness_and_ntk_equal_dense_references(loss, pool):
     """H v, the top eigenvalue by Lanczos, and the NTK Gram of a small convnet equal the
     dense torch.func.hessian / jacrev ones (two runs, different weights)."""
-    build = lambda: convnet(IMG, 3, [2, 3], "tanh", pool)  # noqa: E731
+    build = lambda: convnet(IMG, 3, [1, 2], "tanh", pool)  # noqa: E731
     be = module_backend(build, loss, 3, IMG)
     gen = torch.Generator().manual_seed(0)
     X = torch.randn(6, 16, generator=gen, dtype=torch.float64)
@@ -72,13 +75,13 @@ DIGITS_CNN = {
     },
     "train": {"loss": "mse", "steps": 5, "lr": 0.01, "dtype": "float64"},
     "metrics": {"every": 5, "sharpness": {"iters": 5}, "stable_rank": True},
-    "sweep": {"seed": [0, 1], "train.lr": [0.005, 0.02]},
+    "sweep": {"seed": [0, 1]},
 }
 USER = {
     **DIGITS_CNN,
     "model": {"kind": "module", "module": "_user_modules:small_mlp", "kwargs": {"width": 5}},
     "train": {**DIGITS_CNN["train"], "loss": "cross_entropy", "lr": 0.5},
-    "sweep": {"seed": [0, 1], "train.lr": [0.2, 0.6]},
+    "sweep": {"seed": [0, 1]},
 }
 
 
@@ -193,10 +196,10 @@ def test_image_npz_files(tmp_path):
 
 
 def test_loop_batching_equals_vmap():
-    """``model.batching: loop`` (the CPU choice for convolutions) gives vmap's numbers."""
+    """``model.batching: loop`` gives the numbers of vmap (what ``auto`` takes)."""
     build = lambda: convnet(IMG, 3, [2], "elu", "max")  # noqa: E731
-    loop = module_backend(build, "cross_entropy", 3, IMG, batching="auto", device="cpu")
-    vm = module_backend(build, "cross_entropy", 3, IMG, batching="vmap")
+    loop = module_backend(build, "cross_entropy", 3, IMG, batching="loop")
+    vm = module_backend(build, "cross_entropy", 3, IMG, batching="auto")
     assert loop.loop and not vm.loop
     gen = torch.Generator().manual_seed(1)
     X = torch.randn(3, 5, 16, generator=gen, dtype=torch.float64)  # per-run inputs

@@ -94,14 +94,14 @@ DIGITS = {
         "kind": "sklearn",
         "name": "digits",
         "classes": "all",
-        "n_train": 40,
-        "n_test": 20,
+        "n_train": 30,
+        "n_test": 10,
         "normalize": "standardize",
     },
     "model": {"depth": 2, "width": 8, "activation": "tanh", "parametrization": "standard"},
-    "train": {"loss": "cross_entropy", "steps": 6, "lr": 0.3, "dtype": "float64"},
+    "train": {"loss": "cross_entropy", "steps": 4, "lr": 0.3, "dtype": "float64"},
     "metrics": {"every": 3, "sharpness": {"iters": 6}},
-    "sweep": {"seed": [0, 1], "train.lr": [0.1, 0.4]},
+    "sweep": {"seed": [1], "train.lr": [0.1, 0.4]},
 }
 
 
@@ -127,7 +127,7 @@ def _loop(run, loss):
     return [p.detach().numpy() for p in params]
 
 
-@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+@pytest.mark.parametrize("loss", ["cross_entropy", pytest.param("mse", marks=pytest.mark.slow)])
 def test_digits_sweep_equals_per_run_loop(loss):
     cfg = load_config({**DIGITS, "train": {**DIGITS["train"], "loss": loss}})
     plan = make_plan(cfg)
@@ -136,7 +136,7 @@ def test_digits_sweep_equals_per_run_loop(loss):
     for i, run in enumerate(plan.runs):
         for name, w in zip(("W1", "W2"), _loop(run, loss), strict=True):
             np.testing.assert_allclose(res.weights[f"final_{name}"][i], w, rtol=1e-10, atol=1e-12)
-    assert res.weights["final_W2"].shape == (4, 10, 8)
+    assert res.weights["final_W2"].shape == (2, 10, 8)
     assert (
         np.isfinite(res.per_step["sharpness"]).all() and np.isfinite(res.per_step["test_acc"]).all()
     )
@@ -145,7 +145,7 @@ def test_digits_sweep_equals_per_run_loop(loss):
 def test_digits_all_classes_data():
     ds = make_dataset(load_config(DIGITS).data)
     assert ds.multiclass and ds.n_classes == 10
-    assert set(np.unique(ds.y_train)) <= set(range(10)) and ds.X_train.shape == (40, 64)
+    assert set(np.unique(ds.y_train)) <= set(range(10)) and ds.X_train.shape == (30, 64)
     # class indices in user arrays: kept, not remapped; K from the largest index
     arr = data_from_arrays(np.eye(4), [0, 1, 2, 1])
     assert arr.multiclass and arr.n_classes == 3 and list(arr.y_train) == [0, 1, 2, 1]
@@ -172,6 +172,7 @@ def test_multiclass_results_are_stored_with_warning_for_binary_only_metrics(tmp_
     import implicit_bias as ib
 
     raw = {**DIGITS, "metrics": {**DIGITS["metrics"], "margins": True, "kkt": True}}
+    raw["sweep"] = {"seed": [0]}
     with pytest.warns(UserWarning) as rec:
         tree = ib.run(raw, out=tmp_path / "res")
     said = " ".join(str(w.message) for w in rec)

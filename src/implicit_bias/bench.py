@@ -154,7 +154,7 @@ def cnn_rows(
     row["baseline"] = {"total_s": total, "import_torch_s": imp, "time_s": total - imp}
     for batching in ("loop", "vmap"):
         row[f"speedup_{batching}"] = row["baseline"]["time_s"] / row[batching]["time_s"]
-    row["auto"] = "loop" if device == "cpu" else "vmap"  # models.generic.module_backend
+    row["auto"] = "vmap"  # models.generic.module_backend
     row["winner"] = max(("loop", "vmap"), key=lambda b: row[f"speedup_{b}"])
     return row
 

@@ -243,17 +243,17 @@ def module_backend(
     ``(n, 1)``/``(n,)`` (±1 labels). Each run's initial parameters are the
     module's own initialisation drawn with the run seed, times ``init_scale``.
 
-    ``batching``: ``vmap`` or ``loop`` over runs; ``auto`` loops on the CPU
-    when the module has convolutions (there ``vmap`` of small convolutions was
-    measured slower than the loop, issue 17) and vmaps otherwise.
+    ``batching``: ``vmap`` or a ``loop`` over runs (the same numbers); ``auto``
+    is ``vmap``: on the 2-core CPU VM, 32 runs of a two-conv tanh net on digits
+    (n 256, 50 steps, sharpness twice) took 11.1 CPU-s under ``vmap``, 21.0 s as a
+    loop and 14.1 s in a hand-written per-run loop (one thread each).
 
     Raises:
         UserInputError: buffers, randomness, or outputs that do not match the labels.
     """
     skeleton = build()
     if batching == "auto":
-        convs = any(isinstance(m, nn.modules.conv._ConvNd) for m in skeleton.modules())
-        batching = "loop" if convs and device == "cpu" else "vmap"
+        batching = "vmap"
     check_deterministic(skeleton)
     qual = [n for n, _ in skeleton.named_parameters()]
     with torch.no_grad():
