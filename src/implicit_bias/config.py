@@ -202,28 +202,47 @@ class SharpnessConfig(_Strict):
 
 
 class PhaseConfig(_Strict):
-    """Thresholds of the phase rule (SPEC §3; :mod:`implicit_bias.phases`).
+    """Thresholds of the phase rule v2 (SPEC §3; :mod:`implicit_bias.phases`).
 
     Attributes:
-        catapult_rise: a spike is a rise of the loss above its running minimum by more
-            than this × L₀ (Lewkowycz et al. 2020, arXiv 2003.02218).
+        catapult_rise: a catapult needs the loss to rise above (1 + this)·L₀ before the
+            curvature first falls below the stability threshold (Lewkowycz et al. 2020,
+            arXiv 2003.02218); 1 % of L₀ is well above float noise and below every
+            catapult the recipes show.
         diverge_factor: a loss above this × L₀ (or non-finite) is divergence.
-        eos_tolerance: the curvature is "at 2/η" when sharpness·η/2 ≥ 1 − this, and
-            "below 2/η" after a catapult when sharpness·η/2 < 1 + this (Cohen et al.
-            2021, arXiv 2103.00065: at the edge of stability it hovers around 2/η).
-        eos_rise: edge of stability needs the loss to rise above its running minimum
-            by more than this × L₀ once the curvature is at 2/η.
-        dead_acc_margin: a final training accuracy ≤ the majority-class fraction +
-            this is chance level (the net is ``dead``).
+        eos_tolerance: the tolerance of "at the threshold": the curvature ratio
+            λ·η/c (c = 2 for GD) is at the edge when |ratio − 1| ≤ this; a run ending
+            with ratio > 1 + this is ``not_converged`` (Cohen et al. 2021, arXiv
+            2103.00065: at the edge of stability the sharpness hovers at 2/η). 0.1:
+            measured every 5 steps, a ReLU net at the edge has ρ between 0.92 and 1.09.
+        eos_rise: the edge of stability needs the loss to rise above its running
+            minimum by more than this × L₀ while the curvature hovers.
+        eos_hover: the edge of stability needs the curvature within ``eos_tolerance``
+            of the threshold at this many consecutive eval steps (3: it stayed there
+            over at least two eval intervals, rather than passing through once).
+        converged_margin: converged needs final loss ≤ (1 − this)·L₀: a net that has not
+            removed a tenth of its initial loss has not learned yet.
+        oscillation_tol: converged needs the loss over the last 10 % of the steps to
+            rise above its running minimum there by at most this × L₀ (the same 1 %
+            as ``catapult_rise``: a bump that would count as a spike is not settled).
+        lazy_low, lazy_high: lazy needs the curvature at every eval step within
+            [lazy_low, lazy_high]·λ₀. A factor 2 either side: the logistic curvature
+            falls by 20–40 % with the loss alone (σ(yf)σ(−yf) from 1/4), while
+            separable data takes it to 1e-3…1e-7 λ₀, and sharpening to 2/η from
+            below half the critical rate more than doubles it.
         dead_spread: outputs whose standard deviation over the training points is ≤
             this × rms(y) are constant (the net is ``dead``).
     """
 
     catapult_rise: NonNegFloat = 0.01
     diverge_factor: Annotated[float, Field(gt=1)] = 1.0e6
-    eos_tolerance: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.05
+    eos_tolerance: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.1
     eos_rise: NonNegFloat = 1.0e-3
-    dead_acc_margin: Probability = 0.05
+    eos_hover: PositiveInt = 3
+    converged_margin: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.1
+    oscillation_tol: NonNegFloat = 0.01
+    lazy_low: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.5
+    lazy_high: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 2.0
     dead_spread: NonNegFloat = 1.0e-6
 
 
@@ -236,6 +255,9 @@ class TraceConfig(_Strict):
 class MetricsConfig(_Strict):
     every: PositiveInt = 10
     at: list[NonNegInt] = Field(default_factory=list)
+    #: eval steps 1…10 and log-spaced ones until the multiples of ``every`` are as dense
+    #: (the catapult's spike happens within the first few steps); see engine.eval_steps_of
+    dense_early: Annotated[bool, Strict()] = True
     sharpness: SharpnessConfig | None = Field(default_factory=SharpnessConfig)
     gn_sharpness: Annotated[bool, Strict()] = False
     ntk: Annotated[bool, Strict()] = False
@@ -317,6 +339,10 @@ class ExperimentConfig(_Strict):
             ):  # fmt: skip
                 if raw["model"].get(key) == default:
                     del raw["model"][key]
+        # dense early eval steps became the default later: a config that turns them off
+        # has the eval steps (and the identity) of folders made before them
+        if raw["metrics"].get("dense_early") is False:
+            del raw["metrics"]["dense_early"]
         # the sweep's key order fixes the run order, so it is part of the identity
         raw["sweep_order"] = list(self.sweep)
         blob = json.dumps(raw, sort_keys=True, default=str)
@@ -332,7 +358,9 @@ def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
         key = f"{prefix}.{key}" if key else prefix
     kind = e["type"]
     if kind == "extra_forbidden":
-        return f"config error: unknown key '{key}'"
+        near = suggest_key(key)
+        hint = f" (did you mean '{near}'?)" if near else ""
+        return f"config error: unknown key '{key}'{hint}"
     if kind == "missing":
         return f"config error: missing required key '{key}'"
     msg = e["msg"]
@@ -342,6 +370,42 @@ def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
     got = e.get("input")
     got_s = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"config error: {key}: {msg}{got_s}" if key else f"config error: {msg}{got_s}"
+
+
+def _sections_of(annotation: Any) -> list[type[BaseModel]]:
+    """The config classes a field may hold (through Optional, unions and Annotated)."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        out += [c for c in _sections_of(arg) if c not in out]
+    return out
+
+
+def suggest_key(key: str) -> str | None:
+    """The valid dotted key nearest to a misspelled one (``model.widht`` → ``model.width``).
+
+    Only the last part is matched, among the keys of the section the others name;
+    None when nothing is close.
+    """
+    import difflib
+
+    parts = key.split(".")
+    sections: list[type[BaseModel]] = [ExperimentConfig]
+    for p in parts[:-1]:
+        nxt: list[type[BaseModel]] = []
+        for sec in sections:
+            field = sec.model_fields.get(p)
+            if field is not None:
+                nxt += _sections_of(field.annotation)
+        if not nxt:
+            return None
+        sections = nxt
+    names = sorted({n for sec in sections for n in sec.model_fields})
+    near = difflib.get_close_matches(parts[-1], names, n=1, cutoff=0.6)
+    return ".".join([*parts[:-1], near[0]]) if near else None
 
 
 _UNION_TAGS = {"constant", "step", "cosine", "warmup", "SharpnessConfig", "TraceConfig"}
@@ -496,6 +560,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+#: the key a results folder's ``config.yaml`` carries besides the config itself
+SAVED_HASH_KEY = "config_hash"
+
+
 def load_config(
     source: str | Path | Mapping[str, Any] | ExperimentConfig,
     overrides: Iterable[str] | Mapping[str, Any] | None = None,
@@ -519,6 +587,9 @@ def load_config(
         raw = copy.deepcopy(dict(source))
     else:
         raw = read_yaml(source)
+    # a results folder's config.yaml records the hash it was made for: a record of
+    # identity, not a setting, so that file is a valid input (the hash is recomputed)
+    raw.pop(SAVED_HASH_KEY, None)
     raw = apply_overrides(raw, overrides)
     cfg = _validate(raw)
     # Every point of the sweep must itself be a valid config (checked without

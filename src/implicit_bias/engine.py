@@ -82,11 +82,32 @@ class ChunkResult:
     fixed: dict[str, np.ndarray] = field(default_factory=dict)  # (out, in), shared
 
 
+#: with ``metrics.dense_early``: every step up to this one is an eval step
+DENSE_UNTIL = 10
+#: then log-spaced eval steps, this many per decade
+LOG_PER_DECADE = 8
+
+
 def eval_steps_of(cfg: ExperimentConfig) -> list[int]:
-    """{0} ∪ {k·every} ∪ at ∪ {steps}, ascending, within 0…steps."""
+    """The eval steps of a run, ascending, within 0…steps.
+
+    {0} ∪ {k·every} ∪ ``at`` ∪ {steps}, and with ``metrics.dense_early`` (the
+    default) also every step 1…10 and the log-spaced steps round(10^(j/8)) from 10
+    up to 3·every, where the multiples of ``every`` become at least as dense
+    (relative spacing every/t < 1/3 ≈ 10^(1/8) − 1). A catapult's loss spike and
+    sharpness drop happen within the first ~10 steps (Lewkowycz et al. 2020,
+    arXiv 2003.02218); an evaluation every 10 or 20 steps alone misses them.
+    """
     steps = cfg.train.steps
-    s = set(range(0, steps + 1, cfg.metrics.every)) | {0, steps}
+    every = cfg.metrics.every
+    s = set(range(0, steps + 1, every)) | {0, steps}
     s |= {t for t in cfg.metrics.at if t <= steps}
+    if getattr(cfg.metrics, "dense_early", False):
+        s |= set(range(min(DENSE_UNTIL, steps) + 1))
+        j = LOG_PER_DECADE  # 10^(j/8) from 10 on
+        while (t := round(10 ** (j / LOG_PER_DECADE))) < min(3 * every, steps + 1):
+            s.add(t)
+            j += 1
     return sorted(s)
 
 
@@ -357,8 +378,9 @@ class Trainer:
             r.config.train.lr_units == "critical" for r in self.runs
         )
         sharp0 = torch.full((R,), math.nan, dtype=dt, device=dev)
-        # A curvature / linear-algebra step that breaks for a run (_linalg) marks that
-        # run diverged at that step, with the step's name in divergence_cause.
+        # A curvature / linear-algebra step that breaks for a run (_linalg) is a failed
+        # measurement, not a divergence (SPEC §3): the run keeps training, its value
+        # there is NaN, and the first failure's step and name go to measurement_cause.
         causes = [""] * R
         with _linalg.recording() as init_broke, precision.full(dev):
             if need_init_sharp:
@@ -379,7 +401,7 @@ class Trainer:
         acc_tr = torch.full((steps + 1, R), math.nan, dtype=dt, device=dev)
         active = torch.ones(R, dtype=torch.bool, device=dev)
         div_step = torch.full((R,), -1, dtype=torch.long, device=dev)
-        # why: 1 loss non-finite or above diverge_factor × L₀, 2 update non-finite, 3 a step broke
+        # why: 1 loss non-finite or above diverge_factor × L₀, 2 update non-finite
         div_kind = torch.zeros(R, dtype=torch.long, device=dev)
         pending = torch.zeros(R, dtype=torch.bool, device=dev)  # update went non-finite
         factor = torch.tensor(
@@ -413,10 +435,7 @@ class Trainer:
                     if t == 0:
                         broke = init_broke + broke
                     if broke:  # a Python list: no host read unless a step broke
-                        hit = self._broke(broke, active, t, causes)
-                        div_step.masked_fill_(hit, t)
-                        div_kind.masked_fill_(hit, 3)
-                        active = active & ~hit
+                        self._broke(broke, active, t, causes)
                     for name, val in vals.items():
                         mask = active.reshape(-1, *([1] * (val.dim() - 1)))
                         if val.dtype == torch.bool:
@@ -440,18 +459,23 @@ class Trainer:
         with _linalg.recording() as broke, precision.full(dev):
             final_vals = metrics.final_metrics(ctx)
         if broke:
-            hit = self._broke(broke, active, steps, causes)
-            div_step.masked_fill_(hit, steps)
-            div_kind.masked_fill_(hit, 3)
+            self._broke(broke, active, steps, causes)
         res = self._collect(
             loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
             init_weights, params,
         )  # fmt: skip
         kinds = div_kind.cpu().tolist()
-        names = {1: "loss", 2: "non-finite update"}
+        no_rate = (~torch.isfinite(lr_abs)).tolist()
+        names = {0: "", 1: "loss", 2: "non-finite update"}
         res.per_run["divergence_cause"] = np.array(
-            [names.get(k, c) for k, c in zip(kinds, causes, strict=True)], dtype=str
+            [
+                "no critical rate (λ₀ not positive or not measured)" if k == 2 and bad else names[k]
+                for k, bad in zip(kinds, no_rate, strict=True)
+            ],
+            dtype=str,
         )
+        res.per_run["measurement_failed"] = np.array([bool(c) for c in causes], dtype=bool)
+        res.per_run["measurement_cause"] = np.array(causes, dtype=str)
         return res
 
     # ------------------------------------------------------------------- steps
@@ -509,15 +533,15 @@ class Trainer:
     def _broke(
         self, records: list[tuple[str, Tensor]], active: Tensor, t: int, causes: list[str]
     ) -> Tensor:
-        """Runs still active that a curvature / linear-algebra step broke at step t
-        (their cause written into ``causes``), as an ``(R,)`` mask."""
+        """Runs still active that a curvature / linear-algebra step broke at step t, as
+        an ``(R,)`` mask; the first failure of each run is written into ``causes``."""
         hit = torch.zeros_like(active)
         for what, mask in records:
             if mask.shape != active.shape:  # not over runs: nothing to attribute
                 continue
             new = active & mask.to(active.device) & ~hit
             for r in torch.nonzero(new).flatten().tolist():
-                causes[r] = f"{what} at step {t}"
+                causes[r] = causes[r] or f"{what} at step {t}"
             hit |= new
         return hit
 

@@ -81,11 +81,16 @@ def mean_loss(f: Tensor, y: Tensor, kind: LossName, outputs: int = 1) -> Tensor:
 
 
 def accuracy(f: Tensor, y: Tensor, outputs: int = 1) -> Tensor:
-    """Fraction of samples classified right: sign f = y (f = 0 counts as wrong), or
-    with K outputs argmax_k f_k = y."""
+    """Fraction of samples classified right.
+
+    One output: sign f = y; f = 0 is a tie and counts as half right (SPEC §3: a
+    sparse ReLU net with f ≡ 0 on some points is at chance there, not below it).
+    K outputs: argmax_k f_k = y.
+    """
     if outputs > 1:
         return (f.argmax(-1).to(y.dtype) == y).to(f.dtype).mean(-1)
-    return ((f * y) > 0).to(f.dtype).mean(-1)
+    yf = f * y
+    return ((yf > 0).to(f.dtype) + 0.5 * (yf == 0).to(f.dtype)).mean(-1)
 
 
 def multiclass_margins(f: Tensor, y: Tensor) -> Tensor:
