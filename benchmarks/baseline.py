@@ -81,10 +81,24 @@ def train_run(
     iters=20,
     init=None,
     activation="linear",
+    optimizer=None,
 ):
-    """Train one run; return its loss at every step and its sharpness at the eval steps."""
+    """Train one run; return its loss at every step and its sharpness at the eval steps.
+
+    ``optimizer``: ``None`` for plain GD (``torch.optim.SGD``), else the config's
+    ``train`` mapping with ``optimizer: adam`` (``torch.optim.Adam`` with its
+    ``beta1``, ``beta2``, ``eps``; bias correction on).
+    """
     model = make_model(X.shape[1], depth, width, seed, init, activation).to(X)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    if optimizer is None or optimizer.get("optimizer", "gd") == "gd":
+        opt = torch.optim.SGD(model.parameters(), lr=lr)
+    else:
+        assert optimizer["optimizer"] == "adam", "the baseline runs gd or adam"
+        assert optimizer.get("bias_correction", True), "torch.optim.Adam corrects its bias"
+        betas = (optimizer.get("beta1", 0.9), optimizer.get("beta2", 0.999))
+        opt = torch.optim.Adam(
+            model.parameters(), lr=lr, betas=betas, eps=optimizer.get("eps", 1e-8)
+        )
     losses, sharps = [], []
     for t in range(steps + 1):
         if iters and (t % every == 0 or t == steps):
@@ -147,6 +161,7 @@ def main(argv=None) -> None:
             metrics["every"],
             iters,
             activation=activation,
+            optimizer=train,
         )
         runs += 1
     print(

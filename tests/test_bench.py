@@ -72,6 +72,26 @@ def test_baseline_losses_equal_engine_float64(activation):
     np.testing.assert_allclose(losses, res.per_iteration["loss"][0], rtol=0, atol=1e-8)
 
 
+def test_baseline_adam_losses_equal_engine_float64():
+    """The bench's Adam row compares like with like (issue 18)."""
+    cfg = bench.adam_config(bench.reference_config(runs=1, steps=20))
+    cfg["train"]["dtype"] = "float64"
+    cfg["sweep"] = {"train.lr": [0.02], "seed": [3]}
+    cfg["metrics"]["sharpness"] = False
+    plan = make_plan(load_config(cfg))
+    res = Trainer(plan.runs).train()
+    data = plan.runs[0].data
+    X = torch.tensor(data.X_train, dtype=torch.float64)
+    y = torch.tensor(data.y_train, dtype=torch.float64)
+    spec = ModelSpec(d=16, depth=3, width=64, parametrization="standard", activation="linear")
+    init = init_params(spec, 3, 1.0, torch.float64)
+    losses, _ = _baseline_module().train_run(
+        X, y, 0.02, 3, 3, 64, steps=20, every=10, iters=0, init=init, optimizer=cfg["train"]
+    )
+    # the same tolerance as the GD rows' check (the two sides differ by ~1e-9 at step 0)
+    np.testing.assert_allclose(losses, res.per_iteration["loss"][0], rtol=0, atol=1e-8)
+
+
 def test_baseline_measures_sharpness():
     X = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
     y = torch.sign(X[:, 0])
@@ -131,13 +151,18 @@ def test_json_structure(monkeypatch, capsys):
     assert cb["runs"] == 1 and cb["pct_peak"] > 0 and cb["ours"]["engine_s"] == 1.5
     assert cb["engine_pct_peak"] == pytest.approx(100 * cb["gflop"] / 1.5 / 50.0)
     assert [(m["runs"], m["chunk_runs"]) for m in out["memory"]] == [(2, 2), (4, 2), (4, 4)]
-    assert out["goals"] == {"speedup_10x": False, "compute_bound_50pct_peak": False}
+    assert out["goals"] == {
+        "speedup_10x": False,
+        "adam_speedup_5x": False,
+        "compute_bound_50pct_peak": False,
+    }
     assert {"cpu", "torch_threads"} <= set(out["machine"])
     assert out["quick"] is True
     relu = out["reference_relu"]
     assert relu["activation"] == "relu" and relu["speedup"] == 1.0
+    assert out["reference_adam"]["speedup"] == 1.0  # issue 18: the Adam row
     baseline = [c for c in calls if "baseline" in " ".join(c)]
-    assert len(baseline) == 2 and all(c[-2:] == ["--device", "cpu"] for c in baseline)
+    assert len(baseline) == 3 and all(c[-2:] == ["--device", "cpu"] for c in baseline)
 
 
 def test_table_output(monkeypatch, capsys):
@@ -200,9 +225,10 @@ def test_timed_reports_failure():
 def test_repeats_time_each_workload_n_times(monkeypatch):
     calls = _fake(monkeypatch)
     bench.main(as_json=True, _runs=2, _steps=5, _cb=(1, 2), _memory=(), repeats=4)
-    assert sum("run" in c for c in calls) == 3 * 4  # reference, its ReLU twin, compute-bound
-    assert sum("baseline" in " ".join(c) for c in calls) == 2 * 4
-    assert sum("validate" in c for c in calls) == 3 * 4  # start-up: best of max(3, repeats)
+    # reference, its ReLU and Adam twins, compute-bound
+    assert sum("run" in c for c in calls) == 4 * 4
+    assert sum("baseline" in " ".join(c) for c in calls) == 3 * 4
+    assert sum("validate" in c for c in calls) == 4 * 4  # start-up: best of max(3, repeats)
 
 
 def test_cli_rejects_zero_repeats():

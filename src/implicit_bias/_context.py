@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .config import ExperimentConfig
     from .losses import LossName
     from .models import ModelSpec, Params
+    from .models.backend import Backend
 
 
 class Chunk(Protocol):
@@ -38,6 +39,7 @@ class Chunk(Protocol):
     n_outputs: int  # outputs per sample: 1 (±1 labels) or K (labels 0…K−1)
     param_names: tuple[str, ...]  # one per parameter tensor (W1, …, or qualified names)
     act_per_sample: int  # activations one sample holds in a forward pass (memory sizing)
+    backend: Backend  # the model's batched forward, gradient, HVP and NTK
     dtype: torch.dtype
     device: torch.device
     cfg: ExperimentConfig  # the chunk's (group's) config

@@ -305,7 +305,10 @@ def report(
 @app.command(cls=_PlainCommand)
 def reproduce(
     paper: Annotated[
-        str, typer.Argument(help="liu2023 | frei2023 | lewkowycz2020 | all", metavar="PAPER")
+        str,
+        typer.Argument(
+            help="liu2023 | frei2023 | lewkowycz2020 | cohen2022 | all", metavar="PAPER"
+        ),
     ],
     quick: Annotated[
         bool, typer.Option("--quick", help="small, fast version (about a minute a paper)")

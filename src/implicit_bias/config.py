@@ -40,6 +40,8 @@ NonNegInt = Annotated[int, Strict(), Field(ge=0)]
 PositiveFloat = Annotated[float, Strict(), Field(gt=0, allow_inf_nan=False)]
 NonNegFloat = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
 Probability = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
+#: a decay rate / momentum coefficient β ∈ [0, 1): β ≥ 1 never forgets (and diverges)
+Beta = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)]
 #: seeds must fit a signed 64-bit integer (numpy, torch and netCDF store them so)
 MAX_SEED = 2**63 - 1
 Seed = Annotated[int, Strict(), Field(ge=0, le=MAX_SEED)]
@@ -176,6 +178,44 @@ class TrainConfig(_Strict):
     #: float32 matmuls of the training steps: ``high`` allows TF32 on CUDA (curvature
     #: and eigensolvers stay in full precision; a no-op on the CPU), see precision.py
     matmul_precision: Literal["highest", "high"] = "highest"
+    #: the update rule (:mod:`implicit_bias.optimizers`, PyTorch's conventions); its
+    #: hyperparameters below, unset = the rule's default (β 0.9, β₁ 0.9, β₂ 0.999 for
+    #: Adam and 0.99 for RMSProp — PyTorch's ``alpha`` —, ε 1e-8, bias correction on)
+    optimizer: Literal["gd", "momentum", "nesterov", "rmsprop", "adam"] = "gd"
+    momentum: Beta | None = None
+    beta1: Beta | None = None
+    beta2: Beta | None = None
+    eps: PositiveFloat | None = None
+    bias_correction: Annotated[bool, Strict()] | None = None
+
+    @model_validator(mode="after")
+    def _optimizer_keys(self) -> TrainConfig:
+        uses = _OPTIMIZER_KEYS[self.optimizer]
+        for key in ("momentum", "beta1", "beta2", "eps", "bias_correction"):
+            if getattr(self, key) is not None and key not in uses:
+                takes = [o for o, ks in _OPTIMIZER_KEYS.items() if key in ks]
+                raise ValueError(
+                    f"train.{key} applies only to train.optimizer {' | '.join(takes)}, "
+                    f"not '{self.optimizer}'"
+                )
+        if self.optimizer == "nesterov" and self.momentum == 0:
+            raise ValueError(
+                "train.momentum=0 with train.optimizer 'nesterov' is plain GD; use "
+                "optimizer 'gd' (PyTorch refuses it too)"
+            )
+        return self
+
+    def optimizer_hyper(self) -> dict[str, Any]:
+        """The rule's hyperparameters with defaults filled in (keys of
+        :class:`implicit_bias.optimizers.Hyper`)."""
+        beta2 = 0.99 if self.optimizer == "rmsprop" else 0.999
+        return {
+            "momentum": 0.9 if self.momentum is None else self.momentum,
+            "beta1": 0.9 if self.beta1 is None else self.beta1,
+            "beta2": beta2 if self.beta2 is None else self.beta2,
+            "eps": 1e-8 if self.eps is None else self.eps,
+            "bias_correction": True if self.bias_correction is None else self.bias_correction,
+        }
 
     @field_validator("schedule", mode="before")
     @classmethod
@@ -183,6 +223,16 @@ class TrainConfig(_Strict):
         if isinstance(v, str):
             return {"kind": v}
         return v
+
+
+#: the hyperparameter keys each optimizer reads
+_OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
+    "gd": (),
+    "momentum": ("momentum",),
+    "nesterov": ("momentum",),
+    "rmsprop": ("beta2", "eps"),
+    "adam": ("beta1", "beta2", "eps", "bias_correction"),
+}
 
 
 # ------------------------------------------------------------------------ metrics

@@ -178,6 +178,25 @@ def ntk_gram(
     return vmap(gram_one, in_dims=(0, x_in_dim))(_detach(params), X)
 
 
+def preconditioned_operator(matvec: MatVec, p_diag: Tensor) -> MatVec:
+    """``v ↦ P^{-1/2} A P^{-1/2} v`` per run, for a diagonal preconditioner P.
+
+    Same eigenvalues as P⁻¹A but symmetric, so :func:`lanczos` applies; with A
+    the Hessian its top eigenvalue is the *preconditioned sharpness* of Adam /
+    RMSProp (Cohen et al. 2022, arXiv 2207.14484, v2 Eq. 2 for P).
+
+    Args:
+        matvec: symmetric ``(R, P) → (R, P)`` (e.g. the Hessian).
+        p_diag: ``(R, P)`` positive diagonal of P per run (flat like the params).
+    """
+    d = p_diag.rsqrt()
+
+    def mv(v: Tensor) -> Tensor:
+        return d * matvec(d * v)
+
+    return mv
+
+
 class LanczosResult(NamedTuple):
     """Top-k Ritz pairs per run. NaN rows mark runs whose matvec was non-finite."""
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from . import _linalg, curvature, metrics, precision
+from . import _linalg, curvature, metrics, optimizers, precision
 from .config import ExperimentConfig
 from .data import Dataset
 from .losses import MULTICLASS_LOSSES, accuracy, mean_loss
@@ -382,16 +382,28 @@ class Trainer:
         # measurement, not a divergence (SPEC §3): the run keeps training, its value
         # there is NaN, and the first failure's step and name go to measurement_cause.
         causes = [""] * R
+        # ---- the optimizer (optimizers.py): plain GD keeps the fused step below
+        opt = _Optimizer(self, params) if cfg.train.optimizer != "gd" else None
+        numerator = (
+            opt.numerator.cpu() if opt is not None else torch.full((R,), 2.0, dtype=torch.float64)
+        )
         with _linalg.recording() as init_broke, precision.full(dev):
             if need_init_sharp:
                 sharp0 = metrics.top_sharpness(ctx)[0][:, 0]  # kept in ctx.state for step 0
+            if opt is not None and opt.adaptive and need_init_sharp:
+                # the relevant curvature of adaptive rules: λ₁(P⁻¹H) with the P of the
+                # first update (from the full-batch g₀), at θ₀
+                ctx.state["preconditioner"] = opt.first_preconditioner(params)
+                pc0 = metrics.top_preconditioned_sharpness(ctx)[0]
+        relevant0 = pc0 if opt is not None and opt.adaptive and need_init_sharp else sharp0
 
         lr_base = torch.tensor([r.config.train.lr for r in self.runs], dtype=torch.float64)
         critical = torch.tensor([r.config.train.lr_units == "critical" for r in self.runs])
-        s0 = sharp0.detach().to("cpu", torch.float64)
-        # η = lr × 2/λ₀ (Liu et al. 2023 critical units); λ₀ ≤ 0 has no critical rate → NaN (diverged).
+        s0 = relevant0.detach().to("cpu", torch.float64)
+        # η = lr × c/λ₀ (Liu et al. 2023 critical units; c the optimizer's threshold
+        # numerator, 2 for GD); λ₀ ≤ 0 has no critical rate → NaN (diverged).
         s0 = torch.where(s0 > 0, s0, torch.nan)
-        lr_abs = torch.where(critical, lr_base * 2.0 / s0, lr_base)
+        lr_abs = torch.where(critical, lr_base * numerator / s0, lr_base)
         mult = np.stack([multipliers(r.config.train.schedule, steps) for r in self.runs])
         lr_table = _to_device((lr_abs[:, None] * torch.as_tensor(mult)).to(dt), dev)  # (R, steps+1)
         neg_lr = -lr_table  # the update's scale per step (negation is exact)
@@ -429,6 +441,8 @@ class Trainer:
 
                 if t in eval_set:
                     ctx.params, ctx.step, ctx.active = params, t, active
+                    if opt is not None and opt.adaptive and t > 0:
+                        ctx.state["preconditioner"] = opt.preconditioner()
                     # curvature always in full precision
                     with _linalg.recording() as broke, precision.full(dev):
                         vals = metrics.step_metrics(ctx)
@@ -448,7 +462,7 @@ class Trainer:
                 # a non-finite gradient (or rate) leaves the run's weights as they
                 # were (the last finite ones) and flags it diverged at t + 1
                 scale = torch.where(active, neg_lr[:, t], 0.0)
-                params, finite = self._step(params, t, pas, scale)
+                params, finite = self._step(params, t, pas, scale, opt, lr_table[:, t], active)
                 pending = active & ~finite
                 if self.progress is not None and (t + 1) % 50 == 0:
                     self.progress(50)
@@ -462,7 +476,7 @@ class Trainer:
             self._broke(broke, active, steps, causes)
         res = self._collect(
             loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
-            init_weights, params,
+            init_weights, params, relevant0 if opt is not None else None,
         )  # fmt: skip
         kinds = div_kind.cpu().tolist()
         no_rate = (~torch.isfinite(lr_abs)).tolist()
@@ -509,12 +523,23 @@ class Trainer:
         ar = torch.arange(self.R, device=self.device)[:, None]
         return self.X[ar, idx], self.y[ar, idx]
 
-    def _step(self, params: Params, t: int, pas: Any, scale: Tensor) -> tuple[Params, Tensor]:
+    def _step(
+        self,
+        params: Params,
+        t: int,
+        pas: Any,
+        scale: Tensor,
+        opt: _Optimizer | None = None,
+        lr: Tensor | None = None,
+        active: Tensor | None = None,
+    ) -> tuple[Params, Tensor]:
         """One update of every run: gradient from the backend, then the update rule.
 
         Args:
             pas: the full-batch forward pass of step t (``None`` under SGD).
             scale: ``(R,)``, −η_t (0 for stopped runs).
+            opt: the update rule when it is not plain GD (with the rates η_t ``lr``
+                and the ``active`` runs it needs).
 
         Returns:
             The new params and ``(R,)`` flags: the run's gradient was finite.
@@ -524,6 +549,10 @@ class Trainer:
             X, y = self._minibatch(t)
             x_dim = 0  # a minibatch is drawn per run
             pas = self.backend.forward_loss(params, X, y, x_dim)[2]
+        if opt is not None:  # any rule but plain GD: grads → rule → params
+            assert lr is not None and active is not None
+            grads = self.backend.grad(pas, params, X, y, x_dim)
+            return params, ~opt.step(grads, params, lr, active)
         if self.backend.fused_descent:
             # plain GD on the hand-written path: backward fused with the in-place update
             return params, self.backend.descend(pas, params, y, scale)
@@ -548,7 +577,7 @@ class Trainer:
     # ------------------------------------------------------------------ collect
     def _collect(
         self, loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
-        init_weights, params,
+        init_weights, params, relevant0,
     ) -> ChunkResult:  # fmt: skip
         def np_(x: Tensor) -> np.ndarray:
             return x.detach().to("cpu").numpy()
@@ -578,10 +607,13 @@ class Trainer:
             train_acc=res.per_iteration["train_acc"],
             lr_t=res.per_iteration["lr_t"],
             eval_steps=self.eval_steps,
-            sharpness_init=sharp0_np,
+            sharpness_init=sharp0_np if relevant0 is None else np_(relevant0).astype(np.float64),
             lr=lr_np,
             final=finals,
         )
+        # (stability_numerator and stability_threshold c/η come from the summaries)
+        if "preconditioned_sharpness" in res.per_step and relevant0 is not None:
+            res.per_run["preconditioned_sharpness_init"] = np_(relevant0).astype(np.float64)
         res.per_run["divergence_step"] = np_(div_step)
         res.per_run["sharpness_init"] = sharp0_np
         res.per_run["lr"] = lr_np
@@ -595,3 +627,56 @@ class Trainer:
         if self.a is not None:
             res.fixed["a"] = np_(self.a)
         return res
+
+
+class _Optimizer:
+    """The update rules of :mod:`implicit_bias.optimizers` inside the engine.
+
+    Plain GD does not come here (the MLP path fuses its backward with the
+    update, the generic one uses :func:`gd_update`). Any other rule takes the gradients of the step's
+    (mini)batch, computes the updates and adds them in place; a run that may
+    not step (stopped, or a non-finite gradient) keeps its weights and state.
+    """
+
+    def __init__(self, trainer: Trainer, params: Params):
+        cfg = trainer.cfg.train
+        self.tr = trainer
+        self.name = cfg.optimizer
+        self.rule = optimizers.rule(self.name)
+        self.adaptive = self.name in optimizers.ADAPTIVE
+        per_run = [r.config.train.optimizer_hyper() for r in trainer.runs]
+        self.hp = optimizers.hyper(
+            trainer.R,
+            **{k: [h[k] for h in per_run] for k in optimizers.Hyper._fields},
+            device=trainer.device,
+        )
+        self.numerator = optimizers.threshold_numerator(self.name, self.hp)
+        self.state = self.rule.init(params)
+
+    def step(self, grads: Params, params: Params, lr: Tensor, active: Tensor) -> Tensor:
+        """One update in place from the backend's gradients; returns ``(R,)`` runs to
+        flag diverged (non-finite)."""
+        finite = torch.isfinite(lr)
+        for g in grads:
+            finite &= torch.isfinite(g).flatten(1).all(1)
+        ok = active & finite
+        upd, new = self.rule.update(grads, self.state, torch.where(ok, lr, 0.0), self.hp)
+        self.state = optimizers.select(ok, new, self.state)
+        for p, u in zip(params, upd, strict=True):
+            p.add_(torch.where(ok.view(-1, *([1] * (u.dim() - 1))), u, 0.0))
+        return active & ~finite
+
+    def first_preconditioner(self, params: Params) -> Tensor:
+        """P at θ₀ from the full-batch g₀ (:func:`optimizers.initial_preconditioner`),
+        flat ``(R, P)``."""
+        tr = self.tr
+        _, _, grads = tr.value_and_grad(params, tr.X, tr.y)
+        P = optimizers.initial_preconditioner(self.name, grads, self.hp)
+        assert P is not None
+        return curvature.flatten(P)
+
+    def preconditioner(self) -> Tensor:
+        """P of the last update taken, flat ``(R, P)``."""
+        P = optimizers.preconditioner(self.name, self.state, self.hp)
+        assert P is not None
+        return curvature.flatten(P)

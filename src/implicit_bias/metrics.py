@@ -82,6 +82,84 @@ def _sharpness(ctx: EvalContext) -> dict[str, Tensor]:
     return out
 
 
+def top_preconditioned_sharpness(ctx: EvalContext) -> tuple[Tensor, Tensor, Tensor]:
+    """λ₁(P^{-1/2} H P^{-1/2}) per run by batched Lanczos, with residual and flag.
+
+    P is the optimizer's diagonal preconditioner, put into ``ctx.state
+    ["preconditioner"]`` ``(R, P)`` by the engine (see
+    :func:`implicit_bias.optimizers.preconditioner`). Warm-started like
+    :func:`top_sharpness`; cached per step (the engine may ask at θ₀ for the
+    critical rate before the step-0 measurement).
+    """
+    cached = ctx.state.get("pc_result")
+    if cached is not None and cached[0] == ctx.step and cached[1] is ctx.params:
+        return cached[2]
+    tr = ctx.chunk
+    sc = ctx.cfg.sharpness
+    op = curvature.preconditioned_operator(
+        tr.hessian_operator(ctx.params), ctx.state["preconditioner"]
+    )
+    v0 = ctx.state["pc_v"] if "pc_v" in ctx.state else tr.start_vectors()
+    res = curvature.lanczos(
+        op, v0, iters=sc.iters if sc else 20, k=1, tol=sc.tol if sc else 1e-3, early_stop=True
+    )
+    v = res.eigenvectors[:, 0]
+    ctx.state["pc_v"] = torch.where(torch.isfinite(v).all(-1, keepdim=True), v, v0)
+    out = (res.eigenvalues[:, 0], res.residuals[:, 0], res.converged[:, 0])
+    ctx.state["pc_result"] = (ctx.step, ctx.params, out)
+    return out
+
+
+def _preconditioned_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
+    val, resid, conv = top_preconditioned_sharpness(ctx)
+    return {
+        "preconditioned_sharpness": val,
+        "preconditioned_sharpness_residual": resid,
+        "preconditioned_sharpness_converged": conv,
+    }
+
+
+#: minibatches drawn per eval step for ``batch_sharpness``
+BATCH_SHARPNESS_BATCHES = 8
+
+
+def sharpness_batch(seed: int, n: int, batch_size: int, step: int, b: int) -> Tensor:
+    """Sample indices of the b-th minibatch ``batch_sharpness`` draws at ``step``."""
+    gen = torch.Generator().manual_seed(
+        (int(seed) * 1_000_003 + 104_729 * (step + 1) + b) & 0x7FFF_FFFF_FFFF_FFFF
+    )
+    return torch.randperm(n, generator=gen)[:batch_size]
+
+
+def _batch_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
+    """E_B[g_Bᵀ H_B g_B / ‖g_B‖²] over minibatches B of ``train.batch_size``.
+
+    A mean of per-batch ratios, not a ratio of means (Andreyev & Beneventano,
+    arXiv 2412.20553: under SGD it sits at 2/η while λ_max stays below). The
+    batches are :data:`BATCH_SHARPNESS_BATCHES` uniform draws without
+    replacement, seeded by (run seed, step), independent of the training order.
+    """
+    tr = ctx.chunk
+    bs = tr.cfg.train.batch_size
+    assert bs is not None
+    ratios = []
+    for b in range(BATCH_SHARPNESS_BATCHES):
+        idx = torch.stack(
+            [sharpness_batch(r.config.seed, tr.n, bs, ctx.step, b) for r in tr.runs]
+        ).to(tr.X.device)
+        ar = torch.arange(tr.R, device=idx.device)[:, None]
+        Xb = tr.X[idx] if tr.x_dim is None else tr.X[ar, idx]
+        yb = tr.y[idx] if tr.x_dim is None else tr.y[ar, idx]
+        # a minibatch is drawn per run: run-dimension inputs (x_dim 0)
+        _, _, pas = tr.backend.forward_loss(ctx.params, Xb, yb, 0)
+        grads = tr.backend.grad(pas, ctx.params, Xb, yb, 0)
+        hvp = tr.backend.hvp_operator(ctx.params, Xb, yb, 0)
+        g = curvature.flatten(grads)
+        Hg = curvature.flatten(hvp(grads))
+        ratios.append((g * Hg).sum(-1) / g.square().sum(-1))
+    return {"batch_sharpness": torch.stack(ratios).mean(0)}
+
+
 def _gn_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
     tr = ctx.chunk
     op = tr.hessian_operator(ctx.params, gauss_newton=True)
@@ -206,6 +284,18 @@ MetricFn = Callable[[EvalContext], dict[str, Tensor]]
 #: (enabled?, metric) pairs evaluated at every eval step, in this order.
 STEP_METRICS: list[tuple[Callable[[EvalContext], bool], MetricFn]] = [
     (lambda c: c.cfg.sharpness is not None, _sharpness),
+    (
+        lambda c: c.cfg.sharpness is not None and "preconditioner" in c.state,
+        _preconditioned_sharpness,
+    ),
+    (
+        lambda c: (
+            c.cfg.sharpness is not None
+            and c.chunk.cfg.train.batch_size is not None
+            and c.chunk.cfg.train.batch_size < c.chunk.n
+        ),
+        _batch_sharpness,
+    ),
     (lambda c: c.cfg.gn_sharpness, _gn_sharpness),
     (lambda c: c.chunk.Xt.shape[-2] > 0, _test),
     (lambda c: c.cfg.ntk, _ntk),
@@ -219,6 +309,8 @@ STEP_METRICS: list[tuple[Callable[[EvalContext], bool], MetricFn]] = [
 #: step metrics also reported at θ_steps as ``final_<name>``.
 FINAL_FROM_STEP = (
     "sharpness",
+    "preconditioned_sharpness",
+    "batch_sharpness",
     "gn_sharpness",
     "test_loss",
     "test_acc",
@@ -382,6 +474,9 @@ def summaries(
         sharpness_init: λ₀ ``(R,)`` (NaN when not measured).
         lr: the absolute base rate η ``(R,)``.
         final: ``output_spread`` and ``dead_units`` ``(R,)`` from :func:`final_metrics`.
+        sharpness_init: for adaptive optimizers the relevant curvature at θ₀, the
+            preconditioned sharpness (critical means η·λ₀/c > 1, c the optimizer's
+            :func:`phases.stability_numerator`).
     """
     R = loss.shape[0]
     final = final or {}
@@ -399,7 +494,9 @@ def summaries(
     crit = lr * np.asarray(sharpness_init, dtype=np.float64) / num
     curv: np.ndarray | None = None
     source = "none"
-    if "sharpness" in per_step:
+    if "preconditioned_sharpness" in per_step:
+        curv, source = per_step["preconditioned_sharpness"], "precond"
+    elif "sharpness" in per_step:
         curv, source = per_step["sharpness"], "sharpness"
     elif "ntk_max" in per_step and runs[0].config.train.loss == "mse":
         curv, source = per_step["ntk_max"], "ntk"

@@ -58,7 +58,9 @@ ratio is ρ_t = λ_t·η_t/c and "above critical" means ρ > 1. ``tol`` is
     [``lazy_low``, ``lazy_high``]·λ₀ at every eval step (``min_sharpness_rel``,
     ``max_sharpness_rel`` = min, max of λ_t/λ₀).
 
-*Curvature*: the Hessian sharpness when ``metrics.sharpness`` is on
+*Curvature*: for adaptive optimizers (Adam, RMSProp) the preconditioned
+sharpness λ₁(P⁻¹H) (``precond``; Cohen et al. 2022, arXiv 2207.14484); else the
+Hessian sharpness when ``metrics.sharpness`` is on
 (``curvature_source`` = ``sharpness``); else, for the squared loss with
 ``metrics.ntk`` on, the NTK top eigenvalue (``ntk``: for ½·mean (f − y)² the
 Gauss–Newton part of the Hessian is (1/n)JᵀJ, whose top eigenvalue is the
@@ -109,7 +111,7 @@ PRECEDENCE = (
     "lazy",
 )
 PHASE_DTYPE = f"<U{max(map(len, PHASES))}"
-CURVATURE_SOURCES = ("sharpness", "ntk", "none")
+CURVATURE_SOURCES = ("precond", "sharpness", "ntk", "none")
 #: the share of the steps, at the end, over which ``final_oscillation`` is read
 OSCILLATION_WINDOW = 0.1
 
@@ -147,8 +149,17 @@ def stability_numerator(train: Any) -> float:
     adds its numerator here; the phase rule reads only this number.
     """
     kind = getattr(train, "optimizer", "gd")
-    if kind == "gd":
+    if kind in ("gd", "rmsprop"):  # RMSProp: on the preconditioned sharpness
         return 2.0
+    h = train.optimizer_hyper()
+    # the same numbers as implicit_bias.optimizers.threshold_numerator (torch-free
+    # here; tests/test_optimizers.py checks they agree)
+    if kind == "momentum":
+        return 2 + 2 * h["momentum"]
+    if kind == "nesterov":
+        return (2 + 2 * h["momentum"]) / (1 + 2 * h["momentum"])
+    if kind == "adam":  # on the preconditioned sharpness
+        return (2 + 2 * h["beta1"]) / (1 - h["beta1"])
     raise NotImplementedError(f"no stability threshold for train.optimizer {kind!r}")
 
 

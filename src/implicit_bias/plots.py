@@ -503,6 +503,31 @@ def _threshold(view: GroupView, rate: float) -> float:
     return (1.0 if view.critical else 2.0) / rate
 
 
+def _numerators(view: GroupView) -> np.ndarray:
+    """Each run's threshold numerator c (2 for GD, 2 + 2β for heavy ball, …; issue 18)."""
+    ds = view.ds
+    if "stability_numerator" in ds:
+        return np.asarray(ds["stability_numerator"].values, dtype=np.float64)
+    return np.full(view.n_runs, 2.0)
+
+
+def _raw_thresholds(view: GroupView, sel: np.ndarray) -> list[tuple[float, float]]:
+    """(rate, threshold c/η in plotting units) of the selected runs, distinct, by rate.
+
+    In critical units (η in units of c/λ₀) every threshold is 1/η whatever c.
+    Empty for adaptive optimizers: their threshold bounds the *preconditioned*
+    sharpness, not the raw one this figure shows.
+    """
+    if "preconditioned_sharpness" in view.ds:
+        return []
+    c = _numerators(view)
+    pairs = {
+        (float(r), (1.0 if view.critical else float(k)) / float(r))
+        for r, k in zip(view.rate[sel], c[sel], strict=True)
+    }
+    return sorted(pairs)
+
+
 def _sharpness_label(view: GroupView) -> str:
     if view.critical:
         return r"sharpness $\lambda_t/\lambda_0$ (relative to init)"
@@ -522,10 +547,11 @@ def sharpness(view: GroupView, name: str, several: bool) -> Figure | None:
     rates_are_lines = lines.order and isinstance(lines.order[0], float)
     for ax, pk in zip(axes, order, strict=True):
         sel = panels.mask(pk)
-        refs = tuple(_threshold(view, r) for r in sorted({float(v) for v in view.rate[sel]}))
-        for r in sorted({float(v) for v in view.rate[sel]}):
+        pairs = _raw_thresholds(view, sel)
+        refs = tuple(v for _, v in pairs)
+        for r, v in pairs:
             color = lines.colors[r] if rates_are_lines else "0.35"
-            ax.axhline(_threshold(view, r), color=color, ls="--", lw=1.0)
+            ax.axhline(v, color=color, ls="--", lw=1.0)
         _trace_panel(
             ax,
             view,
@@ -541,12 +567,21 @@ def sharpness(view: GroupView, name: str, several: bool) -> Figure | None:
         )
     several_seeds = any(lines.mask(k).sum() > 1 for k in lines.order)
     hs = _line_handles(view, lines, several_seeds)
-    thr = r"stability threshold $2/\eta$"
+    momentum = bool((_numerators(view) != 2.0).any())
+    opt = (view.info.get("train") or {}).get("optimizer", "gd")
+    c_of = {"momentum": r"2+2\beta", "nesterov": r"(2+2\beta)/(1+2\beta)"}
+    thr = (
+        rf"stability threshold $c/\eta$, $c = {c_of.get(opt, 'c')}$"
+        if momentum
+        else r"stability threshold $2/\eta$"
+    )
     if view.critical:
         thr += "\n" + r"($= 1/\eta$ in these units)"
-    hs.append(Line2D([], [], color="0.35", ls="--", lw=1.0, label=thr))
+    if "preconditioned_sharpness" not in ds:
+        hs.append(Line2D([], [], color="0.35", ls="--", lw=1.0, label=thr))
     _legend(fig, hs, lines.title)
-    _suptitle(fig, "sharpness against the edge of stability 2/η" + note, name, view, several)
+    edge = "c/η" if momentum else "2/η"
+    _suptitle(fig, f"sharpness against the edge of stability {edge}" + note, name, view, several)
     return fig
 
 

@@ -47,6 +47,12 @@ _PER_RUN_KEYS = {
     ("train", "lr"),
     ("train", "lr_units"),
     ("train", "schedule"),
+    # the optimizer's hyperparameters are per-run tensors (the rule itself is not)
+    ("train", "momentum"),
+    ("train", "beta1"),
+    ("train", "beta2"),
+    ("train", "eps"),
+    ("train", "bias_correction"),
     ("model", "init_scale"),
     ("metrics", "phase"),
     ("store",),
@@ -177,6 +183,10 @@ def estimate_run_bytes(
     )
     # weights, two eval/warm-start vectors, the kept init/final weights, temporaries
     per_param = 6 + len(cfg.store.weights) + basis
+    # the optimizer's state (velocity, moments) and its gradients and updates
+    per_param += {"gd": 0, "momentum": 3, "nesterov": 3, "rmsprop": 3, "adam": 4}[
+        cfg.train.optimizer
+    ]
     act = (n + m) * max(spec.width, 1) * spec.depth
     per = item * (P * per_param + 8 * act + n * d) + TRACE_BYTES_PER_STEP * (cfg.train.steps + 1)
     if cfg.metrics.kkt or cfg.metrics.ntk:

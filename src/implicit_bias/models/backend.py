@@ -114,7 +114,7 @@ class MLPBackend:
         return mlp.forward_loss(params, X, y, self.spec, self.a, self.loss_kind)
 
     def grad(self, pas: Any, params: Params, X: Tensor, y: Tensor, x_dim: int | None) -> Params:
-        return mlp.grads_of(pas, y, self.spec, self.loss_kind)
+        return mlp.gradients(pas, y, self.spec, self.loss_kind)
 
     def descend(self, pas: Any, params: Params, y: Tensor, scale: Tensor) -> Tensor:
         """Backward fused with θ ← θ + scale·∇loss in place; ``(R,)`` finite flags."""

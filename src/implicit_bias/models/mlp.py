@@ -259,11 +259,12 @@ def value_and_grad(
         loss ``(R,)``, f ``(R, n)``, grads (same shapes as ``params``).
     """
     loss, f, pas = forward_loss(params, X, y, spec, a, loss_kind)
-    return loss, f, grads_of(pas, y, spec, loss_kind)
+    return loss, f, gradients(pas, y, spec, loss_kind)
 
 
-def grads_of(pas: _Pass | _ChainPass, y: Tensor, spec: ModelSpec, loss_kind: LossName) -> Params:
-    """The backward half of :func:`value_and_grad`: gradients from a forward pass."""
+def gradients(pas: _Pass | _ChainPass, y: Tensor, spec: ModelSpec, loss_kind: LossName) -> Params:
+    """The gradients of R runs from a forward pass (:func:`forward_loss`), not applied
+    (the update rules of :mod:`implicit_bias.optimizers` take them)."""
     if isinstance(pas, _ChainPass):
         delta = _dloss_df(pas.f, y, loss_kind)
         c = spec.multipliers()
