@@ -150,7 +150,7 @@ def test_engine_generic_backend_equals_auto(case):
     raw = {
         "data": {"kind": "overlap", "n_train": 12, "n_test": 6, "d": 4, "seed": 2},
         "train": {"loss": "logistic", "steps": 8, "lr": 0.4, "dtype": "float64"},
-        "metrics": {"every": 4, "sharpness": {"iters": 8}, "ntk": True},
+        "metrics": {"every": 4, "sharpness": {"iters": 8}, "ntk": True, "dense_early": False},
         "sweep": {"seed": [0, 1], "train.lr": [0.1, 0.6]},
     }
     for key, val in case.items():
@@ -236,7 +236,12 @@ def test_bias_sweep_batched_equals_per_run_loop_and_is_stored(tmp_path):
         "data": {"kind": "overlap", "n_train": 12, "n_test": 6, "d": 4, "seed": 2},
         "model": {"depth": 2, "width": 6, "activation": "tanh", "bias": True},
         "train": {"loss": "mse", "steps": 10, "lr": 0.3, "dtype": "float64"},
-        "metrics": {"every": 5, "sharpness": {"iters": 8}, "stable_rank": True},
+        "metrics": {
+            "every": 5,
+            "sharpness": {"iters": 8},
+            "stable_rank": True,
+            "dense_early": False,
+        },
         "sweep": {"seed": [0, 1], "train.lr": [0.1, 0.5]},
     }
     plan = make_plan(load_config(raw))

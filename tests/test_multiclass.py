@@ -100,7 +100,7 @@ DIGITS = {
     },
     "model": {"depth": 2, "width": 8, "activation": "tanh", "parametrization": "standard"},
     "train": {"loss": "cross_entropy", "steps": 4, "lr": 0.3, "dtype": "float64"},
-    "metrics": {"every": 3, "sharpness": {"iters": 6}},
+    "metrics": {"every": 4, "sharpness": {"iters": 6}, "dense_early": False},
     "sweep": {"seed": [1], "train.lr": [0.1, 0.4]},
 }
 
