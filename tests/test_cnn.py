@@ -68,7 +68,7 @@ def test_cnn_hvp_sharpness_and_ntk_equal_dense_references(loss, pool, channels):
 
 DIGITS_CNN = {
     "name": "cnn",
-    "data": {"kind": "sklearn", "name": "digits", "classes": "all", "n_train": 20, "n_test": 10},
+    "data": {"kind": "sklearn", "name": "digits", "classes": "all", "n_train": 12, "n_test": 6},
     "model": {
         "kind": "cnn",
         "channels": [2, 3],
@@ -76,8 +76,8 @@ DIGITS_CNN = {
         "pool": "avg",
         "init_scale": 0.5,
     },
-    "train": {"loss": "mse", "steps": 5, "lr": 0.01, "dtype": "float64"},
-    "metrics": {"every": 5, "sharpness": {"iters": 5}, "stable_rank": True, "dense_early": False},
+    "train": {"loss": "mse", "steps": 3, "lr": 0.01, "dtype": "float64"},
+    "metrics": {"every": 3, "sharpness": {"iters": 3}, "stable_rank": True, "dense_early": False},
     "sweep": {"seed": [0, 1]},
 }
 USER = {
