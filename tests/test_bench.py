@@ -278,3 +278,30 @@ def test_gpu_check_script_runs_on_cpu(tmp_path):
     ref = res["reference"]
     assert ref["runs"] == 64 and ref["baseline_measured_runs"] == 2
     assert ref["baseline_scaled_s"] == pytest.approx(ref["baseline_measured_s"] * 32)
+
+
+def test_cnn_row_plumbing(monkeypatch, capsys):
+    """The CNN row times both batchings and the hand-written loop on the same config."""
+    calls = _fake(monkeypatch)
+    res = bench.main(quick=True, _runs=2, _steps=5, _cb=(0, 0), _memory=(), _cnn=(4, 3))
+    row = res["cnn"]
+    assert row["runs"] == 4 and row["steps"] == 3 and row["auto"] == "vmap"
+    assert row["loop"]["time_s"] == row["vmap"]["time_s"] == 2.0
+    assert row["speedup_loop"] == 1.0 and row["winner"] in ("loop", "vmap")
+    assert any("cnn_baseline.py" in " ".join(c) for c in calls)
+    assert "CNN 4×3, batching vmap (auto)" in capsys.readouterr().out
+    cfg = load_config(bench.cnn_config(32, 50))
+    assert cfg.model.kind == "cnn" and len(cfg.sweep["train.lr"]) * len(cfg.sweep["seed"]) == 32
+
+
+@pytest.mark.slow
+def test_cnn_baseline_script_main(tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "ib_cnn_baseline", ROOT / "benchmarks" / "cnn_baseline.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = bench.cnn_config(runs=2, steps=2)
+    cfg["data"]["n_train"] = 16
+    cfg["metrics"] = {"every": 1, "sharpness": {"iters": 2}}
+    mod.main([str(bench._write(cfg, tmp_path / "cnn.yaml"))])

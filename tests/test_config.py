@@ -72,7 +72,7 @@ def test_overrides_take_field_types():
         ({"data": {"kind": "overlap"}}, ["train.lr=0"], "train.lr"),
         ({"data": {"kind": "overlap"}}, ["model.width=0"], "model.width"),
         ({"data": {"kind": "overlap"}}, ["train.steps=-5"], "train.steps"),
-        ({"data": {"kind": "overlap"}}, ["model.activation=tanh"], "model.activation"),
+        ({"data": {"kind": "overlap"}}, ["model.activation=swish"], "model.activation"),
         ({"data": {"kind": "nope"}}, None, "data.kind"),
         ({"model": {}}, None, "data"),
         ({"data": {"kind": "file"}}, None, "data.path"),

@@ -352,8 +352,8 @@ def test_bad_files(tmp_path) -> None:
             r"y_train contains NaN or inf",
         ),
         (
-            {"X_train": np.ones((3, 2)), "y_train": np.array([0, 1, 2])},
-            r"y_train has values \{0, 1, 2\}",
+            {"X_train": np.ones((3, 2)), "y_train": np.array([0, 1, 2.5])},
+            r"y_train has values \{0, 1, 2.5\}",
         ),
         ({"X_train": np.ones((3, 2)), "y_train": np.array([-1, 0, 1])}, r"\{-1, 0, 1\}"),
         (
@@ -375,9 +375,9 @@ def test_bad_files(tmp_path) -> None:
                 "X_train": np.ones((3, 2)),
                 "y_train": np.ones(3),
                 "X_test": np.ones((1, 2)),
-                "y_test": np.array([5]),
+                "y_test": np.array([0.5]),
             },
-            r"y_test has values \{5\}",
+            r"y_test has values \{0.5\}",
         ),
     ],
 )

@@ -236,8 +236,8 @@ def test_hand_written_grad_and_hvp_match_autograd(model, loss, per_run_data):
 @pytest.mark.parametrize("per_run_data", [False, True])
 def test_jacobian_gram_matches_jacrev(model, per_run_data):
     """J Jᵀ and J θ formed layer-wise equal the dense per-sample Jacobian (float64)."""
-    from implicit_bias.batched import jacobian_gram
     from implicit_bias.diagnostics import per_sample_gradients
+    from implicit_bias.models.mlp import jacobian_gram
 
     sweep = {"seed": [0, 1, 2]}
     if per_run_data:

@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from implicit_bias import batched, optimizers
+from implicit_bias import optimizers
 from implicit_bias.losses import mean_loss
 from implicit_bias.models import ModelSpec, forward, init_params
+from implicit_bias.models import mlp as batched
 
 SPEC = ModelSpec(d=4, depth=3, width=6, activation="relu", parametrization="ntk")
 STEPS = 6

@@ -12,9 +12,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from implicit_bias import UserInputError, batched, metrics, precision
+from implicit_bias import UserInputError, metrics, precision
 from implicit_bias.config import load_config
 from implicit_bias.engine import Trainer
+from implicit_bias.models import mlp
 from implicit_bias.sweep import make_plan
 
 CFG = {
@@ -49,7 +50,7 @@ def recorded(monkeypatch):
         monkeypatch.setattr(module, name, wrapped)
 
     for name in ("forward_loss", "descend", "hvp_operator"):
-        spy(batched, name)
+        spy(mlp, name)
     for name in ("top_sharpness", "step_metrics", "final_metrics"):
         spy(metrics, name)
     return state

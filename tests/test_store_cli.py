@@ -190,7 +190,7 @@ def test_cli_bad_data_and_files(tmp_path, case):
     if case == "inf":
         X[0, 0] = np.inf
     if case == "labels":
-        y = np.arange(10) % 3
+        y = np.arange(10) % 3 + 0.5  # class indices 0…K−1 are valid labels now
     if case == "length":
         y = y[:7]
     f = _data_file(tmp_path, X, y)

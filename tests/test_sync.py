@@ -17,9 +17,10 @@ import numpy as np
 import pytest
 import torch
 
-from implicit_bias import batched, metrics
+from implicit_bias import metrics
 from implicit_bias.config import load_config
 from implicit_bias.engine import Trainer
+from implicit_bias.models import mlp
 from implicit_bias.sweep import make_plan
 
 STEPS = 12
@@ -73,14 +74,14 @@ def _armed_between_first_and_last_eval(monkeypatch, arm, disarm):
             state["armed"] = True
         return out
 
-    descend = batched.descend
+    descend = mlp.descend
 
     def counted(*args, **kwargs):
         state["steps"] += state["armed"]
         return descend(*args, **kwargs)
 
     monkeypatch.setattr(metrics, "step_metrics", wrapped)
-    monkeypatch.setattr(batched, "descend", counted)
+    monkeypatch.setattr(mlp, "descend", counted)
     try:
         yield state
     finally:
@@ -139,13 +140,13 @@ def test_step_loop_has_no_host_reads_cpu_proxy(name, monkeypatch):
 
 def test_proxy_catches_a_host_read(monkeypatch):
     """The proxy is not vacuous: a ``.item()`` in the step loop is caught."""
-    original = batched.descend
+    original = mlp.descend
 
     def reads_back(pas, params, y, spec, loss_kind, scale):
         scale.max().item()
         return original(pas, params, y, spec, loss_kind, scale)
 
-    monkeypatch.setattr(batched, "descend", reads_back)
+    monkeypatch.setattr(mlp, "descend", reads_back)
     patches = contextlib.ExitStack()
 
     def arm():

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .config import ExperimentConfig
     from .losses import LossName
     from .models import ModelSpec, Params
+    from .models.backend import Backend
 
 
 class Chunk(Protocol):
@@ -29,11 +30,16 @@ class Chunk(Protocol):
     yt: Tensor
     x_dim: int | None  # None: X is shared by all runs; 0: per run
     xt_dim: int | None
-    spec: ModelSpec
+    spec: ModelSpec | None  # the MLP family's spec; None for other models
     a: Tensor | None  # the fixed last layer, if any
     loss_kind: LossName
     R: int
     n: int
+    n_params: int  # trained parameters of one run
+    n_outputs: int  # outputs per sample: 1 (±1 labels) or K (labels 0…K−1)
+    param_names: tuple[str, ...]  # one per parameter tensor (W1, …, or qualified names)
+    act_per_sample: int  # activations one sample holds in a forward pass (memory sizing)
+    backend: Backend  # the model's batched forward, gradient, HVP and NTK
     dtype: torch.dtype
     device: torch.device
     cfg: ExperimentConfig  # the chunk's (group's) config
@@ -48,6 +54,10 @@ class Chunk(Protocol):
     ) -> Callable[[Tensor], Tensor]: ...
 
     def start_vectors(self) -> Tensor: ...
+
+    def jacobian_gram(self, params: Params) -> tuple[Tensor, Tensor, Tensor]:
+        """NTK Gram J Jᵀ ``(R, n, n)`` on the training inputs, J θ and f ``(R, n)``."""
+        ...
 
     def outputs(self, params: Params, X: Tensor, x_dim: int | None) -> Tensor: ...
 

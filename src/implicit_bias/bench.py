@@ -131,6 +131,53 @@ def phase_diagram_config(runs: int = 1024, steps: int = 1000) -> dict[str, Any]:
     }
 
 
+def cnn_config(runs: int = 32, steps: int = 50, batching: str = "auto") -> dict[str, Any]:
+    """The CNN row of issue 17: Cohen et al.'s convnet (two 3×3 conv layers of 8
+    channels, tanh, max pool) on 10-class digits (1×8×8, n = 256), MSE on one-hot
+    targets, full-batch GD, sharpness every 50 steps; 8 rates × seeds."""
+    lrs = [round(0.01 * (i + 1), 3) for i in range(min(8, max(1, runs)))]
+    seeds = list(range(max(1, runs // len(lrs))))
+    return {
+        "name": "bench-cnn",
+        "data": {
+            "kind": "sklearn",
+            "name": "digits",
+            "classes": "all",
+            "n_train": 256,
+            "n_test": 0,
+            "normalize": "standardize",
+        },
+        "model": {"kind": "cnn", "channels": [8, 8], "activation": "tanh", "batching": batching},
+        "train": {"loss": "mse", "steps": steps, "lr": 0.05, "dtype": "float32"},
+        "metrics": {"every": 50, "sharpness": {"iters": 20}},
+        "store": {"weights": []},
+        "sweep": {"train.lr": lrs, "seed": seeds},
+    }
+
+
+def cnn_rows(
+    tmp: Path, device: str, runs: int, steps: int, repeats: int, startup: int, imp: float, say
+) -> dict[str, Any]:
+    """The generic path's two batchings (a loop over runs, ``vmap``) against the
+    hand-written per-run loop ``benchmarks/cnn_baseline.py``; which one ``auto`` takes."""
+    row: dict[str, Any] = {"runs": 0, "steps": steps}
+    for batching in ("loop", "vmap"):
+        cfg = cnn_config(runs, steps, batching)
+        row["runs"] = math.prod(len(v) for v in cfg["sweep"].values())
+        say(f"cnn: {row['runs']} runs × {steps} steps, batching {batching} …")
+        path = _write(cfg, tmp / f"cnn-{batching}.yaml")
+        row[batching] = time_ours(path, tmp / f"out-cnn-{batching}", device, repeats, startup)
+    say("cnn — baseline loop …")
+    script = BASELINE_SCRIPT.with_name("cnn_baseline.py")
+    total, _ = best_of([sys.executable, str(script), str(path), "--device", device], repeats)
+    row["baseline"] = {"total_s": total, "import_torch_s": imp, "time_s": total - imp}
+    for batching in ("loop", "vmap"):
+        row[f"speedup_{batching}"] = row["baseline"]["time_s"] / row[batching]["time_s"]
+    row["auto"] = "vmap"  # models.generic.module_backend
+    row["winner"] = max(("loop", "vmap"), key=lambda b: row[f"speedup_{b}"])
+    return row
+
+
 # ----------------------------------------------------------------------- FLOPs
 def pass_flops(
     shapes: list[tuple[int, int]], n: int, trained: int | None = None
@@ -327,6 +374,7 @@ def main(
     _cb: tuple[int, int] | None = None,
     _memory: tuple[int, ...] | None = None,
     _pd: tuple[int, int] | None = None,
+    _cnn: tuple[int, int] | None = None,
     repeats: int = 1,
 ) -> dict[str, Any]:
     """Time the reference workload, the compute-bound case and memory; print a table or JSON.
@@ -341,6 +389,8 @@ def main(
             first); ``()`` skips it.
         _pd: ``(runs, steps)`` of the phase diagram (CUDA only; 1024 × 1000, or
             64 × 100 with ``quick``); ``(0, 0)`` skips it.
+        _cnn: ``(runs, steps)`` of the CNN row (32 × 50, or 8 × 10 with ``quick``;
+            skipped when ``_runs`` is given unless set); ``(0, 0)`` skips it.
         repeats: take the best of this many timings of each workload (start-up
             times are the best of max(3, repeats), of 1 with ``quick``).
 
@@ -423,6 +473,11 @@ def main(
             res["phase_diagram"] = phase_diagram_rows(
                 tmp_path, device, pd_runs, pd_steps, peak, repeats, startup, say
             )
+        cnn_runs, cnn_steps = (
+            _cnn if _cnn is not None else ((0, 0) if _runs else ((8, 10) if quick else (32, 50)))
+        )
+        if cnn_runs:
+            res["cnn"] = cnn_rows(tmp_path, device, cnn_runs, cnn_steps, repeats, startup, imp, say)
         res["memory"] = []
         if mem_runs:
             # fixed chunk size for every run count, then the largest count as one chunk
@@ -583,6 +638,19 @@ def print_table(res: dict[str, Any]) -> None:
             f"{cb['engine_gflops']:.1f}",
             f"{cb['engine_pct_peak']:.0f}%",
         )
+    if "cnn" in res:
+        c = res["cnn"]
+        for b in ("loop", "vmap"):
+            mark = " (auto)" if c["auto"] == b else ""
+            t.add_row(
+                f"CNN {c['runs']}×{c['steps']}, batching {b}{mark}",
+                "",
+                f"{c[b]['time_s']:.2f}",
+                f"{c['baseline']['time_s']:.2f}",
+                f"{c[f'speedup_{b}']:.2f}×",
+                "",
+                "",
+            )
     for pd in res.get("phase_diagram", []):
         t.add_row(
             f"phase diagram {pd['runs']}×{pd['steps']} ({pd['matmul_precision']}, "

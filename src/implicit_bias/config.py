@@ -73,7 +73,7 @@ class DataConfig(_Strict):
     p_positive: Annotated[float, Strict(), Field(gt=0, lt=1, allow_inf_nan=False)] | None = None
     separable: Annotated[bool, Strict()] | None = None
     name: str | None = None
-    classes: list[list[Int]] | list[Int] | None = None
+    classes: list[list[Int]] | list[Int] | Literal["all"] | None = None
     test_fraction: Annotated[float, Strict(), Field(ge=0, lt=1)] | None = None
     seed: Seed = 0
     normalize: Literal["none", "unit", "standardize"] = "none"
@@ -89,16 +89,44 @@ class DataConfig(_Strict):
 
 # -------------------------------------------------------------------------- model
 class ModelConfig(_Strict):
-    """The bias-free fully connected network of SPEC §2."""
+    """The model (SPEC §2, §2.1): the MLP family, Cohen et al.'s convnet, or a user module."""
 
+    #: ``mlp`` the fully connected family; ``cnn`` conv3×3 → φ → pool per entry of
+    #: ``channels``, then a linear head (biases on); ``module`` a user factory
+    kind: Literal["mlp", "cnn", "module"] = "mlp"
+    channels: list[PositiveInt] = Field(default_factory=lambda: [32, 32])
+    pool: Literal["max", "avg"] = "max"
+    #: ``"package.module:factory"``, called as ``factory(**kwargs)`` (``kind: module``)
+    module: str | None = None
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    #: how cnn/module runs are batched: ``vmap``, a ``loop`` over runs, or ``auto``
+    #: (vmap, measured faster than the loop for small convnets on the CPU too)
+    batching: Literal["auto", "vmap", "loop"] = "auto"
     depth: Annotated[int, Strict(), Field(ge=1)] = 2
     width: PositiveInt = 256
-    activation: Literal["linear", "relu", "leaky_relu", "smooth_leaky_relu"] = "linear"
+    activation: Literal[
+        "linear", "relu", "leaky_relu", "smooth_leaky_relu", "tanh", "elu", "gelu", "softplus"
+    ] = "linear"
     leak: Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)] = 0.1
     smoothing: PositiveFloat = 1.0
     parametrization: Literal["ntk", "standard", "direct"] = "ntk"
     last_layer: Literal["trained", "fixed_sign"] = "trained"
     init_scale: PositiveFloat = 1.0
+    #: a bias on every trained layer (zero at init; the generic path runs it)
+    bias: Annotated[bool, Strict()] = False
+    #: ``auto``: the hand-written MLP path where it covers the model; ``generic``:
+    #: the torch.func path (same numbers)
+    backend: Literal["auto", "generic"] = "auto"
+
+    @model_validator(mode="after")
+    def _module_needs_a_factory(self) -> ModelConfig:
+        if self.kind == "module" and not self.module:
+            raise ValueError("model.module ('package.module:factory') is required for kind module")
+        if self.kind != "module" and (self.module or self.kwargs):
+            raise ValueError("model.module and model.kwargs apply to kind module only")
+        if self.kind != "mlp" and self.last_layer == "fixed_sign":
+            raise ValueError("model.last_layer: fixed_sign applies to kind mlp only")
+        return self
 
     @model_validator(mode="after")
     def _fixed_sign_needs_hidden(self) -> ModelConfig:
@@ -139,7 +167,7 @@ Schedule = Annotated[
 
 
 class TrainConfig(_Strict):
-    loss: Literal["logistic", "exponential", "mse"] = "logistic"
+    loss: Literal["logistic", "exponential", "mse", "cross_entropy"] = "logistic"
     steps: PositiveInt = 1000
     lr: PositiveFloat = 0.1
     lr_units: Literal["absolute", "critical"] = "absolute"
@@ -375,6 +403,14 @@ class ExperimentConfig(_Strict):
         # the identity of folders made before them
         if raw["train"].get("matmul_precision") == "highest":
             del raw["train"]["matmul_precision"]
+        # keys added with the MLP's old behaviour as default leave old folders' hashes alone
+        if raw["model"].get("kind") == "mlp":
+            for key, default in (
+                ("kind", "mlp"), ("backend", "auto"), ("bias", False), ("channels", [32, 32]),
+                ("pool", "max"), ("module", None), ("kwargs", {}), ("batching", "auto"),
+            ):  # fmt: skip
+                if raw["model"].get(key) == default:
+                    del raw["model"][key]
         # dense early eval steps became the default later: a config that turns them off
         # has the eval steps (and the identity) of folders made before them
         if raw["metrics"].get("dense_early") is False:
@@ -1019,10 +1055,26 @@ class SweepSpace:
             yield self.run(index)
 
 
+#: activations whose nets have no homogenization (the KKT residuals are not defined)
+_NOT_HOMOGENIZABLE = ("tanh", "elu", "gelu", "softplus")
+
+
 def config_warnings(cfg: ExperimentConfig) -> list[str]:
     """One-line warnings about a valid config that probably says more than it does."""
     steps = cfg.train.steps
     out: list[str] = []
+    m = cfg.model
+    multi = cfg.data.classes == "all"
+    if multi and cfg.metrics.kkt:
+        out.append("metrics.kkt: skipped: the KKT residuals are those of a binary margin problem")
+    elif cfg.metrics.kkt and (m.bias or m.activation in _NOT_HOMOGENIZABLE):
+        why = "biases" if m.bias else f"activation {m.activation}"
+        out.append(f"metrics.kkt: skipped: a net with {why} is not (near-)homogeneous")
+    if multi and cfg.metrics.margins:
+        out.append(
+            "metrics.margins: the linear predictor, SVM cosine and boundary agreement are "
+            "binary-only and skipped; the multiclass margin is reported"
+        )
     late = [s for s in cfg.metrics.at if s > steps]
     if late:
         out.append(f"metrics.at: steps {late} are beyond train.steps={steps} and never measured")

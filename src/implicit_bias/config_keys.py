@@ -53,17 +53,33 @@ DESCRIPTIONS: dict[str, str] = {
     "data.name": "sklearn: the data set, one of breast_cancer, digits, iris, wine.",
     "data.classes": "sklearn: the class split, [a, b] (a → +1, b → −1) or [[a, …], [c, …]] "
     "(default: digits even vs odd, breast_cancer benign vs malignant, iris and wine "
-    "class 0 vs the rest).",
+    "class 0 vs the rest), or 'all': every class, labels 0…K−1 and K outputs.",
     "data.test_fraction": "'file' and 'sklearn' data without a test set: the fraction "
     "split off as the test set.",
     "data.seed": "Seed of the data; the runs of one data seed share one data set.",
     "data.normalize": "'none', 'unit' (every input scaled to norm 1) or 'standardize' "
     "(training mean 0, std 1 per feature); applied last.",
-    "model": "The network: a bias-free fully connected net with a scalar output.",
+    "model": "The network: the fully connected family (kind mlp), Cohen et al.'s convnet "
+    "(cnn) or the user's own torch.nn.Module (module); one output for ±1 labels, K for K "
+    "classes.",
+    "model.kind": "'mlp' (fully connected), 'cnn' (per entry of channels a 3×3 convolution "
+    "with padding 1, the activation and 2×2 pooling, then a linear head; biases on; needs "
+    "image data) or 'module' (model.module).",
+    "model.channels": "cnn: output channels of each convolution block.",
+    "model.pool": "cnn: 2×2 'max' or 'avg' pooling after each convolution.",
+    "model.module": "module: 'package.module:factory', called as factory(**model.kwargs); "
+    "a deterministic torch.nn.Module without buffers (no BatchNorm, no dropout).",
+    "model.kwargs": "module: keyword arguments of the factory.",
+    "model.batching": "cnn and module: how runs are batched, 'vmap', a 'loop' over runs "
+    "(the same numbers), or 'auto' (vmap).",
+    "model.bias": "mlp: a bias on every trained layer, zero at initialisation.",
+    "model.backend": "mlp: 'auto' (the hand-written fast path where it applies: one output, "
+    "no biases) or 'generic' (the torch.func path, the same numbers, for comparison).",
     "model.depth": "Number of weight matrices (2 = one hidden layer).",
     "model.width": "Hidden width m.",
     "model.activation": "Hidden activation: 'linear', 'relu', 'leaky_relu' max(leak·z, z), "
-    "'smooth_leaky_relu' (Frei et al. 2023's smoothed leaky ReLU).",
+    "'smooth_leaky_relu' (Frei et al. 2023's smoothed leaky ReLU), 'tanh', 'elu' "
+    "(alpha 1), 'gelu' (exact z·Phi(z)) or 'softplus'.",
     "model.leak": "Slope gamma of the leaky ReLUs for z < 0.",
     "model.smoothing": "Smoothing H of 'smooth_leaky_relu' (quadratic on |z| ≤ 1/H).",
     "model.parametrization": "'ntk': weights N(0, init_scale²), each layer's output × "
@@ -71,10 +87,12 @@ DESCRIPTIONS: dict[str, str] = {
     "N(0, init_scale²), no multiplier.",
     "model.last_layer": "'trained', or 'fixed_sign': last layer fixed at ±1/sqrt(m) (first "
     "half +, second half −), not trained (Frei et al. 2023).",
-    "model.init_scale": "Scale omega of the initial weights (see model.parametrization).",
+    "model.init_scale": "Scale omega of the initial weights (see model.parametrization); "
+    "cnn and module: a factor on PyTorch's own initialisation, drawn per run seed.",
     "train": "The optimiser: full-batch gradient descent unless train.batch_size is set.",
     "train.loss": "'logistic' log(1+exp(−yf)), 'exponential' exp(−yf) or 'mse' ½(f−y)², "
-    "averaged over the batch; labels ±1.",
+    "averaged over the batch, for labels ±1; for K classes 'cross_entropy' (softmax) or "
+    "'mse' ½ Σ_k (f_k − onehot_k)² averaged over examples.",
     "train.steps": "Number of updates.",
     "train.lr": "Learning rate eta (the base rate of the schedule), in train.lr_units.",
     "train.lr_units": "'absolute', or 'critical': eta = lr × 2/sharpness at initialisation, "

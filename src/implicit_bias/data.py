@@ -89,6 +89,8 @@ _SKLEARN_DEFAULT_CLASSES: dict[str, tuple[list[int], list[int] | None]] = {
 }
 
 _ARRAY_KEYS = ("X_train", "y_train", "X_test", "y_test")
+#: the bundled sets that are images: digits are 8×8 grey levels (one channel)
+_SKLEARN_IMAGES: dict[str, dict[str, Any]] = {"digits": {"image_shape": [1, 8, 8]}}
 
 
 # ------------------------------------------------------------------- Dataset
@@ -122,6 +124,34 @@ class Dataset:
     @property
     def d(self) -> int:
         return int(self.X_train.shape[1])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int] | None:
+        """(C, H, W) when the inputs are images (each row of X is one, flattened
+        C-major as ``reshape(n, C, H, W)`` reads it), else ``None``."""
+        shape = self.description.get("image_shape")
+        if shape is None or int(np.prod(shape)) != self.d:
+            return None
+        c, h, w = (int(v) for v in shape)
+        return c, h, w
+
+    @property
+    def n_classes(self) -> int:
+        """2 for ±1 labels; K for class indices 0…K−1 (the description's
+        ``n_classes`` when given, else the largest index seen + 1)."""
+        if "n_classes" in self.description:
+            return int(self.description["n_classes"])
+        if not self.multiclass:
+            return 2
+        return int(np.concatenate([self.y_train, self.y_test]).max()) + 1
+
+    @property
+    def multiclass(self) -> bool:
+        """Labels are class indices 0…K−1 (K outputs), not ±1 (one output)."""
+        if "n_classes" in self.description:
+            return True
+        ys = np.concatenate([self.y_train, self.y_test])
+        return not set(np.unique(ys).tolist()) <= {-1.0, 1.0}
 
     def fingerprint(self) -> str:
         """First 16 hex chars of a sha256 over the four arrays (shapes and float64 bytes).
@@ -162,7 +192,7 @@ def _check_X(X: Any, where: str, name: str) -> np.ndarray:
     return X
 
 
-def _check_y(y: Any, where: str, name: str) -> np.ndarray:
+def _check_y(y: Any, where: str, name: str, multiclass: bool = False) -> np.ndarray:
     y = np.asarray(y)
     if y.dtype.kind not in "biuf":
         raise UserInputError(f"{where}: {name} must be numeric (got dtype {y.dtype})")
@@ -174,20 +204,24 @@ def _check_y(y: Any, where: str, name: str) -> np.ndarray:
     if not np.isfinite(y).all():
         raise UserInputError(f"{where}: {name} contains NaN or inf")
     vals = set(np.unique(y).tolist())
-    if vals <= {-1.0, 1.0}:
+    if vals <= {-1.0, 1.0} and not multiclass:
         return y
-    if vals <= {0.0, 1.0}:
+    if vals <= {0.0, 1.0} and not multiclass:
         # {0, 1} labels: 1 → +1, 0 → −1.
         return 2.0 * y - 1.0
+    if all(v >= 0 and float(v).is_integer() for v in vals):
+        return y  # class indices 0…K−1 of multiclass data (K ≥ 3 here)
     raise UserInputError(
-        f"{where}: {name} has values {_fmt_values(y)}; labels must all be in {{-1, 1}} "
-        "or all in {0, 1}"
+        f"{where}: {name} has values {_fmt_values(y)}; labels must all be in {{-1, 1}}, "
+        "all in {0, 1}, or class indices 0, 1, …, K−1"
     )
 
 
-def _check_pair(X: Any, y: Any, where: str, part: str) -> tuple[np.ndarray, np.ndarray]:
+def _check_pair(
+    X: Any, y: Any, where: str, part: str, multiclass: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     Xc = _check_X(X, where, f"X_{part}")
-    yc = _check_y(y, where, f"y_{part}")
+    yc = _check_y(y, where, f"y_{part}", multiclass)
     if Xc.shape[0] != yc.shape[0]:
         raise UserInputError(
             f"{where}: X_{part} has {Xc.shape[0]} rows but y_{part} has {yc.shape[0]} labels"
@@ -195,10 +229,21 @@ def _check_pair(X: Any, y: Any, where: str, part: str) -> tuple[np.ndarray, np.n
     return Xc, yc
 
 
+def _is_multiclass(*ys: Any) -> bool:
+    """Labels with a value outside {−1, 0, 1} (train and test together; e.g. 0, 1, 2)
+    are class indices, kept as they are for both; otherwise each array is binary."""
+    try:
+        vals = set(np.unique(np.concatenate([np.ravel(v) for v in ys if v is not None])).tolist())
+    except (TypeError, ValueError):
+        return False  # _check_y names the problem
+    return not vals <= {-1.0, 0.0, 1.0}
+
+
 def _checked(
-    X: Any, y: Any, X_test: Any, y_test: Any, where: str
+    X: Any, y: Any, X_test: Any, y_test: Any, where: str, multiclass: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    X, y = _check_pair(X, y, where, "train")
+    multiclass = multiclass or _is_multiclass(y, y_test)
+    X, y = _check_pair(X, y, where, "train", multiclass)
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise UserInputError(f"{where}: X_train is empty (shape {X.shape})")
     if (X_test is None) != (y_test is None):
@@ -206,7 +251,7 @@ def _checked(
         raise UserInputError(f"{where}: {given} given without {missing}")
     if X_test is None:
         return X, y, np.zeros((0, X.shape[1])), np.zeros(0)
-    Xt, yt = _check_pair(X_test, y_test, where, "test")
+    Xt, yt = _check_pair(X_test, y_test, where, "test", multiclass)
     if Xt.shape[0] == 0:
         Xt = Xt.reshape(0, X.shape[1])
     if Xt.shape[1] != X.shape[1]:
@@ -217,7 +262,12 @@ def _checked(
 
 
 def data_from_arrays(
-    X: Any, y: Any, X_test: Any = None, y_test: Any = None, source: str = "arrays"
+    X: Any,
+    y: Any,
+    X_test: Any = None,
+    y_test: Any = None,
+    source: str = "arrays",
+    multiclass: bool = False,
 ) -> Dataset:
     """A checked :class:`Dataset` from user arrays.
 
@@ -227,11 +277,13 @@ def data_from_arrays(
             (then 1 → +1, 0 → −1).
         X_test, y_test: optional (m, d) and (m,); both or neither.
         source: named in error messages (a file or a key).
+        multiclass: the labels are class indices 0…K−1 even where they look
+            binary (also decided from the labels: neither all ±1 nor all 0/1).
 
     Raises:
         UserInputError: one line naming ``source`` and what is wrong.
     """
-    X, y, Xt, yt = _checked(X, y, X_test, y_test, source)
+    X, y, Xt, yt = _checked(X, y, X_test, y_test, source, multiclass)
     desc = {"kind": "arrays", "source": str(source), "n_train": len(y), "n_test": len(yt)}
     desc["d"] = int(X.shape[1])
     return Dataset(X, y, Xt, yt, desc)
@@ -436,6 +488,7 @@ def _sklearn_groups(cfg: DataConfig, name: str, present: list[int]) -> tuple[lis
         pos, neg = _SKLEARN_DEFAULT_CLASSES[name]
         return pos, (neg if neg is not None else [c for c in present if c not in pos])
     cls = cfg.classes
+    assert cls != "all"  # handled by _load_sklearn
     if all(isinstance(c, int) for c in cls):
         if len(cls) != 2:
             raise UserInputError(
@@ -470,6 +523,18 @@ def _load_sklearn(cfg: DataConfig, rng: np.random.Generator) -> tuple:
         )
     X, target = getattr(datasets, f"load_{name}")(return_X_y=True)
     present = sorted(int(c) for c in np.unique(target))
+    if cfg.classes == "all":  # multiclass: labels are the class indices 0…K−1
+        if cfg.d is not None and cfg.d != X.shape[1]:
+            raise UserInputError(f"data.d={cfg.d} but '{name}' has {X.shape[1]} features")
+        n_tr, n_te = _split_sizes(cfg, len(target), f"'{name}' (all {len(present)} classes)")
+        perm = rng.permutation(len(target))
+        tr, te = perm[:n_tr], perm[n_tr : n_tr + n_te]
+        y = target.astype(np.float64)
+        X = X.astype(np.float64)
+        params = {"name": name, "classes": "all", "n_classes": len(present)}
+        params["available"] = len(y)
+        params |= _SKLEARN_IMAGES.get(name, {})
+        return X[tr], y[tr], X[te], y[te], params
     pos, neg = _sklearn_groups(cfg, name, present)
     keep = np.isin(target, pos + neg)
     X, y = X[keep].astype(np.float64), np.where(np.isin(target[keep], pos), 1.0, -1.0)
@@ -479,6 +544,7 @@ def _load_sklearn(cfg: DataConfig, rng: np.random.Generator) -> tuple:
     perm = rng.permutation(len(y))
     tr, te = perm[:n_tr], perm[n_tr : n_tr + n_te]
     params = {"name": name, "classes": [pos, neg], "available": len(y)}
+    params |= _SKLEARN_IMAGES.get(name, {})
     return X[tr], y[tr], X[te], y[te], params
 
 
@@ -603,10 +669,20 @@ def _load_file(cfg: DataConfig, base_dir: Path | None, rng: np.random.Generator)
     suffix = p.suffix.lower()
     where = f"data.path: {p}"
     Xt = yt = None
+    image: list[int] | None = None
     if suffix == ".npz":
         arrays = _read_npz(p)
         X, y = arrays["X_train"], arrays["y_train"]
         Xt, yt = arrays.get("X_test"), arrays.get("y_test")
+        if np.ndim(X) == 4:  # images (n, C, H, W): kept flattened, their shape recorded
+            image = [int(v) for v in np.shape(X)[1:]]
+            X = np.reshape(X, (np.shape(X)[0], -1))
+            if Xt is not None and np.ndim(Xt) == 4:
+                if list(np.shape(Xt)[1:]) != image:
+                    raise UserInputError(
+                        f"{where}: X_test images are {list(np.shape(Xt)[1:])}, X_train {image}"
+                    )
+                Xt = np.reshape(Xt, (np.shape(Xt)[0], -1))
     elif suffix == ".npy":
         if not cfg.labels:
             raise UserInputError(
@@ -624,6 +700,7 @@ def _load_file(cfg: DataConfig, base_dir: Path | None, rng: np.random.Generator)
             f"data.path: unsupported file type '{p.suffix}' ({p}); use .npz, .npy or .csv"
         )
 
+    multi = _is_multiclass(y, yt)
     X, y, Xt, yt = _checked(X, y, Xt, yt, where)
     classes = np.unique(y)
     if len(classes) < 2:  # the real problem first, before any size
@@ -652,6 +729,12 @@ def _load_file(cfg: DataConfig, base_dir: Path | None, rng: np.random.Generator)
     X, y = _subsample(rng, X, y, cfg.n_train, "data.n_train", p)
     Xt, yt = _subsample(rng, Xt, yt, cfg.n_test, "data.n_test", p)
     params = {"path": str(p), "format": suffix[1:], "split_from_train": split}
+    if image is not None:
+        params["image_shape"] = image
+    if multi:  # K from the whole file, before any subsample drops a class
+        params["n_classes"] = (
+            int(classes.max()) + 1 if len(yt) == 0 else int(max(classes.max(), yt.max()) + 1)
+        )
     if suffix == ".npy":
         params["labels"] = str(lp)
     if suffix == ".csv":
@@ -695,7 +778,7 @@ def make_dataset(cfg: DataConfig, base_dir: Path | None = None) -> Dataset:
         source = f"data.path: {params['path']}"
     else:  # pragma: no cover - the config's Literal rules this out
         raise UserInputError(f"data.kind: unknown kind '{cfg.kind}'")
-    X, y, Xt, yt = _checked(X, y, Xt, yt, source)
+    X, y, Xt, yt = _checked(X, y, Xt, yt, source, "n_classes" in params)
     X, Xt = _normalize(X, Xt, cfg.normalize)
     _check_magnitude(X, Xt, source)
     desc |= params
@@ -758,5 +841,6 @@ def load_dataset(path: Path) -> Dataset:
         arrays.get("X_test"),
         arrays.get("y_test"),
         source=str(p),
+        multiclass="n_classes" in desc,
     )
     return Dataset(ds.X_train, ds.y_train, ds.X_test, ds.y_test, desc)

@@ -401,7 +401,7 @@ def kkt_residuals(
     Linear algebra in float64, batched: the NNLS runs on coordinates of
     G_1..G_n, θ̃ taken from their (n+1) × (n+1) Gram matrix (so n+1 rows instead
     of P), and the Gram matrix itself is formed layer-wise
-    (:func:`batched.jacobian_gram`) without the (n, P) Jacobian. Working from
+    (:func:`models.mlp.jacobian_gram`) without the (n, P) Jacobian. Working from
     the Gram matrix limits the attainable stationarity to ≈ √eps ≈ 1e-8.
 
     Args:
@@ -440,7 +440,7 @@ def _kkt_chunk(params, X, y, spec, a, xd) -> dict[str, Tensor]:
     # runs without a rescaling get θ̃ = 0 (masked to NaN below) so no NaN reaches the eigh
     params_t = tuple(torch.where(ok.view(-1, 1, 1), p * scale.view(-1, 1, 1), 0.0) for p in params)
 
-    from .batched import jacobian_gram
+    from .models.mlp import jacobian_gram
 
     # Everything the NNLS needs is in the Gram matrix of G_1..G_n, θ̃ (formed
     # layer-wise, never the (n, P) Jacobian): K = G Gᵀ, c = G θ̃.

@@ -1,10 +1,13 @@
 """The batched training engine: all runs of a chunk advance as one computation.
 
-The model and loss are written for one run (:mod:`implicit_bias.models`);
-here they are batched over a leading run dimension with ``torch.func.vmap``.
-Within a step there is no Python loop over runs and no host synchronisation:
-learning rates are a ``(runs, steps + 1)`` table, divergence is a mask, and
-traces are written into preallocated device tensors.
+The engine asks a model backend (:mod:`implicit_bias.models.backend`: the
+hand-written MLP path or the ``torch.func`` path of any module) for the
+batched forward pass, the gradient, Hessian-vector products and the NTK; it
+never looks at the model's kind. A step is ``backend.forward_loss`` →
+``backend.grad`` → an update rule (plain GD: :func:`gd_update`; the MLP path
+fuses its backward pass with that update). Within a step there is no host
+synchronisation: learning rates are a ``(runs, steps + 1)`` table,
+divergence is a mask, and traces are written into preallocated device tensors.
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.func import vmap
 
-from . import _linalg, batched, curvature, metrics, optimizers, precision
+from . import _linalg, curvature, metrics, optimizers, precision
 from .config import ExperimentConfig
 from .data import Dataset
-from .losses import accuracy, mean_loss
-from .models import ModelSpec, Params, fixed_last_layer, forward, init_params
+from .losses import MULTICLASS_LOSSES, accuracy, mean_loss
+from .models import ModelSpec, Params, fixed_last_layer
+from .models.backend import Backend, activations_per_sample, make_backend
 from .schedules import multipliers
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -145,6 +148,86 @@ def minibatch_order(seed: int, n: int, epoch: int) -> Tensor:
     return torch.randperm(n, generator=_run_generator(seed, 7919 + epoch))
 
 
+@dataclass(frozen=True)
+class ModelSize:
+    """What chunk sizing needs to know of a model (:func:`describe_model`)."""
+
+    n_params: int  # trained parameters of one run
+    act_per_sample: int  # activations one sample holds in a forward pass
+    outputs: int  # 1 (±1 labels) or K
+    generic: bool  # runs on the torch.func path
+
+
+def describe_model(cfg: ExperimentConfig, data: Dataset) -> ModelSize:
+    """Build the model a config asks for on its data once, as the engine will.
+
+    Called when a sweep is planned, so a model that cannot run (a BatchNorm, an
+    unknown factory, K outputs for other labels, a CNN on vectors) is refused
+    with one line before any results folder is written.
+
+    Raises:
+        UserInputError: naming the key that is wrong.
+    """
+    K = _outputs_of([RunSpec(0, {}, cfg, data)])
+    d, image = data.d, data.image_shape
+    spec = ModelSpec.from_config(cfg.model, d, K) if cfg.model.kind == "mlp" else None
+    a = fixed_last_layer(spec, torch.float64, "cpu") if spec is not None else None
+    shape = image if image is not None else (d,)
+    backend = make_backend(cfg.model, spec, a, cfg.train.loss, K, shape, cfg.train.device)
+    act = activations_per_sample(cfg.model, spec, image) or backend.n_params
+    return ModelSize(backend.n_params, act, K, not backend.fused_descent)
+
+
+def _outputs_of(runs: list[RunSpec]) -> int:
+    """Outputs per sample of a chunk's model: 1 for ±1 labels, K for K classes;
+    the loss and last layer checked against them (one line naming the key)."""
+    from ._errors import UserInputError
+
+    cfg, data = runs[0].config, runs[0].data
+    ks = {r.data.n_classes if r.data.multiclass else 1 for r in runs}
+    if len(ks) > 1:
+        raise UserInputError(f"data: the runs of one chunk have different class counts {ks}")
+    K = ks.pop()
+    loss = cfg.train.loss
+    if K == 1 and loss == "cross_entropy":
+        raise UserInputError(
+            "train.loss: cross_entropy needs class labels 0…K−1 (e.g. data.classes: all); "
+            "the data has ±1 labels: use logistic"
+        )
+    if K > 1 and loss not in MULTICLASS_LOSSES:
+        raise UserInputError(
+            f"train.loss: {loss} is for ±1 labels; the data has {data.n_classes} classes: "
+            "use cross_entropy or mse"
+        )
+    if K > 1 and cfg.model.last_layer == "fixed_sign":
+        raise UserInputError(
+            f"model.last_layer: fixed_sign needs ±1 labels; the data has {data.n_classes} classes"
+        )
+    return K
+
+
+def gd_update(params: Params, grads: Params, scale: Tensor) -> tuple[Params, Tensor]:
+    """The plain GD update θ ← θ + scale·∇loss of every run, in place.
+
+    Runs whose gradient or ``scale`` is not finite keep their weights (the
+    masks stay on the device: no host read).
+
+    Args:
+        scale: ``(R,)``, typically −η_t (0 for stopped runs).
+
+    Returns:
+        ``params`` and ``(R,)`` flags: the run's gradient and rate were finite.
+    """
+    finite = torch.isfinite(scale)
+    for g in grads:
+        finite = finite & torch.isfinite(g.reshape(g.shape[0], -1)).all(dim=1)
+    s = torch.where(finite, scale, 0.0)
+    for p, g in zip(params, grads, strict=True):
+        shape = (-1,) + (1,) * (g.dim() - 1)
+        p.add_(torch.where(finite.view(shape), g, 0.0) * s.view(shape))
+    return params, finite
+
+
 class Trainer:
     """Trains one chunk of runs that share a :class:`ModelSpec` and train settings."""
 
@@ -167,9 +250,30 @@ class Trainer:
             [d.X_test for d in data], [d.y_test for d in data]
         )
         self.n, self.d = self.X.shape[-2], self.X.shape[-1]
-        self.spec = ModelSpec.from_config(cfg.model, self.d)
-        self.a = fixed_last_layer(self.spec, self.dtype, self.device)
+        #: outputs per sample: 1 for ±1 labels, K for class indices 0…K−1
+        self.n_outputs = _outputs_of(runs)
         self.loss_kind = cfg.train.loss
+        #: the MLP family's spec (what its diagnostics read); None for cnn and module
+        self.spec: ModelSpec | None = None
+        self.a: Tensor | None = None
+        if cfg.model.kind == "mlp":
+            self.spec = ModelSpec.from_config(cfg.model, self.d, self.n_outputs)
+            self.a = fixed_last_layer(self.spec, self.dtype, self.device)
+        image = runs[0].data.image_shape
+        self.backend: Backend = make_backend(
+            cfg.model,
+            self.spec,
+            self.a,
+            self.loss_kind,
+            self.n_outputs,
+            image if image is not None else (self.d,),
+            self.device.type,
+        )
+        self.n_params = self.backend.n_params
+        self.param_names = self.backend.names
+        self.act_per_sample = activations_per_sample(cfg.model, self.spec, image) or self.n_params
+        self._order: Tensor | None = None  # this epoch's SGD sample order per run
+        self._order_epoch = -1
         self.eval_steps = eval_steps_of(cfg)
 
     def _layout(
@@ -187,25 +291,31 @@ class Trainer:
     # ------------------------------------------------------------------ pieces
     def loss_single(self, params: Params, X: Tensor, y: Tensor) -> Tensor:
         """Mean training loss of one run (the function everything else batches)."""
-        return mean_loss(forward(params, X, self.spec, self.a), y, self.loss_kind)
+        return mean_loss(self.backend.output_single(params, X), y, self.loss_kind, self.n_outputs)
 
     def output_single(self, params: Params, X: Tensor) -> Tensor:
-        return forward(params, X, self.spec, self.a)
+        return self.backend.output_single(params, X)
 
     def value_and_grad(self, params: Params, X: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Params]:
-        """Loss ``(R,)``, outputs ``(R, n)`` and gradients of every run (hand-written backward)."""
-        return batched.value_and_grad(params, X, y, self.spec, self.a, self.loss_kind)
+        """Loss ``(R,)``, outputs ``(R, n)`` and gradients of every run (``X``, ``y``
+        in the layout of the training set)."""
+        loss, f, pas = self.backend.forward_loss(params, X, y, self.x_dim)
+        return loss, f, self.backend.grad(pas, params, X, y, self.x_dim)
+
+    def jacobian_gram(self, params: Params) -> tuple[Tensor, Tensor, Tensor]:
+        """NTK Gram J Jᵀ ``(R, n, n)`` on the training inputs, J θ and f ``(R, n)``."""
+        return self.backend.jacobian_gram(params, self.X, self.x_dim)
 
     def hessian_operator(
         self, params: Params, gauss_newton: bool = False
     ) -> Callable[[Tensor], Tensor]:
         """Batched Hessian-vector product of the full-batch loss, ``(R, P) → (R, P)``.
 
-        Forward-over-reverse by hand (:func:`batched.hvp_operator`), the
-        primal pass cached once per eval step.
+        Forward-over-reverse, by hand on the MLP path (the primal pass cached
+        once per eval step), by ``torch.func`` on the generic one.
         """
-        hvp = batched.hvp_operator(
-            params, self.X, self.y, self.spec, self.a, self.loss_kind, gauss_newton=gauss_newton
+        hvp = self.backend.hvp_operator(
+            params, self.X, self.y, self.x_dim, gauss_newton=gauss_newton
         )
 
         def mv(v: Tensor) -> Tensor:
@@ -218,12 +328,12 @@ class Trainer:
         # copy per layer rather than one per run and layer (1024 runs × 3 layers were
         # 3072 synchronising pageable copies in the H200 profile)
         def one(r: RunSpec) -> Params:
-            return init_params(self.spec, r.config.seed, r.config.model.init_scale, self.dtype)
+            return self.backend.init_one(r.config.seed, r.config.model.init_scale, self.dtype)
 
         # torch's CPU normal sampler is serial and releases the GIL: draw the
         # runs' weights on a few threads (Frei et al.-sized first layers are
         # millions of float64 draws per run)
-        if len(self.runs) > 1 and self.spec.n_params >= 1 << 18:
+        if len(self.runs) > 1 and self.backend.n_params >= 1 << 18:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(min(len(self.runs), torch.get_num_threads())) as pool:
@@ -236,10 +346,10 @@ class Trainer:
 
     def outputs(self, params: Params, X: Tensor, x_dim: int | None) -> Tensor:
         """f on every run: ``(R, n)``."""
-        return vmap(self.output_single, in_dims=(0, x_dim))(params, X)
+        return self.backend.outputs(params, X, x_dim)
 
     def start_vectors(self) -> Tensor:
-        P = self.spec.n_params
+        P = self.n_params
         v = [
             torch.randn(P, generator=_run_generator(r.config.seed, 17), dtype=torch.float64)
             for r in self.runs
@@ -313,24 +423,10 @@ class Trainer:
         eval_set = set(self.eval_steps)
         L0: Tensor | None = None
 
-        sgd = cfg.train.batch_size is not None and cfg.train.batch_size < self.n
-        bs = cfg.train.batch_size or self.n
-        per_epoch = self.n // bs if sgd else 1
-        order: Tensor | None = None
-        ar = torch.arange(R, device=dev)[:, None]
-
         # the training GEMMs at train.matmul_precision (TF32 with `high` on CUDA)
         with precision.matmul_precision(cfg.train.matmul_precision, dev):
             for t in range(steps + 1):
-                if sgd:
-                    full_f = self.outputs(params, self.X, self.x_dim)
-                    loss_t = mean_loss(full_f, self.y, self.loss_kind)
-                    acc_t = accuracy(full_f, self.y)
-                else:
-                    loss_t, f_t, pas = batched.forward_loss(
-                        params, self.X, self.y, self.spec, self.a, self.loss_kind
-                    )
-                    acc_t = accuracy(f_t, self.y)
+                loss_t, acc_t, pas = self._full_batch_loss(params)
                 if L0 is None:
                     L0 = loss_t.detach().clone()
                 # Divergence: a non-finite loss, a loss above diverge_factor × L₀, or an update
@@ -363,33 +459,10 @@ class Trainer:
                         step_vals.setdefault(name, []).append(val)
                 if t == steps:
                     break
-                if sgd:
-                    epoch, pos = divmod(t, per_epoch)
-                    if pos == 0:
-                        order = _to_device(
-                            _stack(
-                                [minibatch_order(r.config.seed, self.n, epoch) for r in self.runs]
-                            ),
-                            dev,
-                        )
-                    assert order is not None
-                    idx = order[:, pos * bs : (pos + 1) * bs]
-                    Xb = self.X[idx] if self.x_dim is None else self.X[ar, idx]
-                    yb = self.y[idx] if self.x_dim is None else self.y[ar, idx]
-                    _, _, pas = batched.forward_loss(
-                        params, Xb, yb, self.spec, self.a, self.loss_kind
-                    )
-                y_step = yb if sgd else self.y
-                if opt is not None:  # any rule but plain GD: grads → rule → params
-                    pending = opt.step(pas, params, y_step, lr_table[:, t], active)
-                    if self.progress is not None and (t + 1) % 50 == 0:
-                        self.progress(50)
-                    continue
-                # Backward fused with the in-place update. A non-finite gradient (or rate)
-                # leaves the run's weights as they were (the last finite ones) and flags
-                # it diverged at t + 1.
+                # a non-finite gradient (or rate) leaves the run's weights as they
+                # were (the last finite ones) and flags it diverged at t + 1
                 scale = torch.where(active, neg_lr[:, t], 0.0)
-                finite = batched.descend(pas, params, y_step, self.spec, self.loss_kind, scale)
+                params, finite = self._step(params, t, pas, scale, opt, lr_table[:, t], active)
                 pending = active & ~finite
                 if self.progress is not None and (t + 1) % 50 == 0:
                     self.progress(50)
@@ -418,6 +491,73 @@ class Trainer:
         res.per_run["measurement_failed"] = np.array([bool(c) for c in causes], dtype=bool)
         res.per_run["measurement_cause"] = np.array(causes, dtype=str)
         return res
+
+    # ------------------------------------------------------------------- steps
+    @property
+    def _sgd(self) -> bool:
+        bs = self.cfg.train.batch_size
+        return bs is not None and bs < self.n
+
+    def _full_batch_loss(self, params: Params) -> tuple[Tensor, Tensor, Any]:
+        """Training loss and accuracy ``(R,)`` on the full set, and (full-batch GD)
+        the forward pass the step completes; ``None`` under SGD."""
+        if self._sgd:
+            f = self.outputs(params, self.X, self.x_dim)
+            K = self.n_outputs
+            return mean_loss(f, self.y, self.loss_kind, K), accuracy(f, self.y, K), None
+        loss, f, pas = self.backend.forward_loss(params, self.X, self.y, self.x_dim)
+        return loss, accuracy(f, self.y, self.n_outputs), pas
+
+    def _minibatch(self, t: int) -> tuple[Tensor, Tensor]:
+        """Step t's minibatch of every run, ``(R, b, d)`` and ``(R, b)``: epoch
+        orders drawn per run seed (:func:`minibatch_order`), cached per epoch."""
+        bs = self.cfg.train.batch_size
+        assert bs is not None
+        epoch, pos = divmod(t, self.n // bs)
+        if self._order is None or self._order_epoch != epoch:
+            order = _stack([minibatch_order(r.config.seed, self.n, epoch) for r in self.runs])
+            self._order, self._order_epoch = _to_device(order, self.device), epoch
+        idx = self._order[:, pos * bs : (pos + 1) * bs]
+        if self.x_dim is None:
+            return self.X[idx], self.y[idx]
+        ar = torch.arange(self.R, device=self.device)[:, None]
+        return self.X[ar, idx], self.y[ar, idx]
+
+    def _step(
+        self,
+        params: Params,
+        t: int,
+        pas: Any,
+        scale: Tensor,
+        opt: _Optimizer | None = None,
+        lr: Tensor | None = None,
+        active: Tensor | None = None,
+    ) -> tuple[Params, Tensor]:
+        """One update of every run: gradient from the backend, then the update rule.
+
+        Args:
+            pas: the full-batch forward pass of step t (``None`` under SGD).
+            scale: ``(R,)``, −η_t (0 for stopped runs).
+            opt: the update rule when it is not plain GD (with the rates η_t ``lr``
+                and the ``active`` runs it needs).
+
+        Returns:
+            The new params and ``(R,)`` flags: the run's gradient was finite.
+        """
+        X, y, x_dim = self.X, self.y, self.x_dim
+        if self._sgd:
+            X, y = self._minibatch(t)
+            x_dim = 0  # a minibatch is drawn per run
+            pas = self.backend.forward_loss(params, X, y, x_dim)[2]
+        if opt is not None:  # any rule but plain GD: grads → rule → params
+            assert lr is not None and active is not None
+            grads = self.backend.grad(pas, params, X, y, x_dim)
+            return params, ~opt.step(grads, params, lr, active)
+        if self.backend.fused_descent:
+            # plain GD on the hand-written path: backward fused with the in-place update
+            return params, self.backend.descend(pas, params, y, scale)
+        grads = self.backend.grad(pas, params, X, y, x_dim)
+        return gd_update(params, grads, scale)
 
     def _broke(
         self, records: list[tuple[str, Tensor]], active: Tensor, t: int, causes: list[str]
@@ -479,11 +619,11 @@ class Trainer:
         res.per_run["lr"] = lr_np
         res.per_run.update({k: v for k, v in finals.items() if k not in res.per_run})
         keep = set(self.cfg.store.weights)
-        for i, (w0, w1) in enumerate(zip(init_weights, params, strict=True)):
+        for name, w0, w1 in zip(self.backend.names, init_weights, params, strict=True):
             if "init" in keep:
-                res.weights[f"init_W{i + 1}"] = np_(w0)
+                res.weights[f"init_{name}"] = np_(w0)
             if "final" in keep:
-                res.weights[f"final_W{i + 1}"] = np_(w1)
+                res.weights[f"final_{name}"] = np_(w1)
         if self.a is not None:
             res.fixed["a"] = np_(self.a)
         return res
@@ -492,8 +632,8 @@ class Trainer:
 class _Optimizer:
     """The update rules of :mod:`implicit_bias.optimizers` inside the engine.
 
-    Plain GD does not come here: its backward is fused with the update
-    (:func:`batched.descend`). Any other rule takes the gradients of the step's
+    Plain GD does not come here (the MLP path fuses its backward with the
+    update, the generic one uses :func:`gd_update`). Any other rule takes the gradients of the step's
     (mini)batch, computes the updates and adds them in place; a run that may
     not step (stopped, or a non-finite gradient) keeps its weights and state.
     """
@@ -513,12 +653,9 @@ class _Optimizer:
         self.numerator = optimizers.threshold_numerator(self.name, self.hp)
         self.state = self.rule.init(params)
 
-    def grads(self, pas, y: Tensor) -> Params:
-        return batched.gradients(pas, y, self.tr.spec, self.tr.loss_kind)
-
-    def step(self, pas, params: Params, y: Tensor, lr: Tensor, active: Tensor) -> Tensor:
-        """One update in place; returns ``(R,)`` runs to flag diverged (non-finite)."""
-        grads = self.grads(pas, y)
+    def step(self, grads: Params, params: Params, lr: Tensor, active: Tensor) -> Tensor:
+        """One update in place from the backend's gradients; returns ``(R,)`` runs to
+        flag diverged (non-finite)."""
         finite = torch.isfinite(lr)
         for g in grads:
             finite &= torch.isfinite(g).flatten(1).all(1)
@@ -533,7 +670,7 @@ class _Optimizer:
         """P at θ₀ from the full-batch g₀ (:func:`optimizers.initial_preconditioner`),
         flat ``(R, P)``."""
         tr = self.tr
-        _, _, grads = batched.value_and_grad(params, tr.X, tr.y, tr.spec, tr.a, tr.loss_kind)
+        _, _, grads = tr.value_and_grad(params, tr.X, tr.y)
         P = optimizers.initial_preconditioner(self.name, grads, self.hp)
         assert P is not None
         return curvature.flatten(P)

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from . import _linalg, curvature, phases
 from .config import MetricsConfig
-from .losses import accuracy, mean_loss
+from .losses import accuracy, mean_loss, multiclass_margins
 
 if TYPE_CHECKING:
     from ._context import Chunk
@@ -139,8 +139,6 @@ def _batch_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
     batches are :data:`BATCH_SHARPNESS_BATCHES` uniform draws without
     replacement, seeded by (run seed, step), independent of the training order.
     """
-    from . import batched
-
     tr = ctx.chunk
     bs = tr.cfg.train.batch_size
     assert bs is not None
@@ -152,8 +150,10 @@ def _batch_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
         ar = torch.arange(tr.R, device=idx.device)[:, None]
         Xb = tr.X[idx] if tr.x_dim is None else tr.X[ar, idx]
         yb = tr.y[idx] if tr.x_dim is None else tr.y[ar, idx]
-        _, _, grads = batched.value_and_grad(ctx.params, Xb, yb, tr.spec, tr.a, tr.loss_kind)
-        hvp = batched.hvp_operator(ctx.params, Xb, yb, tr.spec, tr.a, tr.loss_kind)
+        # a minibatch is drawn per run: run-dimension inputs (x_dim 0)
+        _, _, pas = tr.backend.forward_loss(ctx.params, Xb, yb, 0)
+        grads = tr.backend.grad(pas, ctx.params, Xb, yb, 0)
+        hvp = tr.backend.hvp_operator(ctx.params, Xb, yb, 0)
         g = curvature.flatten(grads)
         Hg = curvature.flatten(hvp(grads))
         ratios.append((g * Hg).sum(-1) / g.square().sum(-1))
@@ -177,9 +177,7 @@ def _gn_sharpness(ctx: EvalContext) -> dict[str, Tensor]:
 def _ntk(ctx: EvalContext) -> dict[str, Tensor]:
     tr = ctx.chunk
     if tr.n <= 2048:
-        from .batched import jacobian_gram
-
-        gram = jacobian_gram(ctx.params, tr.X, tr.spec, tr.a)[0] / tr.n
+        gram = tr.jacobian_gram(ctx.params)[0] / tr.n
         out = {"ntk_max": _linalg.eigvalsh(gram, "NTK Gram linalg.eigvalsh")[0][:, -1]}
         if ctx.step in ctx.cfg.ntk_gram_at:
             ctx.state.setdefault("ntk_gram", {})[ctx.step] = gram
@@ -203,15 +201,15 @@ def _trace(ctx: EvalContext) -> dict[str, Tensor]:
     gen = torch.Generator(device="cpu").manual_seed(1234 + ctx.step)
     # what one run's Hessian-vector product holds: primal and tangent signals of
     # every layer, forward and backward (sizes the vmapped blocks of probes)
-    act = 8 * tr.n * max(tr.spec.width, 1) * tr.spec.depth
+    act = 8 * tr.n * tr.act_per_sample
     out = {
         "hessian_trace": curvature.hutchinson_trace(
-            op, tr.R, tr.spec.n_params, tc.probes, tr.dtype, tr.device, gen, act
+            op, tr.R, tr.n_params, tc.probes, tr.dtype, tr.device, gen, act
         )
     }
     if tc.density:
         nodes, weights = curvature.spectral_density(
-            op, tr.R, tr.spec.n_params, tc.probes, tc.iters, tr.dtype, tr.device, gen, act
+            op, tr.R, tr.n_params, tc.probes, tc.iters, tr.dtype, tr.device, gen, act
         )
         out["density_nodes"], out["density_weights"] = nodes, weights
     return out
@@ -221,18 +219,34 @@ def _trace(ctx: EvalContext) -> dict[str, Tensor]:
 def _test(ctx: EvalContext) -> dict[str, Tensor]:
     tr = ctx.chunk
     f = tr.outputs(ctx.params, tr.Xt, tr.xt_dim)
-    return {"test_loss": mean_loss(f, tr.yt, tr.loss_kind), "test_acc": accuracy(f, tr.yt)}
+    K = tr.n_outputs
+    return {
+        "test_loss": mean_loss(f, tr.yt, tr.loss_kind, K),
+        "test_acc": accuracy(f, tr.yt, K),
+    }
+
+
+def _weight_matrices(ctx: EvalContext) -> list[tuple[str, Tensor]]:
+    """(name, W ``(R, out, in)``) of the trained weight matrices: the MLP's W1 … (not
+    its biases); for other models every parameter with two or more axes, a
+    convolution's kernel read as ``(out, in·kh·kw)``."""
+    tr = ctx.chunk
+    if tr.spec is not None:
+        return [(f"W{i + 1}", W) for i, W in enumerate(ctx.params[: len(tr.spec.trained_shapes)])]
+    return [
+        (name, p.reshape(p.shape[0], p.shape[1], -1))
+        for name, p in zip(tr.param_names, ctx.params, strict=True)
+        if p.dim() >= 3
+    ]
 
 
 def _stable_rank(ctx: EvalContext) -> dict[str, Tensor]:
     from . import diagnostics
 
     out = {}
-    for i, W in enumerate(ctx.params):
-        out[f"stable_rank_W{i + 1}"] = diagnostics.stable_rank(W)
-        out[f"numerical_rank_W{i + 1}"] = diagnostics.numerical_rank(W, ctx.cfg.rank_tol).to(
-            W.dtype
-        )
+    for name, W in _weight_matrices(ctx):
+        out[f"stable_rank_{name}"] = diagnostics.stable_rank(W)
+        out[f"numerical_rank_{name}"] = diagnostics.numerical_rank(W, ctx.cfg.rank_tol).to(W.dtype)
     return out
 
 
@@ -240,6 +254,15 @@ def _margins(ctx: EvalContext) -> dict[str, Tensor]:
     from . import diagnostics
 
     tr = ctx.chunk
+    if tr.spec is None or tr.n_outputs > 1:
+        # minᵢ yᵢ f(xᵢ), or minᵢ (f_{yᵢ} − max_{j≠yᵢ} f_j); normalised by ‖θ‖^L
+        # where the MLP family says what L is
+        f = tr.outputs(ctx.params, tr.X, tr.x_dim)
+        m = (multiclass_margins(f, tr.y) if tr.n_outputs > 1 else f * tr.y).amin(-1)
+        if tr.spec is None:
+            return {"margin": m}
+        norm = torch.cat([p.reshape(p.shape[0], -1) for p in ctx.params], dim=1).norm(dim=1)
+        return {"margin": m, "normalized_margin": m / norm**tr.spec.homogeneity}
     return diagnostics.margins(ctx.params, tr.X, tr.y, tr.spec, tr.a)
 
 
@@ -247,7 +270,13 @@ def _kkt(ctx: EvalContext) -> dict[str, Tensor]:
     from . import diagnostics
 
     tr = ctx.chunk
+    assert tr.spec is not None
     return diagnostics.kkt_residuals(ctx.params, tr.X, tr.y, tr.spec, tr.a)
+
+
+def _kkt_defined(tr: Chunk) -> bool:
+    """A binary MLP that is (near-)homogeneous: the nets the KKT theory is about."""
+    return tr.spec is not None and tr.spec.has_homogenization and tr.n_outputs == 1
 
 
 MetricFn = Callable[[EvalContext], dict[str, Tensor]]
@@ -272,7 +301,8 @@ STEP_METRICS: list[tuple[Callable[[EvalContext], bool], MetricFn]] = [
     (lambda c: c.cfg.ntk, _ntk),
     (lambda c: c.cfg.stable_rank, _stable_rank),
     (lambda c: c.cfg.margins, _margins),
-    (lambda c: c.cfg.kkt, _kkt),
+    # KKT points are those of (near-)homogeneous nets; config_warnings says when skipped
+    (lambda c: c.cfg.kkt and _kkt_defined(c.chunk), _kkt),
     (lambda c: c.cfg.trace is not None, _trace),
 ]
 
@@ -312,19 +342,22 @@ def output_stats(ctx: EvalContext) -> dict[str, Tensor]:
         ≤ 0 on every training point (ReLU' = 0 there, so they never train again), max
         over hidden layers; 0 for activations without a flat part (linear, leaky).
     """
-    from .models import activate
+    from .models.spec import activate, preactivation
 
     tr = ctx.chunk
     params = ctx.params
-    f = tr.outputs(params, tr.X, tr.x_dim)  # (R, n)
-    y_rms = tr.y.square().mean(-1).sqrt()
-    spread = f.std(-1, correction=0) / y_rms
+    f = tr.outputs(params, tr.X, tr.x_dim)  # (R, n), or (R, n, K)
+    if tr.n_outputs > 1:
+        # spread of each output over the samples, averaged over outputs, over the
+        # rms √(1/K) of a one-hot target
+        spread = f.std(-2, correction=0).mean(-1) * tr.n_outputs**0.5
+    else:
+        spread = f.std(-1, correction=0) / tr.y.square().mean(-1).sqrt()
     dead = torch.zeros(tr.R, dtype=f.dtype, device=f.device)
-    if tr.spec.activation == "relu" and tr.spec.depth > 1:
-        c = tr.spec.multipliers()
+    if tr.spec is not None and tr.spec.activation == "relu" and tr.spec.depth > 1:
         h = tr.X  # (n, d) or (R, n, d)
         for layer in range(tr.spec.depth - 1):
-            z = (h @ params[layer].transpose(-1, -2)) * c[layer]  # (R, n, width)
+            z = preactivation(h, params, tr.spec, layer)  # (R, n, width)
             inactive = (z <= 0).all(dim=-2).to(f.dtype).mean(-1)
             dead = torch.maximum(dead, inactive)
             h = activate(z, tr.spec)
@@ -343,9 +376,9 @@ def final_metrics(ctx: EvalContext) -> dict[str, Tensor]:
     from . import diagnostics
 
     if ctx.cfg.stable_rank:
-        for i, W in enumerate(ctx.params):
-            out[f"singular_values_W{i + 1}"] = diagnostics.singular_values(W)
-    if ctx.cfg.margins:
+        for name, W in _weight_matrices(ctx):
+            out[f"singular_values_{name}"] = diagnostics.singular_values(W)
+    if ctx.cfg.margins and tr.spec is not None:
         v = diagnostics.linear_predictor_batched(ctx.params, tr.spec, tr.a)
         if v is not None:
             out["linear_predictor"] = v
@@ -378,6 +411,10 @@ def data_geometry(data) -> tuple[Any, dict[str, Any]]:
     from . import diagnostics
 
     key = data.fingerprint()
+    if data.multiclass:  # the SVM and the separability tests are binary
+        nan = float("nan")
+        geo = dict.fromkeys(GEOMETRY_KEYS, nan) | {"separable": False, "degenerate": False}
+        return None, geo
     if key not in _GEOMETRY_CACHE:
         svm = diagnostics.svm_direction(data.X_train, data.y_train)
         geo = diagnostics.data_geometry(data.X_train, data.y_train, svm=svm)
@@ -467,6 +504,9 @@ def summaries(
     chance = np.empty(R)
     for i, r in enumerate(runs):
         y = np.asarray(r.data.y_train)
+        if r.data.multiclass and y.size:  # the most frequent class
+            chance[i] = np.bincount(y.astype(np.int64)).max() / y.size
+            continue
         chance[i] = max(np.mean(y > 0), np.mean(y < 0)) if y.size else np.nan
     th = phases.Thresholds.from_configs([r.config.metrics.phase for r in runs])
     inp = phases.phase_inputs(

@@ -742,7 +742,9 @@ def chunk_to_dataset(res: ChunkResult, plan: ChunkPlan, group_attrs: dict[str, A
         data_vars[name] = (("run", *extra), arr)
     for name, arr in res.weights.items():
         layer = name.split("_", 1)[1]
-        data_vars[name] = (("run", f"{layer}_out", f"{layer}_in"), arr)
+        # (out, in) for a matrix, (out,) for a bias, more axes for e.g. a convolution
+        axes = ["out", "in"] + [f"dim{i}" for i in range(2, arr.ndim - 1)]
+        data_vars[name] = (("run", *(f"{layer}_{a}" for a in axes[: arr.ndim - 1])), arr)
     for name, arr in res.fixed.items():
         data_vars[name] = ((f"{name}_out", f"{name}_in"), arr)
     ds = xr.Dataset(data_vars=data_vars, coords=coords)

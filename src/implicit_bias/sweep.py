@@ -23,7 +23,7 @@ from typing import Any
 from ._errors import ChunksFailed, UserInputError, disk_full, is_disk_full
 from .config import ExperimentConfig, SweepSpace, load_config
 from .data import Dataset, make_dataset, save_dataset
-from .engine import RunSpec, Trainer
+from .engine import ModelSize, RunSpec, Trainer, describe_model
 from .store import (
     CHUNKING_FILE,  # noqa: F401 - re-exported: where a folder records its chunking
     ChunkPlan,
@@ -151,6 +151,9 @@ def _group_key(cfg: ExperimentConfig, data: Dataset) -> str:
             node = node[p]
         node.pop(path[-1], None)
     raw["shapes"] = [data.X_train.shape, data.X_test.shape[0]]
+    if data.multiclass or cfg.model.kind != "mlp":  # the model's shapes follow them
+        raw["classes"] = data.n_classes if data.multiclass else 2
+        raw["image_shape"] = data.image_shape
     return json.dumps(raw, sort_keys=True)
 
 
@@ -158,10 +161,18 @@ def _group_key(cfg: ExperimentConfig, data: Dataset) -> str:
 TRACE_BYTES_PER_STEP = 8 * 3
 
 
-def estimate_run_bytes(cfg: ExperimentConfig, n: int, d: int, m: int) -> int:
-    """Rough peak bytes one run adds to a chunk (params, Lanczos basis, activations, traces)."""
+def estimate_run_bytes(
+    cfg: ExperimentConfig, n: int, d: int, m: int, model: ModelSize | None = None
+) -> int:
+    """Rough peak bytes one run adds to a chunk (params, Lanczos basis, activations, traces).
+
+    ``model`` (:func:`engine.describe_model`) is needed for models on the generic
+    path; without it the model is the hand-written MLP of ``cfg``.
+    """
     from .models import ModelSpec
 
+    if model is not None and model.generic:
+        return _estimate_generic_bytes(cfg, n, d, m, model)
     spec = ModelSpec.from_config(cfg.model, d)
     P = spec.n_params
     item = 4 if cfg.train.dtype == "float32" else 8
@@ -181,9 +192,30 @@ def estimate_run_bytes(cfg: ExperimentConfig, n: int, d: int, m: int) -> int:
     act = (n + m) * max(spec.width, 1) * spec.depth
     per = item * (P * per_param + 8 * act + n * d) + TRACE_BYTES_PER_STEP * (cfg.train.steps + 1)
     if cfg.metrics.kkt or cfg.metrics.ntk:
-        # the layer-wise Gram of per-sample gradients (batched.jacobian_gram):
+        # the layer-wise Gram of per-sample gradients (models.mlp.jacobian_gram):
         # (n, n) blocks and (n, width) factors, never the (n, P) Jacobian
         per += 8 * (4 * n * n + 3 * n * max(spec.width, 1) * spec.depth)
+    return int(per)
+
+
+def _estimate_generic_bytes(cfg: ExperimentConfig, n: int, d: int, m: int, model: ModelSize) -> int:
+    """:func:`estimate_run_bytes` of the torch.func path: parameters (weights, Lanczos
+    basis, kept weights), the activations of a forward pass times 16 (primal and
+    tangent, forward and backward of ``jvp(grad)``, and what ``vmap`` keeps
+    besides), and for the NTK the (n·K, P) Jacobian ``jacrev`` forms per run."""
+    item = 4 if cfg.train.dtype == "float32" else 8
+    mc = cfg.metrics
+    sharp_iters = mc.sharpness.iters if mc.sharpness else 20
+    basis = max(
+        sharp_iters if (mc.sharpness or mc.gn_sharpness) else 0,
+        (mc.trace.iters if mc.trace.density else 2) if mc.trace else 0,
+    )
+    P, K = model.n_params, model.outputs
+    per_param = 6 + len(cfg.store.weights) + basis
+    act = (n + m) * (model.act_per_sample + K)
+    per = item * (P * per_param + 16 * act + n * d) + TRACE_BYTES_PER_STEP * (cfg.train.steps + 1)
+    if mc.ntk:
+        per += item * (n * K * P + (n * K) ** 2)
     return int(per)
 
 
@@ -226,12 +258,14 @@ def chunk_budget(device: str) -> tuple[int, int | None]:
     return max(1, budget), MAX_CHUNK_RUNS
 
 
-def auto_chunk_runs(cfg: ExperimentConfig, n: int, d: int, m: int, group_size: int) -> int:
+def auto_chunk_runs(
+    cfg: ExperimentConfig, n: int, d: int, m: int, group_size: int, model: ModelSize | None = None
+) -> int:
     """``store.chunk_runs``, or as many runs as fit the device's budget (:func:`chunk_budget`)."""
     if cfg.store.chunk_runs is not None:
         return cfg.store.chunk_runs
     budget, cap = chunk_budget(cfg.train.device)
-    fit = max(1, budget // max(estimate_run_bytes(cfg, n, d, m), 1))
+    fit = max(1, budget // max(estimate_run_bytes(cfg, n, d, m, model), 1))
     k = min(fit, group_size) if cap is None else min(fit, cap, group_size)
     # equal-sized chunks rather than one full and one small
     n_chunks = math.ceil(group_size / k)
@@ -472,7 +506,8 @@ def make_plan(cfg: ExperimentConfig, base_dir: Path | None = None) -> Plan:
             raise UserInputError(
                 f"train.batch_size={bs} exceeds the {n} training samples of the data"
             )
-        per = estimate_run_bytes(rc, n, d, t)
+        model = describe_model(rc, data)  # a model that cannot run is refused here
+        per = estimate_run_bytes(rc, n, d, t, model)
         if per > have:
             if 2 * TRACE_BYTES_PER_STEP * (rc.train.steps + 1) > per:  # the per-step traces
                 what = f"train.steps: one run of {rc.train.steps} steps (its per-step traces)"
@@ -487,7 +522,7 @@ def make_plan(cfg: ExperimentConfig, base_dir: Path | None = None) -> Plan:
             )
         size = len(m) * free
         group_sizes.append(size)
-        sizes.append(auto_chunk_runs(rc, n, d, t, size))
+        sizes.append(auto_chunk_runs(rc, n, d, t, size, model))
         run_bytes.append(per)
         seconds.append(_run_seconds(rc, n, d))
     chunks = _Chunks(space, members, sizes)

@@ -100,7 +100,15 @@ class GroupView:
             width = self.fixed.get("model.width", model.get("width", ""))
             par = model.get("parametrization", "")
             last = ", fixed-sign last layer" if model.get("last_layer") == "fixed_sign" else ""
-            parts.append(f"depth-{depth} {act} net, width {width}, {par}{last}")
+            kind = model.get("kind", "mlp")
+            if kind == "cnn":
+                chans = "-".join(str(c) for c in model.get("channels", []))
+                parts.append(f"{act} convnet, channels {chans}, {model.get('pool', 'max')} pool")
+            elif kind == "module":
+                parts.append(f"module {model.get('module', '')}")
+            else:
+                bias = ", biases" if model.get("bias") else ""
+                parts.append(f"depth-{depth} {act} net, width {width}, {par}{last}{bias}")
         if train.get("loss"):
             parts.append(f"{train['loss']} loss")
         fixed = [f"{k}={fmt(v)}" for k, v in self.fixed.items() if k != "model.width"]

@@ -1,6 +1,6 @@
 """Hand-written batched forward, backward and Hessian-vector products of the MLP family.
 
-:func:`implicit_bias.models.forward` is the model for one run; ``vmap`` of
+:func:`implicit_bias.models.spec.forward` is the model for one run; ``vmap`` of
 ``grad`` of it is the reference. Here the same computation is written once
 for R runs with batched matmuls (tests check both against ``torch.func`` per
 run in float64): a training step is a handful of kernels with no autograd
@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .losses import LossName, loss_grad, loss_hess, mean_loss
-from .models import ModelSpec, Params, activate, activation_grad, activation_grad2
+from ..losses import LossName, loss_grad, loss_hess, mean_loss
+from .spec import ModelSpec, Params, activate, activation_grad, activation_grad2
 
 
 def _mT(t: Tensor) -> Tensor:
@@ -258,18 +258,8 @@ def value_and_grad(
     Returns:
         loss ``(R,)``, f ``(R, n)``, grads (same shapes as ``params``).
     """
-    if _use_chain(spec):
-        cp = _chain_forward(params, X, spec, a)
-        delta = _dloss_df(cp.f, y, loss_kind)
-        c = spec.multipliers()
-        grads = tuple(
-            col @ row * c[k] for k, (col, row) in enumerate(_chain_grads(cp, delta, spec))
-        )
-        return mean_loss(cp.f, y, loss_kind), cp.f, grads
-    pas = _forward(params, X, spec, a)
-    bwd = _backward(pas, y, spec, loss_kind)
-    grads = tuple(_times(_outer_sum(D, h), cl) for D, h, cl in bwd.signals(pas, spec))
-    return mean_loss(pas.f, y, loss_kind), pas.f, grads
+    loss, f, pas = forward_loss(params, X, y, spec, a, loss_kind)
+    return loss, f, gradients(pas, y, spec, loss_kind)
 
 
 def gradients(pas: _Pass | _ChainPass, y: Tensor, spec: ModelSpec, loss_kind: LossName) -> Params:

@@ -22,9 +22,14 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from .config import ModelConfig
+from ..config import ModelConfig
 
 Params = tuple[Tensor, ...]
+Activation = Literal[
+    "linear", "relu", "leaky_relu", "smooth_leaky_relu", "tanh", "elu", "gelu", "softplus"
+]
+#: activations with φ(cz) = cφ(z) for c > 0 (the margin and KKT theory's nets)
+HOMOGENEOUS = ("linear", "relu", "leaky_relu")
 
 
 @dataclass(frozen=True)
@@ -34,15 +39,20 @@ class ModelSpec:
     d: int
     depth: int = 2
     width: int = 256
-    activation: Literal["linear", "relu", "leaky_relu", "smooth_leaky_relu"] = "linear"
+    activation: Activation = "linear"
     leak: float = 0.1
     smoothing: float = 1.0
     parametrization: Literal["ntk", "standard", "direct"] = "ntk"
     last_layer: Literal["trained", "fixed_sign"] = "trained"
+    #: a bias per trained layer, after the weights in ``params`` (b_l of shape (out,))
+    bias: bool = False
+    #: outputs K: 1 for ±1 labels, K for K classes
+    outputs: int = 1
 
     @classmethod
-    def from_config(cls, cfg: ModelConfig, d: int) -> ModelSpec:
+    def from_config(cls, cfg: ModelConfig, d: int, outputs: int = 1) -> ModelSpec:
         return cls(
+            outputs=outputs,
             d=d,
             depth=cfg.depth,
             width=cfg.width,
@@ -51,12 +61,13 @@ class ModelSpec:
             smoothing=cfg.smoothing,
             parametrization=cfg.parametrization,
             last_layer=cfg.last_layer,
+            bias=cfg.bias,
         )
 
     @property
     def all_shapes(self) -> list[tuple[int, int]]:
-        """Shapes ``(out, in)`` of all ``depth`` layers, the last one ``(1, width)``."""
-        dims = [self.d] + [self.width] * (self.depth - 1) + [1]
+        """Shapes ``(out, in)`` of all ``depth`` layers, the last one ``(K, width)``."""
+        dims = [self.d] + [self.width] * (self.depth - 1) + [self.outputs]
         return [(dims[i + 1], dims[i]) for i in range(self.depth)]
 
     @property
@@ -65,8 +76,19 @@ class ModelSpec:
         return shapes[:-1] if self.last_layer == "fixed_sign" else shapes
 
     @property
+    def bias_shapes(self) -> list[tuple[int]]:
+        """Shapes ``(out,)`` of the biases (one per trained layer), none without ``bias``."""
+        return [(o,) for o, _ in self.trained_shapes] if self.bias else []
+
+    @property
+    def param_names(self) -> list[str]:
+        """Names of ``params`` in order: W1 … then b1 … (the stored ``init_<name>``)."""
+        n = len(self.trained_shapes)
+        return [f"W{i + 1}" for i in range(n)] + [f"b{i + 1}" for i in range(len(self.bias_shapes))]
+
+    @property
     def n_params(self) -> int:
-        return sum(o * i for o, i in self.trained_shapes)
+        return sum(o * i for o, i in self.trained_shapes) + sum(o for (o,) in self.bias_shapes)
 
     @property
     def homogeneity(self) -> int:
@@ -75,7 +97,12 @@ class ModelSpec:
 
     @property
     def is_homogeneous(self) -> bool:
-        return self.activation != "smooth_leaky_relu"
+        return self.activation in HOMOGENEOUS and not self.bias
+
+    @property
+    def has_homogenization(self) -> bool:
+        """f̄ = lim f(cθ)/c^L exists as a net of this family (see :attr:`homogenized`)."""
+        return self.is_homogeneous or (self.activation == "smooth_leaky_relu" and not self.bias)
 
     @property
     def homogenized(self) -> ModelSpec:
@@ -87,6 +114,8 @@ class ModelSpec:
         Cai et al. 2025 (arXiv 2502.16075) show GD on such near-homogeneous
         nets converges in direction to a KKT point of the margin problem of f̄.
         """
+        if not self.has_homogenization:
+            raise ValueError(f"activation {self.activation} has no homogenization in this family")
         return self if self.is_homogeneous else replace(self, activation="leaky_relu")
 
     def multipliers(self) -> list[float]:
@@ -104,13 +133,18 @@ def _step(z: Tensor) -> Tensor:
     return torch.relu(z).sign_()
 
 
+def _gauss_pdf(z: Tensor) -> Tensor:
+    return torch.exp(-0.5 * z * z) * (1 / math.sqrt(2 * math.pi))
+
+
 def activate(z: Tensor, spec: ModelSpec) -> Tensor:
     """φ(z) elementwise.
 
     The smoothed leaky ReLU is eq. (2) of Frei et al. 2023 (leak γ, smoothness H):
     z − (1−γ)/(4H) for z ≥ 1/H, γz − (1−γ)/(4H) for z ≤ −1/H and
     (1−γ)H z²/4 + (1+γ)z/2 between — written as q(clamp(z, ±1/H)) plus the two
-    linear tails, which is the same C¹ function.
+    linear tails, which is the same C¹ function. ``elu`` has α = 1 and ``gelu``
+    is the exact z·Φ(z) (Hendrycks & Gimpel 2016), as in Cohen et al. 2021.
     """
     kind = spec.activation
     if kind == "linear":
@@ -125,6 +159,14 @@ def activate(z: Tensor, spec: ModelSpec) -> Tensor:
         u = z.clamp(-1 / h, 1 / h)
         quad = u * ((1 - g) * h / 4 * u + (1 + g) / 2)
         return quad + torch.relu(z - 1 / h) - g * torch.relu(-1 / h - z)
+    if kind == "tanh":
+        return torch.tanh(z)
+    if kind == "elu":
+        return torch.nn.functional.elu(z)
+    if kind == "gelu":
+        return torch.nn.functional.gelu(z)
+    if kind == "softplus":
+        return torch.nn.functional.softplus(z)
     raise ValueError(f"unknown activation {kind}")
 
 
@@ -142,16 +184,38 @@ def activation_grad(z: Tensor, spec: ModelSpec) -> Tensor | None:
         # q'(clamp(z)): (1−γ)Hz/2 + (1+γ)/2 inside, exactly 1 and γ at and beyond ±1/H
         g, h = spec.leak, spec.smoothing
         return z.clamp(-1 / h, 1 / h).mul_((1 - g) * h / 2).add_((1 + g) / 2)
+    if kind == "tanh":
+        return 1 - torch.tanh(z).square()
+    if kind == "elu":
+        # 1 for z > 0, e^z else: e^{min(z, 0)} is both, and never overflows
+        return torch.exp(z.clamp(max=0))
+    if kind == "gelu":
+        # (zΦ(z))' = Φ(z) + z φ(z)
+        return 0.5 * (1 + torch.erf(z * (1 / math.sqrt(2)))) + z * _gauss_pdf(z)
+    if kind == "softplus":
+        return torch.sigmoid(z)
     raise ValueError(f"unknown activation {kind}")
 
 
 def activation_grad2(z: Tensor, spec: ModelSpec) -> Tensor | None:
     """φ''(z) elementwise, or ``None`` where it vanishes almost everywhere (piecewise-linear φ)."""
-    if spec.activation != "smooth_leaky_relu":
-        return None
-    g, h = spec.leak, spec.smoothing
-    # (1−γ)H/2 on the open interval |z| < 1/H, 0 outside
-    return _step(1 / h - z.abs()).mul_((1 - g) * h / 2)
+    kind = spec.activation
+    if kind == "smooth_leaky_relu":
+        g, h = spec.leak, spec.smoothing
+        # (1−γ)H/2 on the open interval |z| < 1/H, 0 outside
+        return _step(1 / h - z.abs()).mul_((1 - g) * h / 2)
+    if kind == "tanh":
+        t = torch.tanh(z)
+        return -2 * t * (1 - t * t)
+    if kind == "elu":
+        # e^z for z < 0, 0 for z ≥ 0 (autograd's value at the kink)
+        return torch.exp(z.clamp(max=0)) * _step(-z)
+    if kind == "gelu":
+        return (2 - z * z) * _gauss_pdf(z)
+    if kind == "softplus":
+        s = torch.sigmoid(z)
+        return s * (1 - s)
+    return None
 
 
 def fixed_last_layer(
@@ -166,12 +230,25 @@ def fixed_last_layer(
     return a
 
 
+def layer_bias(params: Params, spec: ModelSpec, layer: int) -> Tensor | None:
+    """b_l of a trained layer ``(out,)`` (after the weights in ``params``), or ``None``."""
+    return params[len(spec.trained_shapes) + layer] if spec.bias else None
+
+
+def preactivation(h: Tensor, params: Params, spec: ModelSpec, layer: int) -> Tensor:
+    """z_l = c_l h W_lᵀ (+ b_l): biases enter unscaled, as in torch.nn.Linear.
+
+    ``h`` and ``params`` may carry a leading run dimension (R, n, in)."""
+    z = (h @ params[layer].transpose(-1, -2)) * spec.multipliers()[layer]
+    b = layer_bias(params, spec, layer)
+    return z if b is None else z + b.unsqueeze(-2)
+
+
 def hidden(params: Params, x: Tensor, spec: ModelSpec) -> Tensor:
-    """Last hidden representation φ(c W_{L-1} ⋯ φ(c W_1 x)), shape ``(n, width)``."""
-    c = spec.multipliers()
+    """Last hidden representation φ(z_{L-1}), z_l = c W_l φ(z_{l-1}) (+ b_l), ``(n, width)``."""
     h = x
     for layer in range(spec.depth - 1):
-        h = activate((h @ params[layer].T) * c[layer], spec)
+        h = activate(preactivation(h, params, spec, layer), spec)
     return h
 
 
@@ -185,14 +262,14 @@ def forward(params: Params, x: Tensor, spec: ModelSpec, a: Tensor | None = None)
         a: the fixed last layer ``(1, width)`` when ``spec.last_layer == 'fixed_sign'``.
 
     Returns:
-        f(x), shape ``(n,)``.
+        f(x), shape ``(n,)`` (``(n, K)`` with K > 1 outputs).
     """
-    c = spec.multipliers()
     h = hidden(params, x, spec) if spec.depth > 1 else x
     if spec.last_layer == "fixed_sign":
         assert a is not None, "fixed_sign needs the fixed layer a"
         return (h @ a.T).squeeze(-1)
-    return ((h @ params[-1].T) * c[-1]).squeeze(-1)
+    f = preactivation(h, params, spec, spec.depth - 1)
+    return f.squeeze(-1) if spec.outputs == 1 else f
 
 
 def init_params(
@@ -210,7 +287,9 @@ def init_params(
 
     Returns:
         Trained weights: N(0, init_scale²) under ``ntk`` and ``direct``,
-        N(0, init_scale²/fan_in) under ``standard``.
+        N(0, init_scale²/fan_in) under ``standard``; then the biases, zero (so
+        a net with biases starts as the same function as the one without, from
+        the same draws).
     """
     gen = torch.Generator(device="cpu").manual_seed(int(seed) & 0x7FFF_FFFF_FFFF_FFFF)
     out = []
@@ -218,6 +297,7 @@ def init_params(
         w = torch.randn(fan_out, fan_in, generator=gen, dtype=torch.float64)
         std = init_scale / math.sqrt(fan_in) if spec.parametrization == "standard" else init_scale
         out.append(w.mul_(std).to(dtype=dtype, device=device))
+    out += [torch.zeros(shape, dtype=dtype, device=device) for shape in spec.bias_shapes]
     return tuple(out)
 
 
@@ -229,6 +309,8 @@ def linear_predictor(params: Params, spec: ModelSpec, a: Tensor | None = None) -
     decision boundary matches. ``None`` for other nonlinear nets.
     """
     c = spec.multipliers()
+    if spec.bias or spec.outputs > 1:  # affine, or not one predictor
+        return None
     if spec.last_layer == "fixed_sign" and spec.depth == 2:
         assert a is not None
         return (a @ params[0]).squeeze(0) * c[0]
