@@ -21,9 +21,20 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from ._errors import UserInputError
-from .papers import PAPERS, STATISTICAL, STATUSES, Claim
+from .papers import EVERY_DRAW, FULL_DRAWS, PAPERS, QUICK_DRAWS, STATISTICAL, STATUSES, Claim
 
-__all__ = ["PAPERS", "STATUSES", "Claim", "reproduce", "run_recipe"]
+__all__ = [
+    "EVERY_DRAW",
+    "FULL_DRAWS",
+    "PAPERS",
+    "QUICK_DRAWS",
+    "STATISTICAL",
+    "STATUSES",
+    "Claim",
+    "reproduce",
+    "run_recipe",
+]
+
 
 #: the full reproduction's claims (``results/reproduce/claims.json`` of a full run,
 #: committed by whoever runs it); the quick table quotes its status beside its own

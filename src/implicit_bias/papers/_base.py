@@ -128,7 +128,8 @@ def draws_of(results: Mapping[str, Any], uses: Iterable[str]) -> list[int | None
         ds = results[u]
         if DATA_SEED in ds.coords:
             seeds |= {int(x) for x in np.asarray(ds[DATA_SEED].values).ravel()}
-    return sorted(seeds) if seeds else [None]
+    out: list[int | None] = [*sorted(seeds)] if seeds else [None]
+    return out
 
 
 def one_draw(ds: Any, seed: int | None) -> Any:
@@ -145,7 +146,10 @@ def significant(effects: Iterable[float], minimum: float = 0.0) -> tuple[bool | 
         return None, f"{x.size} effect sample(s): too few for a standard error"
     mean, se = float(x.mean()), float(x.std(ddof=1) / np.sqrt(x.size))
     ok = mean > 2 * se and mean >= minimum
-    return ok, f"effect {mean:.3g} ± {se:.3g} (SE, {x.size} samples; needs > 2 SE and ≥ {minimum:g})"
+    return (
+        ok,
+        f"effect {mean:.3g} ± {se:.3g} (SE, {x.size} samples; needs > 2 SE and ≥ {minimum:g})",
+    )
 
 
 @dataclass(frozen=True)
@@ -492,9 +496,7 @@ def test_acc_above_critical(r: Runs, gain: float) -> Outcome:
         below = acc[conv & (rates < 1) & (seeds == s)]
         if above.size and below.size:
             gaps.append(float(above.max() - below.max()))
-    by_rate = {
-        float(x): float(np.mean(acc[(rates == x) & conv])) for x in sorted(set(rates[conv]))
-    }
+    by_rate = {float(x): float(np.mean(acc[(rates == x) & conv])) for x in sorted(set(rates[conv]))}
     text = "mean test acc by converged rate " + ", ".join(
         f"{x:g}: {g(a)}" for x, a in by_rate.items()
     )

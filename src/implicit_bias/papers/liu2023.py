@@ -435,7 +435,12 @@ def _l10(r: Runs) -> Verdict:
     f"minus the best below 1: the mean gap over draws × seeds exceeds 2 standard errors and "
     f"{ACC_GAIN}",
     uses="nonseparable",
-    control=lambda c: _separable(c, "nonseparable"),
+    control=lambda c: {
+        "nonseparable": with_(
+            _separable(c, "nonseparable")["nonseparable"],
+            sweep={"train.lr": [0.5, 0.8, 1.6, 2.3], "seed": [0, 1]},
+        )
+    },
     control_note="separable degenerate data: no catapult phase, every rate generalises alike",
     statistical=True,
     min_effect=ACC_GAIN,
