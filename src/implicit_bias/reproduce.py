@@ -178,6 +178,8 @@ def run_recipe(
         if reports:
             figures += [p for p in write_report(folder, tree) if p.suffix == ".png"]
     claims = paper.judge(results, keys=None if claim is None else [claim])
+    if reports:  # the paper's own figures (papers/<key>.py), beside the generic reports
+        figures += paper.draw_figures(results, out / key / "figures")
     return claims, figures
 
 

@@ -257,6 +257,31 @@ class Paper:
     title: str
     experiments: Callable[[bool], Configs]
     claims: list[ClaimSpec] = field(default_factory=list)
+    #: the paper's own figures: (experiments used, ``(results, folder) -> [png]``)
+    figures: list[tuple[tuple[str, ...], Callable[..., list[Any]]]] = field(default_factory=list)
+
+    def figure(self, *uses: str) -> Callable[[Callable[..., list[Any]]], Callable[..., list[Any]]]:
+        """Register the decorated ``(results, folder) -> [png]`` as one of the paper's figures.
+
+        It is drawn by ``reproduce`` when every experiment in ``uses`` was run,
+        on the first data draw of each (``results`` holds only ``uses``).
+        """
+
+        def register(fn: Callable[..., list[Any]]) -> Callable[..., list[Any]]:
+            self.figures.append((tuple(uses), fn))
+            return fn
+
+        return register
+
+    def draw_figures(self, results: Mapping[str, Any], folder: Any) -> list[Any]:
+        """The paper's figures whose experiments are all in ``results``, into ``folder``."""
+        from ._figures import first_draw
+
+        out: list[Any] = []
+        for uses, fn in self.figures:
+            if all(u in results for u in uses):
+                out += fn({u: first_draw(results[u]) for u in uses}, folder)
+        return out
 
     def claim(
         self,

@@ -15,11 +15,13 @@ which tracks gradient flow; the setting column says so.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._base import Configs, Paper, Runs, Verdict, g, gl, with_
+from ._figures import colors, figure, save
 
 SCALES = [1e-6, 1e-4, 1e-3, 1e-2, 0.05, 0.2]
 LEAK = 0.1
@@ -357,3 +359,41 @@ def _f9(r: Runs) -> Verdict:
     te = r.scalar("final_test_acc")
     ok = bool(np.all(tr == 1) and np.all(sr <= RANK2_STABLE_RANK) and np.all(te >= 0.9))
     return ok, f"train acc {gl(tr)}; stable rank {gl(sr)}; test acc {gl(te)}"
+
+
+# ------------------------------------------------------------------ the paper's figures
+@PAPER.figure("init_scale")
+def _fig_rank_vs_steps(results: dict, folder: Path) -> list[Path]:
+    """Stable rank of W against the step, one line per run, coloured by init scale."""
+    ds = results["init_scale"]
+    scales = np.asarray(ds["model.init_scale"].values, dtype=float)
+    steps = np.asarray(ds["step"].values)
+    sr = np.asarray(ds["stable_rank_W1"].values, dtype=float)
+    fig, ax = figure()
+    uniq = sorted(set(scales.tolist()))
+    for s, color in zip(uniq, colors(len(uniq)), strict=True):
+        for k, i in enumerate(np.flatnonzero(scales == s)):
+            ax[0, 0].plot(np.maximum(steps, 0.5), sr[i], color=color, label=f"{s:g}" * (k == 0))
+    ax[0, 0].axhline(RANK2_STABLE_RANK, color="0.5", ls=":", lw=0.8)
+    ax[0, 0].set(xscale="log", yscale="log", xlabel="step (0 drawn at 0.5)", ylabel="stable rank")
+    ax[0, 0].legend(title="init scale ω", fontsize=7)
+    fig.suptitle("Frei et al. 2023: stable rank of W during GD, by init scale", fontsize=9)
+    return [save(fig, folder / "frei-stable-rank-vs-steps.png")]
+
+
+@PAPER.figure("init_scale", "low_dim")
+def _fig_rank_vs_d(results: dict, folder: Path) -> list[Path]:
+    """Final stable rank at the smallest init against the dimension d (each run a dot)."""
+    fig, ax = figure()
+    for name in ("low_dim", "init_scale"):
+        ds = results[name]
+        scales = np.asarray(ds["model.init_scale"].values, dtype=float)
+        idx = np.flatnonzero(scales == scales.min())
+        d = int(ds["X_train"].shape[-1])
+        sr = np.asarray(ds["final_stable_rank_W1"].values, dtype=float)[idx]
+        ax[0, 0].plot(np.full(idx.size, d), sr, "o", color="tab:blue")
+    ax[0, 0].axhline(RANK2_STABLE_RANK, color="0.5", ls=":", lw=0.8, label="rank-2 KKT value")
+    ax[0, 0].set(xscale="log", xlabel="dimension d", ylabel="final stable rank (smallest init)")
+    ax[0, 0].legend(fontsize=7)
+    fig.suptitle("Frei et al. 2023: stable rank against the dimension", fontsize=9)
+    return [save(fig, folder / "frei-stable-rank-vs-d.png")]

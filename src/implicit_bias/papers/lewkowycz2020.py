@@ -13,6 +13,7 @@ reported in W1), so 2 units ≈ 4/λ₀.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,7 @@ from ._base import (
     test_acc_above_critical,
     with_,
 )
+from ._figures import colors, figure, save
 
 RATES = [0.5, 0.9, 1.3, 1.7, 1.9, 2.2, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
 #: the linear net's width scan (W3): the 4/λ₀ edge is an infinite-width statement
@@ -354,3 +356,49 @@ def _w7(r: Runs) -> Verdict:
 )
 def _w8(r: Runs) -> Verdict:
     return test_acc_above_critical(r, 0.005)
+
+
+# ------------------------------------------------------------------ the paper's figures
+def _curvature_vs_rate(ax: Any, ds: Any, label: str, color: Any) -> None:
+    """Final curvature / λ₀ against η·λ₀ (λ the NTK eigenvalue, else the sharpness)."""
+    ntk = "ntk_max" in ds and "final_ntk_max" in ds
+    lam0 = (
+        np.asarray(ds["ntk_max"].isel(step=0).values, dtype=float)
+        if ntk
+        else np.asarray(ds["sharpness_init"].values, dtype=float)
+    )
+    lam = np.asarray(ds["final_ntk_max" if ntk else "final_sharpness"].values, dtype=float)
+    x = np.asarray(ds["lr"].values, dtype=float) * lam0
+    ph = np.asarray(ds["phase"].values).astype(str)
+    ok = ph != "diverged"
+    ax.plot(x[ok], lam[ok] / lam0[ok], "o", color=color, ms=4, label=label)
+    if (~ok).any():
+        ax.plot(x[~ok], np.full((~ok).sum(), 1.05), "x", color=color, ms=5)
+
+
+@PAPER.figure("linear", "linear_w256", "linear_w1024", "relu")
+def _fig_ntk_vs_rate(results: dict, folder: Path) -> list[Path]:
+    """Lewkowycz et al. 2020 Fig. 2-style: final NTK / λ₀ against η·λ₀, per width."""
+    fig, ax = figure(2)
+    rows = [("linear_w256", "256"), ("linear_w1024", "1024"), ("linear", "wide")]
+    for (name, w), color in zip(rows, colors(len(rows), "plasma"), strict=True):
+        _curvature_vs_rate(ax[0, 0], results[name], f"linear, width {w}", color)
+    _curvature_vs_rate(ax[0, 1], results["relu"], "ReLU, wide", "tab:red")
+    for a, title in zip(ax[0], ("linear net", "ReLU net"), strict=True):
+        for x, text in ((2, "2/λ₀"), (4, "4/λ₀")):
+            a.axvline(x, color="0.5", ls=":", lw=0.8)
+            a.text(x, 1.12, text, fontsize=7, ha="center")
+        a.set(
+            xscale="log",
+            xlabel="η·λ₀",
+            ylabel="final λ / λ₀ (x: diverged)",
+            ylim=(0, 1.2),
+            title=title,
+        )
+        a.legend(fontsize=7)
+    fig.suptitle(
+        "Lewkowycz et al. 2020: final curvature against the rate (NTK where measured, else "
+        "the sharpness)",
+        fontsize=8,
+    )
+    return [save(fig, folder / "lewkowycz-ntk-vs-rate.png")]

@@ -14,6 +14,7 @@ net on degenerate data (SPEC §1.1), not from the paper's text.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from ._base import (
     test_acc_above_critical,
     with_,
 )
+from ._figures import figure, loss_and_curvature, nearest, runs_at, save
 
 RATES = [0.5, 0.8, 1.2, 1.6, 2.3, 3.0, 4.0, 6.0]
 DEGENERATE_P = 0.75  # fraction of points whose sign agrees with the label
@@ -473,3 +475,39 @@ def _l10(r: Runs) -> Verdict:
 def _l13(r: Runs) -> Verdict:
     constant = np.asarray(r.coord("train.schedule.factor"), dtype=float) == 1
     return test_acc_above_critical(Runs(r.ds.isel(run=np.flatnonzero(constant)), r.name), ACC_GAIN)
+
+
+# ------------------------------------------------------------------ the paper's figures
+@PAPER.figure("nonseparable")
+def _fig_regimes(results: dict, folder: Path) -> list[Path]:
+    """Lazy vs catapult (Liu et al. 2023, the loss and curvature figures): loss and λη/2."""
+    ds = results["nonseparable"]
+    rates = np.asarray(ds["train.lr"].values, dtype=float)
+    fig, ax = figure(2)
+    for target, color, what in ((0.5, "tab:blue", "lazy?"), (2.3, "tab:red", "catapult?")):
+        rate = nearest(rates, target)
+        idx = runs_at(ds, "train.lr", rate)
+        phase = "/".join(sorted({str(p) for p in np.asarray(ds["phase"].values)[idx]}))
+        label = f"{rate:g} critical units: {phase or what}"
+        loss_and_curvature(ax[0, 0], ax[0, 1], ds, idx, label, color)
+    ax[0, 0].legend(fontsize=7)
+    fig.suptitle("Liu et al. 2023: below vs above the critical rate (overlapping classes)")
+    return [save(fig, folder / "liu-lazy-vs-catapult.png")]
+
+
+@PAPER.figure("nonseparable", "separable_degenerate")
+def _fig_separability(results: dict, folder: Path) -> list[Path]:
+    """The same rate on non-separable vs separable data: catapult vs vanishing curvature."""
+    fig, ax = figure(2)
+    for name, color, what in (
+        ("nonseparable", "tab:red", "non-separable (overlap)"),
+        ("separable_degenerate", "tab:green", "separable (degenerate)"),
+    ):
+        ds = results[name]
+        rate = nearest(np.asarray(ds["train.lr"].values, dtype=float), 2.3)
+        idx = runs_at(ds, "train.lr", rate)
+        loss_and_curvature(ax[0, 0], ax[0, 1], ds, idx, f"{what}, {rate:g} critical units", color)
+    ax[0, 1].set_yscale("log")
+    ax[0, 0].legend(fontsize=7)
+    fig.suptitle("Liu et al. 2023: separable vs non-separable data at the same rate")
+    return [save(fig, folder / "liu-separable-vs-nonseparable.png")]
