@@ -244,21 +244,46 @@ def _f5(r: Runs) -> Verdict:
     return bool(np.all(agree >= 0.99)), f"agreement {gl(agree)}"
 
 
+def _class_mean_ratio(r: Runs) -> np.ndarray:
+    """Per run: margin of the class-mean predictor u = Σᵢ yᵢxᵢ over the SVM margin.
+
+    u is the direction of the first GD step from a small init on nearly-orthogonal
+    data (every neuron's first gradient is ± a multiple of Σᵢ yᵢφ'(0)xᵢ), and
+    KKT points there behave like a nearly uniform average of the examples (Frei,
+    Vardi et al. 2023b, arXiv 2303.01462): the baseline an approximately
+    max-margin v has to reach.
+    """
+    X = np.asarray(r.ds["X_train"].values, dtype=float)
+    y = np.asarray(r.ds["y_train"].values, dtype=float)
+    if X.ndim == 2:  # one data set shared by every run
+        X = np.broadcast_to(X, (r.n_runs, *X.shape))
+        y = np.broadcast_to(y, (r.n_runs, *y.shape))
+    u = np.einsum("rn,rnd->rd", y, X)
+    margin = np.min(y * np.einsum("rd,rnd->rn", u, X), axis=1) / np.linalg.norm(u, axis=1)
+    return margin / r.scalar("data_svm_margin")
+
+
 @PAPER.claim(
     "F6",
     claim="v = Wᵀa is an approximately max-margin linear predictor.",
     source="Frei et al. 2023, §3 (gradient-flow theorem) and abstract",
     setting=GF_SETTING + "; nearly-orthogonal Gaussian mixture",
-    criterion="margin of v / hard-margin SVM margin ≥ 0.5 (our threshold: the paper's bound "
-    "is a γ-dependent constant); the cosine to the SVM direction is reported",
+    criterion="in every run, margin of v / hard-margin SVM margin ≥ the same ratio of the "
+    "class-mean predictor Σᵢyᵢxᵢ (0.94–0.96 on these draws: the direction of the first GD "
+    "step from a small init, and what near-orthogonal KKT points resemble, Frei et al. "
+    "2023b arXiv 2303.01462), so GD moved v beyond its first step towards the max margin; "
+    "the cosine to the SVM direction is reported",
     uses="leaky",
     control=lambda c: _large_init(c, "leaky"),
-    control_note="init 0.2: v is dominated by the random init (3 steps from init 1e-6 are "
-    "no control: margin ratio 0.94 already)",
+    control_note="init 0.2 for the same step budget: v is dominated by the random init "
+    "(3 steps from init 1e-6 are no control: their ratio 0.94 is the class-mean "
+    "predictor's)",
 )
 def _f6(r: Runs) -> Verdict:
-    ratio, cos = r.scalar("margin_ratio"), r.scalar("svm_cosine")
-    return bool(np.all(ratio >= 0.5)), f"margin ratio {gl(ratio)}; cosine {gl(cos)}"
+    ratio, cos, base = r.scalar("margin_ratio"), r.scalar("svm_cosine"), _class_mean_ratio(r)
+    return bool(np.all(ratio >= base)), (
+        f"margin ratio {gl(ratio)} vs class-mean predictor {gl(base)}; cosine {gl(cos)}"
+    )
 
 
 @PAPER.claim(
