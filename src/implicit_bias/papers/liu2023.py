@@ -104,6 +104,8 @@ def _experiments(quick: bool) -> Configs:
             {**model, "width": w},
             DEGENERATE_RATES,
         )
+    # the NTK eigenvalue λ of the recursion, for L14's bound λ∞ ≤ 2/(η·p(1−p))
+    out[f"degenerate_w{WIDTHS[-1]}"]["metrics"] = {**metrics, "ntk": True}
     return out
 
 
@@ -297,6 +299,7 @@ def _l6(r: Runs) -> Verdict:
             data__label_noise=0.45,
             model__width=1024,
             train__steps=200,
+            metrics__ntk=False,
             sweep={"train.lr": [round(ONSET * f, 4) for f in (0.4, 0.9, 1.1, 1.5)]},
         )
     },
@@ -324,7 +327,11 @@ def _l7(r: Runs) -> Verdict:
     uses=tuple(f"degenerate_w{w}" for w in WIDTHS),
     control=lambda c: {
         k: with_(
-            c[k], model__depth=1, train__steps=150, sweep={"train.lr": [2.3, 4.0, 10.6667, 20.0]}
+            c[k],
+            model__depth=1,
+            train__steps=150,
+            metrics__ntk=False,
+            sweep={"train.lr": [2.3, 4.0, 10.6667, 20.0]},
         )
         for k in c
     },
@@ -355,6 +362,61 @@ def _l9(r: Runs) -> Verdict:
     ratio = r.scalar("final_sharpness") * r.eta / 2
     conv = r.converged()
     return bool(np.all(ratio[conv] <= 1.05)), f"λ_end·η/2 {gl(ratio)} at rates {gl(r.rates)}"
+
+
+def _agreeing_fraction(r: Runs) -> np.ndarray:
+    """Per run: p, the fraction of points whose side of the origin agrees with the label.
+
+    Degenerate data xᵢ = sᵢ·u: sᵢ is read off the top right singular vector of X.
+    """
+    X = np.asarray(r.ds["X_train"].values, dtype=float)
+    y = np.asarray(r.ds["y_train"].values, dtype=float)
+    if X.ndim == 2:
+        X, y = X[None], y[None]
+    out = []
+    for Xi, yi in zip(X, y, strict=True):
+        s = Xi @ np.linalg.svd(Xi, full_matrices=False)[2][0]
+        agree = float(np.mean(np.sign(s) == yi))
+        out.append(max(agree, 1 - agree))
+    p = np.asarray(out)
+    return np.broadcast_to(p, (r.n_runs,)) if p.size == 1 else p
+
+
+@PAPER.claim(
+    "L14",
+    claim="On degenerate non-separable data GD ends with λ∞ ≤ 2/(η·p(1−p)), λ the top NTK "
+    "eigenvalue and p the fraction of agreeing labels: the catapult lands below the "
+    "recursion's edge.",
+    source="derived (SPEC §1.1, from the exact GD recursion of a two-layer linear net on "
+    "degenerate data: at the non-separable minimum ∂g/∂f = p(1−p), so f is stable only for "
+    "η·λ·p(1−p)/2 ≤ 1)",
+    setting=f"{SETTING}; degenerate data, p = {DEGENERATE_P}, n 200, d 50, width 4096; NTK "
+    "measured",
+    criterion="every run that did not diverge ends with λ_end·η·p(1−p)/2 ≤ 1.05 (p measured "
+    "on each draw's data); the ratio is reported",
+    uses=f"degenerate_w{WIDTHS[-1]}",
+    control=lambda c: {
+        k: with_(
+            c[k],
+            model__width=1024,
+            train__steps=4,
+            metrics__every=2,
+            sweep={"train.lr": [2.0, 4.0]},
+        )
+        for k in c
+    },
+    control_note="stopped after 4 steps, inside the catapult: the curvature has not come "
+    "down yet (the bound is about where GD ends)",
+)
+def _l14(r: Runs) -> Verdict:
+    p = _agreeing_fraction(r)
+    ratio = r.scalar("final_ntk_max") * r.eta * p * (1 - p) / 2
+    alive = r.phases() != "diverged"
+    if not alive.any():
+        return not_judged("every run diverged")
+    return bool(np.all(ratio[alive] <= 1.05)), (
+        f"λ_end·η·p(1−p)/2 {gl(ratio)} at rates {gl(r.rates)} (p {gl(sorted(set(p.tolist())))})"
+    )
 
 
 # ------------------------------------------------------------------ depth
