@@ -178,27 +178,33 @@ def _f2(r: Runs) -> Verdict:
     claim="With a large initialisation GD fits the data but the stable rank stays large.",
     source="Frei et al. 2023, §5 experiments ('a small initialization scale is important "
     "for finding low-rank networks')",
-    setting=GD_SETTING + "; nearly-orthogonal Gaussian mixture",
-    criterion="at the largest init: train accuracy 1 and the final stable rank ≥ 0.5× its "
-    "initial value (‖W_end − W₀‖_F/‖W₀‖_F reported)",
+    setting=GD_SETTING + "; nearly-orthogonal Gaussian mixture; the larger half of the init "
+    "scales (0.01, 0.05, 0.2)",
+    criterion="at each of the larger half of the init scales, every run really trains "
+    "(train accuracy < 1 at init and 1 at the end, final loss ≤ 0.01 L₀) and ends with a "
+    "stable rank ≥ 0.5× its initial value; ‖W_end − W₀‖_F/‖W₀‖_F is reported (small: the "
+    "training is lazy, which is why the rank stays)",
     uses="init_scale",
     control=lambda c: _scales(c, "init_scale", [1e-6], train__steps=100),
-    control_note="init 1e-6: the stable rank collapses",
+    control_note="init 1e-6: GD fits the data and the stable rank collapses",
 )
 def _f3(r: Runs) -> Verdict:
     s = r.coord("model.init_scale").astype(float)
-    big = np.flatnonzero(s == s.max())
+    uniq = sorted(set(s.tolist()))
+    big = np.flatnonzero(np.isin(s, uniq[len(uniq) // 2 :]))
     sr = r.trace("stable_rank_W1")[big]
-    acc = r.trace("train_acc")[big, -1]
+    loss, acc = r.trace("loss")[big], r.trace("train_acc")[big]
     moved = [
         float(np.linalg.norm(r.ds["final_W1"].values[i] - r.ds["init_W1"].values[i]))
         / max(float(np.linalg.norm(r.ds["init_W1"].values[i])), 1e-300)
         for i in big
     ]
-    ok = bool(np.all(acc == 1) and np.all(sr[:, -1] >= 0.5 * sr[:, 0]))
+    trains = (acc[:, 0] < 1) & (acc[:, -1] == 1) & (loss[:, -1] <= 0.01 * loss[:, 0])
+    ok = bool(np.all(trains) and np.all(sr[:, -1] >= 0.5 * sr[:, 0]))
     return ok, (
-        f"init {g(s.max())}: stable rank {gl(sr[:, 0])} → {gl(sr[:, -1])}; train acc "
-        f"{gl(acc)}; ‖ΔW‖/‖W₀‖ {gl(moved)}"
+        f"inits {gl(s[big])}: stable rank {gl(sr[:, 0])} → {gl(sr[:, -1])}; train acc "
+        f"{gl(acc[:, 0])} → {gl(acc[:, -1])}; L_end/L₀ {gl(loss[:, -1] / loss[:, 0])}; "
+        f"‖ΔW‖/‖W₀‖ {gl(moved)}"
     )
 
 
