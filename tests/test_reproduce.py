@@ -94,6 +94,14 @@ def test_reproduce_writes_claims_reports_and_resumes(tiny, tmp_path, paper):
     assert again == claims
     assert all(set(c.draws) == {"0"} for c in claims)  # one draw, data seed 0
 
+    # the paper's own figures (drawn by reproduce with its reports): every one declared
+    results = {n: rp.open_experiment(out, paper, n) for n in rp.PAPERS[paper].experiments(True)}
+    drawn = rp.PAPERS[paper].draw_figures(results, tmp_path / "figs")
+    assert len(drawn) == len(rp.PAPERS[paper].figures) >= 1
+    assert all(f.suffix == ".png" and f.stat().st_size > 0 for f in drawn)
+    if paper == REPORTED:
+        assert {f.name for f in drawn} <= {f.name for f in files}
+
 
 def test_data_seed_redraws_every_experiment(tiny, tmp_path):
     for paper in rp.PAPERS.values():  # every experiment of every recipe sweeps the draws

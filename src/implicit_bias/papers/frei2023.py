@@ -28,6 +28,10 @@ LEAK = 0.1
 #: stable rank ‖W‖²_F/‖W‖²₂ of a rank-2 KKT point of the leaky-ReLU margin problem:
 #: rows ∝ u (a > 0 half) and ∝ γu' … gives 2(1+γ²)/(1+γ)² (issue 10; 1.67 at γ = 0.1)
 RANK2_STABLE_RANK = 2 * (1 + LEAK**2) / (1 + LEAK) ** 2
+#: Frei et al.'s §5 experiment: n 100 Gaussian-mixture points, d and the init scale varied
+N100 = 100
+N100_DIMS_QUICK, N100_DIMS = (1000, 10000), (1000, 10000, 30000)
+N100_SCALES = [1e-4, 0.05]
 NET = "two-layer net, a = ±1/√m fixed, first layer trained, logistic loss"
 GD_SETTING = f"{NET}, smoothed leaky ReLU (γ {LEAK}, H 1), GD"
 GF_SETTING = f"{NET}, leaky ReLU (γ {LEAK}), GD with a small step (gradient-flow proxy)"
@@ -88,6 +92,18 @@ def _experiments(quick: bool) -> Configs:
         ),
         # the same n at a low dimension: not nearly orthogonal
         "low_dim": exp("low-dim", data__d=500, sweep={"model.init_scale": [1e-6]}),
+        # Frei et al.'s own experiment (§5): n 100, stable rank against d and the init scale
+        **{
+            f"n100_d{d}": exp(
+                f"n100-d{d}",
+                data__n_train=N100,
+                data__d=d,
+                metrics__kkt=False,
+                metrics__margins=False,
+                sweep={"model.init_scale": N100_SCALES},
+            )
+            for d in (N100_DIMS_QUICK if quick else N100_DIMS)
+        },
     }
 
 
@@ -392,6 +408,42 @@ def _f9(r: Runs) -> Verdict:
     return ok, f"train acc {gl(tr)}; stable rank {gl(sr)}; test acc {gl(te)}"
 
 
+@PAPER.claim(
+    "F11",
+    claim="Frei et al.'s n = 100 experiment: at every dimension d a small initialisation "
+    "gives a low stable rank and a large one keeps it high.",
+    source="Frei et al. 2023, §5 (Gaussian mixture, n 100, stable rank against d and against "
+    "the init scale)",
+    setting=GD_SETTING
+    + f"; Gaussian mixture ‖μ‖ 8, n {N100}, d "
+    + ", ".join(map(str, N100_DIMS_QUICK))
+    + " ("
+    + ", ".join(map(str, N100_DIMS))
+    + " in the full run), inits "
+    + " and ".join(f"{x:g}" for x in N100_SCALES)
+    + "; C is reported",
+    criterion=f"at every d: final stable rank ≤ {RANK2_STABLE_RANK:.3g} at the smaller init in "
+    "every run, and the larger init's median ≥ 5× the smaller's",
+    uses=tuple(f"n100_d{d}" for d in N100_DIMS_QUICK),
+    control=lambda c: {
+        k: with_(c[k], train__steps=50, sweep={"model.init_scale": [0.05, 0.2]}) for k in c
+    },
+    control_note="only large inits (0.05, 0.2): no low-rank run at any d",
+)
+def _f11(*dims: Runs) -> Verdict:
+    ok, parts = True, []
+    for r in dims:
+        s, sr = r.coord("model.init_scale").astype(float), r.scalar("final_stable_rank_W1")
+        lo, hi = sr[s == s.min()], sr[s == s.max()]
+        ok &= bool(np.all(lo <= RANK2_STABLE_RANK) and np.median(hi) >= 5 * np.median(lo))
+        c = float(np.min(r.ds["data_near_orthogonality"].values))
+        parts.append(
+            f"d {int(r.ds['X_train'].shape[-1])} (C {g(c)}): init {g(s.min())} → {gl(lo)}, "
+            f"{g(s.max())} → {gl(hi)}"
+        )
+    return bool(ok), "final stable rank: " + "; ".join(parts)
+
+
 # ------------------------------------------------------------------ the paper's figures
 @PAPER.figure("init_scale")
 def _fig_rank_vs_steps(results: dict, folder: Path) -> list[Path]:
@@ -412,19 +464,24 @@ def _fig_rank_vs_steps(results: dict, folder: Path) -> list[Path]:
     return [save(fig, folder / "frei-stable-rank-vs-steps.png")]
 
 
-@PAPER.figure("init_scale", "low_dim")
+@PAPER.figure(*(f"n100_d{d}" for d in N100_DIMS_QUICK))
 def _fig_rank_vs_d(results: dict, folder: Path) -> list[Path]:
-    """Final stable rank at the smallest init against the dimension d (each run a dot)."""
+    """Frei et al. §5: final stable rank against d, one colour per init scale (each run a dot)."""
     fig, ax = figure()
-    for name in ("low_dim", "init_scale"):
-        ds = results[name]
-        scales = np.asarray(ds["model.init_scale"].values, dtype=float)
-        idx = np.flatnonzero(scales == scales.min())
-        d = int(ds["X_train"].shape[-1])
-        sr = np.asarray(ds["final_stable_rank_W1"].values, dtype=float)[idx]
-        ax[0, 0].plot(np.full(idx.size, d), sr, "o", color="tab:blue")
-    ax[0, 0].axhline(RANK2_STABLE_RANK, color="0.5", ls=":", lw=0.8, label="rank-2 KKT value")
-    ax[0, 0].set(xscale="log", xlabel="dimension d", ylabel="final stable rank (smallest init)")
-    ax[0, 0].legend(fontsize=7)
-    fig.suptitle("Frei et al. 2023: stable rank against the dimension", fontsize=9)
+    names = sorted(results, key=lambda k: int(k[6:]))
+    scales = sorted(
+        {float(x) for n in names for x in np.asarray(results[n]["model.init_scale"].values)}
+    )
+    for sc, color in zip(scales, colors(len(scales)), strict=True):
+        xs, ys = [], []
+        for n in names:
+            ds = results[n]
+            idx = np.flatnonzero(np.isclose(np.asarray(ds["model.init_scale"].values), sc))
+            xs += [int(ds["X_train"].shape[-1])] * idx.size
+            ys += list(np.asarray(ds["final_stable_rank_W1"].values, dtype=float)[idx])
+        ax[0, 0].plot(xs, ys, "o", color=color, label=f"{sc:g}")
+    ax[0, 0].axhline(RANK2_STABLE_RANK, color="0.5", ls=":", lw=0.8)
+    ax[0, 0].set(xscale="log", yscale="log", xlabel="dimension d", ylabel="final stable rank")
+    ax[0, 0].legend(title="init scale ω", fontsize=7)
+    fig.suptitle(f"Frei et al. 2023: stable rank against d (n {N100})", fontsize=9)
     return [save(fig, folder / "frei-stable-rank-vs-d.png")]
