@@ -37,8 +37,13 @@ def test_phases(nonseparable):
     ds = nonseparable
     phase = {r: str(ds["phase"].values[_row(ds, r)]) for r in RATES}
     assert phase[0.5] == "lazy"
-    assert phase[2.3] == "catapult"
     assert phase[4.0] == "diverged"
+    # SPEC §3 rule v2: above critical, a catapult exactly when the loss rose above L₀
+    # before the curvature fell below 2/η; else the curvature fell first
+    i = _row(ds, 2.3)
+    rose = float(ds["spike_height"][i]) > 0.01
+    assert phase[2.3] == ("catapult" if rose else "sharpness_reduction")
+    assert float(ds["sharpness_after_ratio"][i]) <= 1.1
     # the spike: the loss rose above its running minimum before settling lower
     loss = ds["loss"].values[_row(ds, 2.3)]
     spike = np.max(loss - np.minimum.accumulate(loss))

@@ -7,8 +7,9 @@ call, and when it raises fall back to one call per matrix; the matrices that
 were not finite or did not converge get NaN results and are *recorded*.
 
 The engine collects the records of one evaluation with :func:`recording` and
-marks those runs ``diverged`` (a run that breaks numerically is a diverged
-run, not a failed chunk). Records are kept per thread/task (a
+flags those runs ``measurement_failed`` with the step and name in
+``measurement_cause`` (a failed measurement is neither a failed chunk nor a
+diverged run: the run keeps training). Records are kept per thread/task (a
 :class:`contextvars.ContextVar`), so chunks trained on Dask threads do not mix.
 """
 

@@ -174,28 +174,47 @@ class SharpnessConfig(_Strict):
 
 
 class PhaseConfig(_Strict):
-    """Thresholds of the phase rule (SPEC §3; :mod:`implicit_bias.phases`).
+    """Thresholds of the phase rule v2 (SPEC §3; :mod:`implicit_bias.phases`).
 
     Attributes:
-        catapult_rise: a spike is a rise of the loss above its running minimum by more
-            than this × L₀ (Lewkowycz et al. 2020, arXiv 2003.02218).
+        catapult_rise: a catapult needs the loss to rise above (1 + this)·L₀ before the
+            curvature first falls below the stability threshold (Lewkowycz et al. 2020,
+            arXiv 2003.02218); 1 % of L₀ is well above float noise and below every
+            catapult the recipes show.
         diverge_factor: a loss above this × L₀ (or non-finite) is divergence.
-        eos_tolerance: the curvature is "at 2/η" when sharpness·η/2 ≥ 1 − this, and
-            "below 2/η" after a catapult when sharpness·η/2 < 1 + this (Cohen et al.
-            2021, arXiv 2103.00065: at the edge of stability it hovers around 2/η).
-        eos_rise: edge of stability needs the loss to rise above its running minimum
-            by more than this × L₀ once the curvature is at 2/η.
-        dead_acc_margin: a final training accuracy ≤ the majority-class fraction +
-            this is chance level (the net is ``dead``).
+        eos_tolerance: the tolerance of "at the threshold": the curvature ratio
+            λ·η/c (c = 2 for GD) is at the edge when |ratio − 1| ≤ this; a run ending
+            with ratio > 1 + this is ``not_converged`` (Cohen et al. 2021, arXiv
+            2103.00065: at the edge of stability the sharpness hovers at 2/η). 0.1:
+            measured every 5 steps, a ReLU net at the edge has ρ between 0.92 and 1.09.
+        eos_rise: the edge of stability needs the loss to rise above its running
+            minimum by more than this × L₀ while the curvature hovers.
+        eos_hover: the edge of stability needs the curvature within ``eos_tolerance``
+            of the threshold at this many consecutive eval steps (3: it stayed there
+            over at least two eval intervals, rather than passing through once).
+        converged_margin: converged needs final loss ≤ (1 − this)·L₀: a net that has not
+            removed a tenth of its initial loss has not learned yet.
+        oscillation_tol: converged needs the loss over the last 10 % of the steps to
+            rise above its running minimum there by at most this × L₀ (the same 1 %
+            as ``catapult_rise``: a bump that would count as a spike is not settled).
+        lazy_low, lazy_high: lazy needs the curvature at every eval step within
+            [lazy_low, lazy_high]·λ₀. A factor 2 either side: the logistic curvature
+            falls by 20–40 % with the loss alone (σ(yf)σ(−yf) from 1/4), while
+            separable data takes it to 1e-3…1e-7 λ₀, and sharpening to 2/η from
+            below half the critical rate more than doubles it.
         dead_spread: outputs whose standard deviation over the training points is ≤
             this × rms(y) are constant (the net is ``dead``).
     """
 
     catapult_rise: NonNegFloat = 0.01
     diverge_factor: Annotated[float, Field(gt=1)] = 1.0e6
-    eos_tolerance: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.05
+    eos_tolerance: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.1
     eos_rise: NonNegFloat = 1.0e-3
-    dead_acc_margin: Probability = 0.05
+    eos_hover: PositiveInt = 3
+    converged_margin: Annotated[float, Field(ge=0, lt=1, allow_inf_nan=False)] = 0.1
+    oscillation_tol: NonNegFloat = 0.01
+    lazy_low: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] = 0.5
+    lazy_high: Annotated[float, Field(ge=1, allow_inf_nan=False)] = 2.0
     dead_spread: NonNegFloat = 1.0e-6
 
 

@@ -537,7 +537,8 @@ def data_geometry(X, y, svm: SVMResult | None = None, rank_tol: float | None = N
     errors = [0.0] if svm.separable else []
     for f in (ls, Xt @ (Xt.T @ yt)):  # least squares, class-mean difference
         yf = yt * f
-        errors += [float((yf <= 0).double().mean()), float((yf >= 0).double().mean())]  # w and −w
+        tie = 0.5 * (yf == 0).double()  # f = 0 is half wrong, as in losses.accuracy
+        errors += [float(((yf < 0) + tie).mean()), float(((yf > 0) + tie).mean())]  # w and −w
     return {
         "separable": bool(svm.separable),
         "svm_margin": float(svm.margin),

@@ -247,8 +247,9 @@ class Trainer:
             r.config.train.lr_units == "critical" for r in self.runs
         )
         sharp0 = torch.full((R,), math.nan, dtype=dt, device=dev)
-        # A curvature / linear-algebra step that breaks for a run (_linalg) marks that
-        # run diverged at that step, with the step's name in divergence_cause.
+        # A curvature / linear-algebra step that breaks for a run (_linalg) is a failed
+        # measurement, not a divergence (SPEC §3): the run keeps training, its value
+        # there is NaN, and the first failure's step and name go to measurement_cause.
         causes = [""] * R
         with _linalg.recording() as init_broke, precision.full(dev):
             if need_init_sharp:
@@ -269,7 +270,7 @@ class Trainer:
         acc_tr = torch.full((steps + 1, R), math.nan, dtype=dt, device=dev)
         active = torch.ones(R, dtype=torch.bool, device=dev)
         div_step = torch.full((R,), -1, dtype=torch.long, device=dev)
-        # why: 1 loss non-finite or above diverge_factor × L₀, 2 update non-finite, 3 a step broke
+        # why: 1 loss non-finite or above diverge_factor × L₀, 2 update non-finite
         div_kind = torch.zeros(R, dtype=torch.long, device=dev)
         pending = torch.zeros(R, dtype=torch.bool, device=dev)  # update went non-finite
         factor = torch.tensor(
@@ -317,10 +318,7 @@ class Trainer:
                     if t == 0:
                         broke = init_broke + broke
                     if broke:  # a Python list: no host read unless a step broke
-                        hit = self._broke(broke, active, t, causes)
-                        div_step.masked_fill_(hit, t)
-                        div_kind.masked_fill_(hit, 3)
-                        active = active & ~hit
+                        self._broke(broke, active, t, causes)
                     for name, val in vals.items():
                         mask = active.reshape(-1, *([1] * (val.dim() - 1)))
                         if val.dtype == torch.bool:
@@ -362,32 +360,37 @@ class Trainer:
         with _linalg.recording() as broke, precision.full(dev):
             final_vals = metrics.final_metrics(ctx)
         if broke:
-            hit = self._broke(broke, active, steps, causes)
-            div_step.masked_fill_(hit, steps)
-            div_kind.masked_fill_(hit, 3)
+            self._broke(broke, active, steps, causes)
         res = self._collect(
             loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
             init_weights, params,
         )  # fmt: skip
         kinds = div_kind.cpu().tolist()
-        names = {1: "loss", 2: "non-finite update"}
+        no_rate = (~torch.isfinite(lr_abs)).tolist()
+        names = {0: "", 1: "loss", 2: "non-finite update"}
         res.per_run["divergence_cause"] = np.array(
-            [names.get(k, c) for k, c in zip(kinds, causes, strict=True)], dtype=str
+            [
+                "no critical rate (λ₀ not positive or not measured)" if k == 2 and bad else names[k]
+                for k, bad in zip(kinds, no_rate, strict=True)
+            ],
+            dtype=str,
         )
+        res.per_run["measurement_failed"] = np.array([bool(c) for c in causes], dtype=bool)
+        res.per_run["measurement_cause"] = np.array(causes, dtype=str)
         return res
 
     def _broke(
         self, records: list[tuple[str, Tensor]], active: Tensor, t: int, causes: list[str]
     ) -> Tensor:
-        """Runs still active that a curvature / linear-algebra step broke at step t
-        (their cause written into ``causes``), as an ``(R,)`` mask."""
+        """Runs still active that a curvature / linear-algebra step broke at step t, as
+        an ``(R,)`` mask; the first failure of each run is written into ``causes``."""
         hit = torch.zeros_like(active)
         for what, mask in records:
             if mask.shape != active.shape:  # not over runs: nothing to attribute
                 continue
             new = active & mask.to(active.device) & ~hit
             for r in torch.nonzero(new).flatten().tolist():
-                causes[r] = f"{what} at step {t}"
+                causes[r] = causes[r] or f"{what} at step {t}"
             hit |= new
         return hit
 

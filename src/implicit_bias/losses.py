@@ -51,5 +51,8 @@ def mean_loss(f: Tensor, y: Tensor, kind: LossName) -> Tensor:
 
 
 def accuracy(f: Tensor, y: Tensor) -> Tensor:
-    """Fraction of samples with sign f = y (f = 0 counts as wrong)."""
-    return ((f * y) > 0).to(f.dtype).mean(-1)
+    """Fraction of samples with sign f = y; f = 0 is a tie and counts as half right
+    (SPEC §3: a sparse ReLU net with f ≡ 0 on some points is at chance there, not
+    below it)."""
+    yf = f * y
+    return ((yf > 0).to(f.dtype) + 0.5 * (yf == 0).to(f.dtype)).mean(-1)

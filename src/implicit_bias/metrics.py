@@ -358,14 +358,15 @@ def summaries(
 
     # the curvature trace the rule reads (phases module docstring)
     lr = np.asarray(lr, dtype=np.float64)
-    crit = lr * np.asarray(sharpness_init, dtype=np.float64) / 2
+    num = np.array([phases.stability_numerator(r.config.train) for r in runs], dtype=np.float64)
+    crit = lr * np.asarray(sharpness_init, dtype=np.float64) / num
     curv: np.ndarray | None = None
     source = "none"
     if "sharpness" in per_step:
         curv, source = per_step["sharpness"], "sharpness"
     elif "ntk_max" in per_step and runs[0].config.train.loss == "mse":
         curv, source = per_step["ntk_max"], "ntk"
-        crit = np.where(np.isfinite(crit), crit, lr * curv[:, 0] / 2)
+        crit = np.where(np.isfinite(crit), crit, lr * curv[:, 0] / num)
     chance = np.empty(R)
     for i, r in enumerate(runs):
         y = np.asarray(r.data.y_train)
@@ -384,7 +385,11 @@ def summaries(
         output_spread=final.get("output_spread", np.full(R, np.nan)),
         dead_units=final.get("dead_units", np.zeros(R)),
         th=th,
+        numerator=num,
     )
-    out["phase"] = phases.classify(inp, diverged, loss[:, 0], out["final_loss"], th)
+    out["phase"] = phases.classify(inp, diverged, th)
+    # SPEC §2.1: the threshold c/η at the base rate (2/η for GD)
+    with np.errstate(divide="ignore", invalid="ignore"):  # η = 0: no threshold (inf)
+        out["stability_threshold"] = num / lr
     out.update(inp)
     return out

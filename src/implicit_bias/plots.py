@@ -16,8 +16,8 @@ several groups of runs, e.g. a sweep over widths):
   sharpness is shown as λ_t/λ₀ and 2/η becomes 1/η_crit.
 - ``final_sharpness_vs_lr``: final sharpness of every run against η, coloured
   by phase, with the 2/η curve (catapult runs land below it).
-- ``phase_diagram``: phase (lazy, edge_of_stability, catapult, dead, diverged:
-  one colour and one marker each) over (η, init scale) when
+- ``phase_diagram``: phase (:data:`PHASES`, SPEC §3 rule v2: one colour and
+  one marker each) over (η, init scale) when
   ``model.init_scale`` is swept, else over (η, seed); a cell holding several
   runs is split into one stripe per run.
 - ``stable_rank``: stable rank ‖W‖²_F/‖W‖²₂ of each weight matrix (except
@@ -55,15 +55,21 @@ from .views import PHASES, GroupView, _root_config, fmt, group_views
 #: one colour and one marker per phase (SPEC §3), distinct in grey scale too
 PHASE_COLORS = {
     "lazy": "#4C72B0",
+    "progressive_sharpening": "#8172B3",
     "edge_of_stability": "#55A868",
+    "sharpness_reduction": "#64B5CD",
     "catapult": "#DD8452",
+    "not_converged": "#CCB974",
     "dead": "#C44E52",
     "diverged": "#3B3B3B",
 }
 PHASE_MARKERS = {
     "lazy": "o",
+    "progressive_sharpening": "v",
     "edge_of_stability": "s",
+    "sharpness_reduction": "P",
     "catapult": "^",
+    "not_converged": "h",
     "dead": "X",
     "diverged": "D",
 }

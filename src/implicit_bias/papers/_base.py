@@ -24,8 +24,8 @@ import numpy as np
 STATUSES = ("PASS", "FAIL", "n/a")
 KINDS = ("claim", "sanity")
 
-#: phases in which a run has stopped training without reaching a solution
-NOT_CONVERGED = ("diverged", "dead")
+#: phases in which a run has not reached a solution (SPEC §3 rule v2)
+NOT_CONVERGED = ("diverged", "dead", "not_converged")
 
 
 @dataclass(frozen=True)
@@ -463,7 +463,7 @@ class Runs:
         return self.scalar("lr")
 
     def converged(self) -> np.ndarray:
-        """Runs that neither diverged nor died (SPEC §3)."""
+        """Runs that neither diverged, died nor failed to converge (SPEC §3)."""
         return ~np.isin(self.phases(), NOT_CONVERGED)
 
     def loss_rise(self) -> np.ndarray:

@@ -308,10 +308,12 @@ def _l6(r: Runs) -> Verdict:
 def _l7(r: Runs) -> Verdict:
     rates, ph = r.rates, r.phases()
     below, above = rates <= 0.9 * ONSET, rates >= 1.1 * ONSET
-    ok = bool(
-        (ph[below] != "catapult").all() and np.isin(ph[above], ("catapult", "diverged")).all()
-    )
+    ok = bool((ph[below] != "catapult").all() and np.isin(ph[above], CATAPULT_OR_BEYOND).all())
     return ok, f"phases {r.phase_text()}; loss peak/L₀ − 1 {gl(r.loss_rise())}"
+
+
+#: the labels a run above the catapult onset may carry (L7)
+CATAPULT_OR_BEYOND = ("catapult", "diverged")
 
 
 @PAPER.claim(
