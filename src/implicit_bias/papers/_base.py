@@ -9,6 +9,16 @@ paper; or ``derived`` with where), the *setting* that source states, the
 applied to a setting where the phenomenon is absent, which must FAIL (the
 test suite runs every control). A check that cannot be given a failing
 control is registered with ``kind="sanity"`` and listed apart.
+
+Data draws: :meth:`Paper.configs` sweeps ``data.seed`` in every experiment
+(:data:`QUICK_DRAWS` quick, :data:`FULL_DRAWS` full), and a claim is judged on
+each draw's runs alone (:meth:`ClaimSpec.evaluate`). A row PASSes if its
+criterion holds on every draw (:data:`EVERY_DRAW`); a statistical claim (a
+mean difference, ``statistical=True``) PASSes if its effect, pooled over draws
+× init seeds, exceeds 2 standard errors (:data:`STATISTICAL`). A judge that
+cannot apply its criterion (no runs of the kind it compares) returns
+:func:`not_judged`: the row is n/a with ``judged`` False, and a negative
+control must FAIL with ``judged`` True — on the criterion's substance.
 """
 
 from __future__ import annotations
