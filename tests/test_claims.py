@@ -79,6 +79,11 @@ def test_claims_are_judged_draw_by_draw():
     assert "draw 3: [1, -1]" in row.measured
     row = _spec(judge).evaluate("p", {"e": _fake({0: [1.0], 1: [2.0]})})
     assert row.draws == {"0": "PASS", "1": "PASS"} and row.status == "PASS"
+    # a guard (nothing to compare) is n/a and not judged: a control failing that way is caught
+    row = _spec(lambda r: not_judged("no runs to judge")).evaluate("p", {"e": _fake({0: [1.0]})})
+    assert (row.status, row.judged) == ("n/a", False)
+    row = _spec(lambda r: (False, "a guard's FAIL")).evaluate("p", {"e": _fake({0: [1.0]})})
+    assert (row.status, row.judged) == ("FAIL", True)  # a plain tuple is the criterion's verdict
     # one draw of the data without a data.seed coordinate is judged as one draw
     row = _spec(judge).evaluate("p", {"e": _fake({0: [1.0]}).drop_vars("data.seed")})
     assert row.draws == {"all": "PASS"} and row.status == "PASS"
