@@ -256,7 +256,13 @@ def test_quick_reproduction_claims(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     for paper in rp.PAPERS:  # every paper's reports are drawn (the default suite draws one)
         assert list((tmp_path / paper).rglob("*.png")), paper
+        # and the paper's own figures
+        assert len(list((tmp_path / paper / "figures").glob("*.png"))) == len(
+            rp.PAPERS[paper].figures
+        )
     rows = {r["key"]: r for r in json.loads((tmp_path / "claims.json").read_text())}
+    # every row judged on every quick data draw; a quick row carries the full run's status
+    assert all(len(r["draws"]) == rp.QUICK_DRAWS and r["full"] for r in rows.values())
     failing = {
         k: r["measured"] for k, r in rows.items() if r["status"] != "PASS" and k not in KNOWN_FAIL
     }
