@@ -149,10 +149,30 @@ def test_divergence_is_a_result_not_a_crash():
 
 
 def test_eval_steps_include_at_and_end():
-    cfg = _cfg(train={"steps": 23}, metrics={"every": 10, "at": [1, 3], "sharpness": {"iters": 5}})
+    metrics = {"every": 10, "at": [1, 3], "sharpness": {"iters": 5}, "dense_early": False}
+    cfg = _cfg(train={"steps": 23}, metrics=metrics)
     res = Trainer(make_plan(cfg).runs).train()
     assert res.eval_steps == [0, 1, 3, 10, 20, 23]
     assert res.per_step["sharpness"].shape == (1, 6)
+
+
+def test_default_eval_steps_are_dense_early_and_sparse_late():
+    from implicit_bias.engine import eval_steps_of
+
+    def steps(**metrics):
+        return eval_steps_of(_cfg(train={"steps": 2000}, metrics={"every": 20, **metrics}))
+
+    got = steps()
+    # every step 1…10 (a catapult's spike), log-spaced until the multiples of 20 are as
+    # dense (below 3·20), then every 20th, and the last step
+    assert got[:11] == list(range(11))
+    early = [t for t in got if t < 60 and t % 20]
+    assert early == [*range(1, 11), 13, 18, 24, 32, 42, 56]
+    assert [t for t in got if t >= 60] == list(range(60, 2001, 20))
+    assert steps(dense_early=False) == list(range(0, 2001, 20))
+    assert steps(at=[7, 1999]) == sorted([*got, 1999])
+    short = eval_steps_of(_cfg(train={"steps": 4}, metrics={"every": 10}))
+    assert short == [0, 1, 2, 3, 4]
 
 
 MODEL_CASES = [

@@ -104,7 +104,7 @@ def test_make_plan_does_not_build_every_run(monkeypatch):
     last = plan.chunks[len(plan.chunks) - 1]
     assert last.runs[-1] == 99_999
     assert "plan: 100000 runs in 1 group(s)" in plan.summary()
-    assert "per chunk" in plan.summary() and "bench" in plan.summary()
+    assert "per chunk" in plan.summary() and "validate CONFIG" in plan.summary()
 
 
 @pytest.mark.slow

@@ -20,6 +20,7 @@ CFG = {
     "metrics": {
         "every": 15,
         "at": [1],
+        "dense_early": False,  # four eval steps keep the dense references cheap
         "sharpness": {"iters": 200, "top_k": 3, "tol": 1e-9},
         "gn_sharpness": True,
         "ntk": True,

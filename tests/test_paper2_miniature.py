@@ -37,6 +37,7 @@ def _config(activation: str, scales: list[float]) -> dict:
         "metrics": {
             "every": 100,
             "at": [1],
+            "dense_early": False,  # the eval grid of the paper's recipe (papers/frei2023.py)
             "sharpness": False,
             "stable_rank": True,
             "margins": True,

@@ -58,7 +58,6 @@ COLUMNS = (
     "train.lr",
     "seed",
     "lr",
-    "lr_critical",
     "phase",
     "sharpness_init",
     "final_sharpness",
@@ -99,12 +98,18 @@ def test_report_writes_figures_and_tables(sweep_dir):
     assert {p.name for p in paths} == {f"{n}.png" for n in ALL_FIGURES} | {
         "summary.md",
         "summary.csv",
+        # the per-run figures over all groups carry their data beside them
+        "phase_diagram.csv",
+        "final_sharpness_vs_lr.csv",
+        "test_acc_vs_lr.csv",
     }
 
     ds = ib.open_results(sweep_dir)["group_000"].to_dataset()
     rows = _csv_rows(out / "summary.csv")
     assert len(rows) == ds.sizes["run"] == 8
     assert set(COLUMNS) <= set(rows[0])
+    # η·λ₀/2 (lr_critical) and critical_ratio repeat the swept critical-unit rate: left out
+    assert "lr_critical" not in rows[0] and "critical_ratio" not in rows[0]
     # diagnostics present in the results become columns too
     assert {"final_stable_rank_W1", "final_normalized_margin"} <= set(rows[0])
     assert sorted(int(r["run"]) for r in rows) == sorted(ds["run"].values.tolist())
@@ -113,8 +118,9 @@ def test_report_writes_figures_and_tables(sweep_dir):
         r = by_run[int(run)]
         assert r["phase"] == str(ds["phase"].values[i])
         assert float(r["lr"]) == pytest.approx(float(ds["lr"].values[i]))
-        # lr_critical = η·λ₀/2 equals the swept value in critical units
-        assert float(r["lr_critical"]) == pytest.approx(float(ds["train.lr"].values[i]), rel=1e-6)
+        # η·λ₀/2 equals the swept value in critical units
+        lam0 = float(ds["sharpness_init"].values[i])
+        assert float(r["lr"]) * lam0 / 2 == pytest.approx(float(r["train.lr"]), rel=1e-5)
 
     md = (out / "summary.md").read_text()
     header = "| " + " | ".join(rows[0].keys()) + " |"

@@ -58,7 +58,8 @@ def test_results_open_with_spec_names(tmp_path):
     assert list(tree.children) == ["group_000"]
     ds = tree["group_000"].to_dataset()
     assert ds.sizes["run"] == 4 and ds.sizes["iteration"] == 41
-    assert list(ds["step"].values) == [0, 10, 20, 30, 40]
+    # dense early eval steps by default (every step up to 10, then 13, 18, 24)
+    assert list(ds["step"].values) == [*range(11), 13, 18, 20, 24, 30, 40]
     for name in ("train.lr", "lr", "seed"):
         assert name in ds.coords and ds[name].dims == ("run",)
     for name in ("loss", "train_acc", "lr_t"):

@@ -48,7 +48,7 @@ def _config(case: dict, device: str = "cpu"):
         "data": {"kind": "overlap", "n_train": 24, "n_test": 8, "d": 5},
         "train": {"steps": STEPS, "lr": 0.5, "device": device},
         # eval only at 0 and STEPS: every step in between is a plain training step
-        "metrics": {"every": STEPS, "sharpness": False},
+        "metrics": {"every": STEPS, "sharpness": False, "dense_early": False},
         "sweep": {"train.lr": [0.5, 1.0e9], "seed": [0, 1]},
     }
     for key, val in case.items():

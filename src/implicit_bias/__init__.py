@@ -6,6 +6,7 @@ Public API::
     tree = ib.run("sweep.yaml", out="results/sweep", overrides=["train.steps=500"])
     cfg = ib.load_config("sweep.yaml")
     tree = ib.open_results("results/sweep")
+    df = ib.runs_table("results/sweep")  # pandas: one row per run, all groups
 
 Everything else lives in private-by-convention modules.
 """
@@ -15,7 +16,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["ExperimentConfig", "UserInputError", "load_config", "open_results", "run"]
+__all__ = [
+    "ExperimentConfig",
+    "UserInputError",
+    "load_config",
+    "open_results",
+    "run",
+    "runs_table",
+]
 
 from ._errors import UserInputError
 
@@ -35,6 +43,29 @@ def open_results(path):
     from .store import open_results as _open
 
     return _open(path)
+
+
+def runs_table(tree_or_folder):
+    """One pandas DataFrame of all runs: one row per run across all groups.
+
+    Columns: ``group``, ``run``, every swept key by its dotted name
+    (``train.lr``, ``model.width``, ``seed``), ``lr`` (the absolute rate η),
+    ``phase`` and every per-run scalar the runs store (``final_loss``,
+    ``final_sharpness``, ``final_test_acc``, the phase rule's inputs, …); the
+    same table as ``report/summary.csv``. Groups (one per array shape, e.g. per
+    swept width) cannot be joined with ``xr.concat``; their per-run values can.
+
+    Args:
+        tree_or_folder: a results folder or the DataTree of :func:`open_results`.
+
+    Example::
+
+        df = ib.runs_table("results/sweep")
+        df.groupby(["model.width", "train.lr"])["phase"].value_counts()
+    """
+    from .tables import runs_table as _table
+
+    return _table(tree_or_folder)
 
 
 def run(config_or_path, out=None, overrides=None, **kwargs: Any):

@@ -182,8 +182,15 @@ def validate(
         list[str] | None,
         typer.Option("--set", metavar="KEY=VALUE", help="override a key (repeatable)"),
     ] = None,
+    plan_only: Annotated[
+        bool,
+        typer.Option(
+            "--plan-only",
+            help="skip the time estimate (it trains each group's first chunk for a few steps)",
+        ),
+    ] = False,
 ) -> None:
-    """Check a config (and its data) without running it; print its plan."""
+    """Check a config (and its data) without running it; print its plan and time estimate."""
 
     def go():
         from .config import load_config
@@ -195,7 +202,11 @@ def validate(
             f"ok: {cfg.name}: {len(plan.runs)} runs in {len(plan.groups)} group(s), "
             f"{len(plan.chunks)} chunk(s); config hash {cfg.config_hash()}"
         )
-        typer.echo(plan.summary())
+        typer.echo(plan.summary(with_time=False))
+        if not plan_only:
+            from .estimate import estimate_seconds
+
+            typer.echo(estimate_seconds(plan).text())
         from .metrics import data_geometry
 
         # the data diagnostics of SPEC §3, before committing to a long run (the
@@ -218,15 +229,73 @@ def validate(
 
 
 @app.command(cls=_PlainCommand)
+def keys(
+    json_schema: Annotated[
+        Path | None,
+        typer.Option(
+            "--json-schema",
+            metavar="FILE",
+            help="also write the config's JSON Schema to FILE (for YAML completion in editors)",
+        ),
+    ] = None,
+) -> None:
+    """List every config key with its type, default and meaning."""
+
+    def go():
+        import json
+
+        from ._errors import UserInputError
+        from .config_keys import json_schema as schema
+        from .config_keys import keys_text
+
+        if json_schema is not None:
+            text = json.dumps(schema(), indent=2) + "\n"
+            try:
+                json_schema.write_text(text)
+            except OSError as err:
+                raise UserInputError(
+                    f"--json-schema: cannot write {json_schema}: {err.strerror}"
+                ) from None
+        typer.echo(keys_text())
+        if json_schema is not None:
+            typer.echo(f"JSON Schema: {json_schema}")
+
+    _guard(go)
+
+
+@app.command(cls=_PlainCommand)
 def report(
     results: Annotated[Path, typer.Argument(help="results folder", metavar="DIR")],
+    x: Annotated[
+        str | None,
+        typer.Option(
+            "--x", metavar="KEY", help="swept key on the x axis (default: the learning rate)"
+        ),
+    ] = None,
+    y: Annotated[
+        str | None,
+        typer.Option(
+            "--y",
+            metavar="KEY",
+            help="swept key on the y axis of the phase diagram (default: model.init_scale, "
+            "else another swept key, else the seed)",
+        ),
+    ] = None,
+    facet: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--facet",
+            metavar="KEY",
+            help="one panel per value of this key (repeatable; default: the other swept keys)",
+        ),
+    ] = None,
 ) -> None:
-    """Figures and tables of a results folder."""
+    """Figures and tables of a results folder; per-run figures span all groups of runs."""
 
     def go():
         from .report import write_report
 
-        paths = write_report(results)
+        paths = write_report(results, x=x, y=y, facet=facet)
         for p in paths:
             typer.echo(str(p))
 

@@ -227,6 +227,9 @@ class TraceConfig(_Strict):
 class MetricsConfig(_Strict):
     every: PositiveInt = 10
     at: list[NonNegInt] = Field(default_factory=list)
+    #: eval steps 1…10 and log-spaced ones until the multiples of ``every`` are as dense
+    #: (the catapult's spike happens within the first few steps); see engine.eval_steps_of
+    dense_early: Annotated[bool, Strict()] = True
     sharpness: SharpnessConfig | None = Field(default_factory=SharpnessConfig)
     gn_sharpness: Annotated[bool, Strict()] = False
     ntk: Annotated[bool, Strict()] = False
@@ -300,6 +303,10 @@ class ExperimentConfig(_Strict):
         # the identity of folders made before them
         if raw["train"].get("matmul_precision") == "highest":
             del raw["train"]["matmul_precision"]
+        # dense early eval steps became the default later: a config that turns them off
+        # has the eval steps (and the identity) of folders made before them
+        if raw["metrics"].get("dense_early") is False:
+            del raw["metrics"]["dense_early"]
         # the sweep's key order fixes the run order, so it is part of the identity
         raw["sweep_order"] = list(self.sweep)
         blob = json.dumps(raw, sort_keys=True, default=str)
@@ -315,7 +322,9 @@ def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
         key = f"{prefix}.{key}" if key else prefix
     kind = e["type"]
     if kind == "extra_forbidden":
-        return f"config error: unknown key '{key}'"
+        near = suggest_key(key)
+        hint = f" (did you mean '{near}'?)" if near else ""
+        return f"config error: unknown key '{key}'{hint}"
     if kind == "missing":
         return f"config error: missing required key '{key}'"
     msg = e["msg"]
@@ -325,6 +334,42 @@ def _format_validation_error(err: ValidationError, prefix: str = "") -> str:
     got = e.get("input")
     got_s = "" if isinstance(got, dict) else f" (got {got!r})"
     return f"config error: {key}: {msg}{got_s}" if key else f"config error: {msg}{got_s}"
+
+
+def _sections_of(annotation: Any) -> list[type[BaseModel]]:
+    """The config classes a field may hold (through Optional, unions and Annotated)."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    out: list[type[BaseModel]] = []
+    for arg in typing.get_args(annotation):
+        out += [c for c in _sections_of(arg) if c not in out]
+    return out
+
+
+def suggest_key(key: str) -> str | None:
+    """The valid dotted key nearest to a misspelled one (``model.widht`` → ``model.width``).
+
+    Only the last part is matched, among the keys of the section the others name;
+    None when nothing is close.
+    """
+    import difflib
+
+    parts = key.split(".")
+    sections: list[type[BaseModel]] = [ExperimentConfig]
+    for p in parts[:-1]:
+        nxt: list[type[BaseModel]] = []
+        for sec in sections:
+            field = sec.model_fields.get(p)
+            if field is not None:
+                nxt += _sections_of(field.annotation)
+        if not nxt:
+            return None
+        sections = nxt
+    names = sorted({n for sec in sections for n in sec.model_fields})
+    near = difflib.get_close_matches(parts[-1], names, n=1, cutoff=0.6)
+    return ".".join([*parts[:-1], near[0]]) if near else None
 
 
 _UNION_TAGS = {"constant", "step", "cosine", "warmup", "SharpnessConfig", "TraceConfig"}
@@ -479,6 +524,10 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+#: the key a results folder's ``config.yaml`` carries besides the config itself
+SAVED_HASH_KEY = "config_hash"
+
+
 def load_config(
     source: str | Path | Mapping[str, Any] | ExperimentConfig,
     overrides: Iterable[str] | Mapping[str, Any] | None = None,
@@ -502,6 +551,9 @@ def load_config(
         raw = copy.deepcopy(dict(source))
     else:
         raw = read_yaml(source)
+    # a results folder's config.yaml records the hash it was made for: a record of
+    # identity, not a setting, so that file is a valid input (the hash is recomputed)
+    raw.pop(SAVED_HASH_KEY, None)
     raw = apply_overrides(raw, overrides)
     cfg = _validate(raw)
     # Every point of the sweep must itself be a valid config (checked without

@@ -79,11 +79,32 @@ class ChunkResult:
     fixed: dict[str, np.ndarray] = field(default_factory=dict)  # (out, in), shared
 
 
+#: with ``metrics.dense_early``: every step up to this one is an eval step
+DENSE_UNTIL = 10
+#: then log-spaced eval steps, this many per decade
+LOG_PER_DECADE = 8
+
+
 def eval_steps_of(cfg: ExperimentConfig) -> list[int]:
-    """{0} ∪ {k·every} ∪ at ∪ {steps}, ascending, within 0…steps."""
+    """The eval steps of a run, ascending, within 0…steps.
+
+    {0} ∪ {k·every} ∪ ``at`` ∪ {steps}, and with ``metrics.dense_early`` (the
+    default) also every step 1…10 and the log-spaced steps round(10^(j/8)) from 10
+    up to 3·every, where the multiples of ``every`` become at least as dense
+    (relative spacing every/t < 1/3 ≈ 10^(1/8) − 1). A catapult's loss spike and
+    sharpness drop happen within the first ~10 steps (Lewkowycz et al. 2020,
+    arXiv 2003.02218); an evaluation every 10 or 20 steps alone misses them.
+    """
     steps = cfg.train.steps
-    s = set(range(0, steps + 1, cfg.metrics.every)) | {0, steps}
+    every = cfg.metrics.every
+    s = set(range(0, steps + 1, every)) | {0, steps}
     s |= {t for t in cfg.metrics.at if t <= steps}
+    if getattr(cfg.metrics, "dense_early", False):
+        s |= set(range(min(DENSE_UNTIL, steps) + 1))
+        j = LOG_PER_DECADE  # 10^(j/8) from 10 on
+        while (t := round(10 ** (j / LOG_PER_DECADE))) < min(3 * every, steps + 1):
+            s.add(t)
+            j += 1
     return sorted(s)
 
 

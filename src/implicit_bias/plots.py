@@ -8,7 +8,8 @@ Files (``<name>.png``, or ``<name>_group_000.png`` … when the results hold
 several groups of runs, e.g. a sweep over widths):
 
 - ``loss_curves``: training loss against iteration, one line per learning
-  rate (median over seeds, shaded range), log scale, one panel per other
+  rate (median over seeds, shaded range; each run when a line has at most
+  :data:`FEW_RUNS`), log scale (the axis says so), one panel per other
   swept condition (e.g. init scale).
 - ``sharpness``: top Hessian eigenvalue against eval step, with the stability
   threshold 2/η of each rate dashed in the same colour (edge of stability,
@@ -75,6 +76,8 @@ PHASE_MARKERS = {
 }
 MARKERS = "osD^vP*Xp<>h"
 MAX_PANELS = 12
+#: a line of at most this many runs is drawn run by run, not as a median and range
+FEW_RUNS = 3
 DPI = 110
 INIT_KEY = "model.init_scale"
 
@@ -264,6 +267,9 @@ def _draw_traces(
 ) -> tuple[tuple[float, float] | None, int]:
     """Median and range of each line over its runs that did not diverge; diverged runs dotted.
 
+    A line of at most :data:`FEW_RUNS` runs is drawn run by run instead (its legend
+    says so): a median of a catapult and a dead run matches neither.
+
     Each median line has its own line style and a marker at the eval steps
     ``marks`` (every point of ``x`` when None), so overlapping lines stay apart.
 
@@ -297,12 +303,33 @@ def _draw_traces(
                 n_div += 1
         if not ok.any():
             continue
+        ls, mk = _style(lines, key)
+        if 1 < ok.sum() <= FEW_RUNS:
+            # a median of two or three runs (one catapult, one dead) matches none of them
+            for i in np.flatnonzero(ok):
+                y = np.where(np.isfinite(Y[i]), Y[i], np.nan)
+                if log:
+                    y = np.where(y > 0, y, np.nan)
+                if np.isfinite(y).any():
+                    ax.plot(
+                        x,
+                        y,
+                        color=color,
+                        lw=1.1,
+                        ls=ls,
+                        marker=mk,
+                        ms=3,
+                        markevery=_markevery(x, marks),
+                        alpha=0.85,
+                    )
+                    lo_all = min(lo_all, float(np.nanmin(y)))
+                    hi_all = max(hi_all, float(np.nanmax(y)))
+            continue
         med, lo, hi = _stats(Y[ok])
         if log:
             med, lo, hi = (np.where(v > 0, v, np.nan) for v in (med, lo, hi))
         if not np.isfinite(med).any():
             continue
-        ls, mk = _style(lines, key)
         ax.plot(
             x, med, color=color, lw=1.6, ls=ls, marker=mk, ms=3.5, markevery=_markevery(x, marks)
         )
@@ -371,8 +398,16 @@ def _line_handles(view: GroupView, lines: Split, with_band: bool) -> list[Any]:
         )
         for k in lines.order
     ]
-    if with_band:
+    alive = ph != "diverged"
+    counts = [int((lines.mask(k) & alive).sum()) for k in lines.order]
+    if with_band and any(n > FEW_RUNS for n in counts):
         hs.append(Patch(color="0.5", alpha=0.25, label="range over seeds\n(line: median)"))
+    if any(1 < n <= FEW_RUNS for n in counts):
+        hs.append(
+            Line2D(
+                [], [], color="0.4", lw=0.9, label=f"each run drawn\n(≤ {FEW_RUNS} runs: no median)"
+            )
+        )
     if (ph == "diverged").any():
         hs.append(
             Line2D([], [], color="0.4", lw=0.9, ls=":", label="diverged run\n(each; not in median)")
@@ -414,7 +449,7 @@ def _trace_panel(
         ax.set_xlim(0, float(x[-1]) * 1.05)
         unit += ", symlog scale"
     ax.set_xlabel(f"{xlabel} [{unit}]")
-    ax.set_ylabel(ylabel)
+    ax.set_ylabel(ylabel + (" (log scale)" if ax.get_yscale() == "log" else ""))
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
 
@@ -608,7 +643,7 @@ def _rate_xaxis(ax, view: GroupView) -> None:
     elif r.size:
         pad = 0.08 * (r.max() - r.min()) or 0.1 * abs(r.max()) or 1.0
         ax.set_xlim(r.min() - pad, r.max() + pad)
-    ax.set_xlabel(view.rate_label)
+    ax.set_xlabel(view.rate_label + (" (log scale)" if ax.get_xscale() == "log" else ""))
 
 
 def _top_room(ax, y: np.ndarray) -> None:
@@ -666,7 +701,8 @@ def final_sharpness_vs_lr(view: GroupView, name: str, several: bool) -> Figure |
         ax.set_yscale("log")
         _plain_log_ticks(ax)
     _top_room(ax, y)
-    ax.set_ylabel("final " + _sharpness_label(view))
+    log_note = " (log scale)" if ax.get_yscale() == "log" else ""
+    ax.set_ylabel("final " + _sharpness_label(view) + log_note)
     ax.grid(alpha=0.3, which="both")
     _legend(fig, hs, "phase")
     _suptitle(fig, "final sharpness vs learning rate", name, view, several)
@@ -963,11 +999,17 @@ FIGURES = {
 }
 
 
-def write_all(tree, out: str | Path, views: list[GroupView] | None = None) -> list[Path]:
+def write_all(
+    tree,
+    out: str | Path,
+    views: list[GroupView] | None = None,
+    names: tuple[str, ...] | None = None,
+) -> list[Path]:
     """Write every figure that the data allows into ``out``; return the PNG paths.
 
     With one group the files are ``<figure>.png``; with several,
-    ``<figure>_group_000.png`` and so on.
+    ``<figure>_group_000.png`` and so on. ``names`` limits the figures to those
+    of :data:`FIGURES` (all by default).
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -977,6 +1019,8 @@ def write_all(tree, out: str | Path, views: list[GroupView] | None = None) -> li
     paths = []
     for view in views:
         for fig_name, fn in FIGURES.items():
+            if names is not None and fig_name not in names:
+                continue
             fig = fn(view, name, several)
             if fig is None:
                 continue

@@ -22,27 +22,14 @@ from typing import Any
 
 import numpy as np
 
+from .tables import runs_table
 from .views import (  # the group views are shared with plots (no report <-> plots import)
     PHASES,
-    REPLICATE_KEYS,
     GroupView,
     _root_config,
     _sort_key,
     fmt,
     group_views,
-)
-
-#: per-run columns shown first in the tables, in this order, when present
-CORE_COLUMNS = (
-    "lr",
-    "lr_critical",
-    "phase",
-    "divergence_step",
-    "sharpness_init",
-    "final_sharpness",
-    "final_loss",
-    "final_test_loss",
-    "final_test_acc",
 )
 
 
@@ -109,50 +96,18 @@ def summary_table(tree) -> str:
 
 
 # ------------------------------------------------------------- run tables
-def run_table(views: list[GroupView]) -> tuple[list[str], list[list[Any]]]:
-    """One row per run: group, run, swept coordinates, rates, phase, finals, diagnostics.
+def run_table(tree_or_df) -> tuple[list[str], list[list[Any]]]:
+    """Header and rows of :func:`implicit_bias.tables.runs_table` (one row per run).
 
-    Columns are the union over groups; a value a group lacks is ``None``.
+    ``tree_or_df`` is a results tree or the runs table made from it already.
+
     ``lr`` is the absolute rate η, ``lr_critical`` is η·λ₀/2 (1 = the critical
-    rate 2/λ₀ at initialisation).
+    rate 2/λ₀ at initialisation), left out when it repeats a swept ``train.lr``.
     """
-    coord_keys: list[str] = []
-    scalar_vars: list[str] = []
-    for v in views:
-        ds = v.ds
-        for k in ds.coords:
-            if k not in ("run", "lr") and ds[k].dims == ("run",) and k not in coord_keys:
-                coord_keys.append(str(k))
-        for name in ds.data_vars:
-            da = ds[name]
-            if da.dims == ("run",) and da.dtype.kind in "fiub" and name not in scalar_vars:
-                scalar_vars.append(str(name))
-    coord_keys = sorted(coord_keys, key=lambda k: (k in REPLICATE_KEYS, k))
-    extra = sorted(c for c in scalar_vars if c not in CORE_COLUMNS)
-    header = ["group", "run", *coord_keys, *CORE_COLUMNS, *extra]
-    rows: list[list[Any]] = []
-    for v in views:
-        ds = v.ds
-        cols: dict[str, np.ndarray] = {
-            k: np.asarray(ds[k].values) for k in coord_keys if k in ds.coords
-        }
-        for name in (*CORE_COLUMNS, *extra):
-            if name in ds:
-                cols[name] = np.asarray(ds[name].values)
-        if "lr" in ds.coords:
-            cols["lr"] = np.asarray(ds["lr"].values)
-            if "sharpness_init" in ds:
-                cols["lr_critical"] = cols["lr"] * np.asarray(ds["sharpness_init"].values) / 2.0
-        runs = np.asarray(ds["run"].values)
-        for i in range(v.n_runs):
-            row: list[Any] = [v.name, int(runs[i])]
-            for h in header[2:]:
-                c = cols.get(h)
-                row.append(None if c is None else _py(c[i]))
-            rows.append(row)
-    # drop columns no group has
-    keep = [j for j, _ in enumerate(header) if j < 2 or any(r[j] is not None for r in rows)]
-    return [header[j] for j in keep], [[r[j] for j in keep] for r in rows]
+    df = tree_or_df if hasattr(tree_or_df, "itertuples") else runs_table(tree_or_df)
+    header = [str(c) for c in df.columns]
+    rows = [[_py(v) for v in r] for r in df.itertuples(index=False, name=None)]
+    return header, rows
 
 
 def _py(v: Any) -> Any:
@@ -194,7 +149,7 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def summary_markdown(
-    tree, views: list[GroupView], figures: list[Path], path: Path | None = None
+    tree, views: list[GroupView], figures: list[Path], path: Path | None = None, table=None
 ) -> str:
     cfg = _root_config(tree)
     name = cfg.get("name", "results")
@@ -222,25 +177,47 @@ def summary_markdown(
     out += [
         "## Runs",
         "",
-        "`lr` is the absolute rate η; `lr_critical` = η·λ₀/2 (1 = the critical rate 2/λ₀); "
+        "`lr` is the absolute rate η; `lr_critical` = η·λ₀/2 (1 = the critical rate 2/λ₀; "
+        "left out, like `critical_ratio`, where it repeats a swept `train.lr` in critical units); "
         "`divergence_step` is −1 for runs that did not diverge; final values of diverged "
         "runs are NaN.",
         "",
-        markdown_table(*run_table(views)),
+        markdown_table(*run_table(tree if table is None else table)),
         "",
     ]
     return "\n".join(out)
 
 
 # ------------------------------------------------------------------ report
-def write_report(path: str | Path, tree=None) -> list[Path]:
+#: figures drawn per group of runs (traces share array shapes); the per-run
+#: figures are drawn over all groups at once by :mod:`implicit_bias.plots_runs`
+PER_GROUP_FIGURES = ("loss_curves", "sharpness", "stable_rank", "margins")
+
+
+def _critical_units(tree) -> bool:
+    train = _root_config(tree).get("train") or {}
+    return train.get("lr_units") == "critical"
+
+
+def write_report(
+    path: str | Path,
+    tree=None,
+    *,
+    x: str | None = None,
+    y: str | None = None,
+    facet: list[str] | None = None,
+) -> list[Path]:
     """Figures and tables for a results folder, in ``<path>/report/``; returns the files written.
 
     ``tree`` is the folder's results when the caller has them open already
     (:func:`implicit_bias.run` returns them); otherwise they are read from ``path``.
+    ``x``, ``y`` and ``facet`` choose the keys of the figures over all runs
+    (phase diagram, final values against x; see :mod:`implicit_bias.plots_runs`);
+    by default the learning rate, then ``model.init_scale`` or another swept key.
 
     Raises:
-        UserInputError: ``path`` is not a results folder.
+        UserInputError: ``path`` is not a results folder, or ``x``/``y``/``facet``
+            is not a swept key of its runs.
     """
     path = Path(path)
     if not (path / "config.yaml").is_file() and not (path / ".implicit-bias").is_file():
@@ -249,20 +226,23 @@ def write_report(path: str | Path, tree=None) -> list[Path]:
         from ._errors import UserInputError
 
         raise UserInputError(f"not a results folder (no config.yaml): {path}")
-    from . import plots
+    from . import plots, plots_runs
     from .store import open_results
 
     if tree is None:
         tree = open_results(path)
+    table = runs_table(tree)
+    axes = plots_runs.choose_axes(table, x, y, facet, critical=_critical_units(tree))
     out = path / "report"
     out.mkdir(parents=True, exist_ok=True)
     views = group_views(tree)
     with warnings.catch_warnings():
         # the figures are best-effort; numerical noise must not fail a report
         warnings.simplefilter("ignore", RuntimeWarning)
-        figures = plots.write_all(tree, out, views=views)
-    header, rows = run_table(views)
+        figures = plots.write_all(tree, out, views=views, names=PER_GROUP_FIGURES)
+        figures += plots_runs.write_all(table, axes, out, _root_config(tree).get("name", "results"))
+    header, rows = run_table(table)
     csv_path = write_csv(out / "summary.csv", header, rows)
     md_path = out / "summary.md"
-    md_path.write_text(summary_markdown(tree, views, figures, path))
+    md_path.write_text(summary_markdown(tree, views, figures, path, table))
     return [*figures, md_path, csv_path]

@@ -93,8 +93,9 @@ class Plan:
     def n_chunks(self) -> int:
         return len(self.chunks)
 
-    def summary(self) -> str:
-        """One line: runs, groups, chunks, memory per chunk, time estimate."""
+    def summary(self, with_time: bool = True) -> str:
+        """One line: runs, groups, chunks, memory per chunk, time estimate (unless
+        ``with_time`` is false: ``validate`` measures one, see :mod:`.estimate`)."""
         n = len(self.runs)
         chunk_mem = max(
             (b * k for b, k in zip(self.run_bytes, self.chunk_sizes, strict=True)), default=0
@@ -104,10 +105,15 @@ class Plan:
             f"{self.n_chunks} chunk(s) of up to {max(self.chunk_sizes, default=0)} runs; "
             f"about {_fmt_bytes(chunk_mem)} per chunk"
         )
+        if not with_time:
+            return text
         if self.run_seconds and all(t is not None for t in self.run_seconds):
             total = sum(t * g for t, g in zip(self.run_seconds, self.group_sizes, strict=True) if t)
-            return f"{text}; about {_fmt_seconds(total)} from the bench figure"
-        return f"{text}; time unknown (run `implicit-bias bench` for an estimate)"
+            return (
+                f"{text}; about {_fmt_seconds(total)} from the bench figure (a FLOP rate, "
+                "rough; `implicit-bias validate CONFIG` measures this config)"
+            )
+        return f"{text}; time unknown (`implicit-bias validate CONFIG` measures an estimate)"
 
 
 def _fmt_bytes(b: float) -> str:
