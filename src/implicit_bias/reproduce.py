@@ -61,7 +61,7 @@ def find_claim(paper: str, key: str) -> str:
     for k in papers_for(paper):
         if any(c.key == key for c in PAPERS[k].claims):
             return k
-    known = [c.key for k in papers_for(paper) for c in PAPERS[k].claims]
+    known = [c.key for k in papers_for(paper) for c in PAPERS[k].judge({})]  # table order
     raise UserInputError(f"--claim: no claim '{key}' in {paper} (choose from {', '.join(known)})")
 
 
