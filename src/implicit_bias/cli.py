@@ -341,6 +341,28 @@ def reproduce(
         typer.Option("--overwrite", help="replace experiment folders made with another config"),
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+    data_seed: Annotated[
+        int,
+        typer.Option(
+            "--data-seed",
+            metavar="N",
+            help="draw every experiment's data (and data-set subsets) from seeds N, N+1, …",
+        ),
+    ] = 0,
+    draws: Annotated[
+        int | None,
+        typer.Option(metavar="K", help="data draws per experiment (default 2 quick, 5 full)"),
+    ] = None,
+    seeds: Annotated[
+        int | None,
+        typer.Option(metavar="K", help="init seeds 0…K−1 per setting (default: the recipe's)"),
+    ] = None,
+    claim: Annotated[
+        str | None,
+        typer.Option(
+            metavar="KEY", help="re-run one claim only: its experiments and its row (e.g. L3)"
+        ),
+    ] = None,
 ) -> None:
     """Reproduce a paper's claims: runs, figures and a claims table."""
 
@@ -349,7 +371,7 @@ def reproduce(
         from .reproduce import reproduce as _reproduce
         from .sweep import ProgressBoard
 
-        folder = out if out is not None else default_out(quick)
+        folder = out if out is not None else default_out(quick, data_seed, draws, seeds)
         # a bar over experiments (advanced at each "paper/experiment …" the
         # reproduction announces) and under it each experiment's bar over runs
         show = not quiet and sys.stderr.isatty()
@@ -361,9 +383,14 @@ def reproduce(
                 progress=board,
                 overwrite=overwrite,
                 echo=board.start if show else (lambda m: typer.echo(m, err=True)),
+                data_seed=data_seed,
+                draws=draws,
+                seeds=seeds,
+                claim=claim,
             )
         typer.echo(claims_text(claims))
-        typer.echo(f"claims table: {folder / 'claims.md'} (and .csv, .json)")
+        table = next(f for f in files if f.suffix == ".md")
+        typer.echo(f"claims table: {table} (and .csv, .json)")
         reports = sorted({str(p.parent) for p in files if p.suffix == ".png"})
         for r in reports:
             typer.echo(f"figures: {r}")

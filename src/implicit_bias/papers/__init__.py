@@ -11,7 +11,19 @@ from __future__ import annotations
 import importlib
 import pkgutil
 
-from ._base import KINDS, STATUSES, Claim, ClaimSpec, Paper, Runs
+from ._base import (
+    EVERY_DRAW,
+    FULL_DRAWS,
+    KINDS,
+    QUICK_DRAWS,
+    STATISTICAL,
+    STATUSES,
+    Claim,
+    ClaimSpec,
+    Outcome,
+    Paper,
+    Runs,
+)
 
 ORDER = ("liu2023", "frei2023", "lewkowycz2020")  # table order; others follow by name
 
@@ -30,4 +42,17 @@ def _discover() -> dict[str, Paper]:
 #: every paper, by key
 PAPERS: dict[str, Paper] = _discover()
 
-__all__ = ["KINDS", "PAPERS", "STATUSES", "Claim", "ClaimSpec", "Paper", "Runs"]
+__all__ = [
+    "EVERY_DRAW",
+    "FULL_DRAWS",
+    "KINDS",
+    "PAPERS",
+    "QUICK_DRAWS",
+    "STATISTICAL",
+    "STATUSES",
+    "Claim",
+    "ClaimSpec",
+    "Outcome",
+    "Paper",
+    "Runs",
+]
