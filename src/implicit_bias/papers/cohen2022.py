@@ -17,11 +17,13 @@ and checked in tests/test_optimizers.py): (2 + 2β)/η for heavy ball, (2 + 2β)
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ._base import Configs, Paper, Runs, Verdict, g, gl, with_
+from ._figures import colors, figure, save
 
 SETTING = "depth-3 ReLU MLP (width 32), square loss, full-batch"
 #: Adam's threshold numerator at the paper's β₁ = 0.9: (2 + 2β₁)/(1 − β₁)
@@ -205,3 +207,29 @@ def _nesterov_as_gd(cfgs: Configs) -> Configs:
 )
 def _m2(r: Runs) -> Verdict:
     return _hovers(r, (2 + 2 * MOMENTUM) / (1 + 2 * MOMENTUM))
+
+
+# ------------------------------------------------------------------ the paper's figure
+@PAPER.figure("adam", "rmsprop", "momentum", "nesterov")
+def _fig_threshold_ratio(results: dict, folder: Path) -> list[Path]:
+    """Cohen et al. 2022 Fig. 1-style: the relevant curvature over the optimizer's
+    threshold c/η against steps, one line per run (1 = at the edge)."""
+    fig, ax = figure(4)
+    for a, name in zip(ax[0], ("adam", "rmsprop", "momentum", "nesterov"), strict=True):
+        ds = results[name]
+        curv = "preconditioned_sharpness" if "preconditioned_sharpness" in ds else "sharpness"
+        lam = np.asarray(ds[curv].values, dtype=float)  # (run, step)
+        eta = np.asarray(ds["lr"].values, dtype=float)
+        c = np.asarray(ds["stability_numerator"].values, dtype=float)
+        steps = np.asarray(ds["step"].values)
+        for r, color in zip(range(lam.shape[0]), colors(lam.shape[0]), strict=True):
+            a.plot(steps, lam[r] * eta[r] / c[r], color=color, lw=1, label=f"η = {g(eta[r])}")
+        a.axhline(1.0, color="0.4", ls=":", lw=0.8)
+        what = "λ₁(P⁻¹H)" if curv != "sharpness" else "λ_max"
+        a.set(xlabel="step", ylabel=f"η·{what} / c", title=f"{name} (c = {g(c[0])})")
+        a.legend(fontsize=6)
+    fig.suptitle(
+        "Cohen et al. 2022: curvature against each optimizer's threshold (one line per run)",
+        fontsize=8,
+    )
+    return [save(fig, folder / "cohen2022-threshold-ratio.png")]
