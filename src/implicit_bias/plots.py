@@ -744,6 +744,46 @@ def final_sharpness_vs_lr(view: GroupView, name: str, several: bool) -> Figure |
     return fig
 
 
+def draw_phase_grid(
+    ax: Any,
+    M: np.ndarray,
+    marks: list[tuple[float, float, str]],
+    S: int,
+    xticks: list[str],
+    yticks: list[str],
+) -> None:
+    """A phase diagram's cells: ``M`` ``(ny, nx·S)`` holds the phase index of each
+    run's stripe (S stripes a cell, NaN = no run), ``marks`` each stripe's centre and
+    phase (its marker, so the labels survive grey-scale printing); cell borders and
+    category ticks."""
+    ny, nx = M.shape[0], M.shape[1] // S
+    cmap = ListedColormap([PHASE_COLORS[p] for p in PHASES]).with_extremes(bad="#eeeeee")
+    ax.imshow(
+        np.ma.masked_invalid(M),
+        cmap=cmap,
+        vmin=-0.5,
+        vmax=len(PHASES) - 0.5,
+        aspect="auto",
+        origin="lower",
+        extent=(-0.5, nx - 0.5, -0.5, ny - 0.5),
+        interpolation="nearest",
+    )
+    for px, py, p in marks:
+        ax.scatter(
+            px, py, marker=PHASE_MARKERS[p], color="white", s=min(40.0, 240.0 / S),
+            linewidths=0, zorder=3,
+        )  # fmt: skip
+    if S > 1:
+        for b in np.arange(nx * S + 1) / S - 0.5:
+            ax.axvline(b, color="white", lw=0.6, alpha=0.8)
+    for b in np.arange(nx + 1) - 0.5:
+        ax.axvline(b, color="white", lw=2.5)
+    for b in np.arange(ny + 1) - 0.5:
+        ax.axhline(b, color="white", lw=2.5)
+    ax.set_xticks(range(nx), xticks, fontsize=8, rotation=45 if nx > 8 else 0)
+    ax.set_yticks(range(ny), yticks, fontsize=8)
+
+
 def phase_diagram(view: GroupView, name: str, several: bool) -> Figure | None:
     ds = view.ds
     if "phase" not in ds:
@@ -764,7 +804,6 @@ def phase_diagram(view: GroupView, name: str, several: bool) -> Figure | None:
     h = min(max(0.5 * ny + 1.4, 2.8), 8.0)
     fig, axes = _figure(len(order), ncols_max=3, size=(w, h), legend_w=2.0)
     seeds = view.coord("seed") if "seed" in ds.coords else np.zeros(view.n_runs)
-    cmap = ListedColormap([PHASE_COLORS[p] for p in PHASES]).with_extremes(bad="#eeeeee")
     stripes = 1
     empty = False
     for ax, pk in zip(axes, order, strict=True):
@@ -781,38 +820,13 @@ def phase_diagram(view: GroupView, name: str, several: bool) -> Figure | None:
                 if ph[r] in PHASES:
                     M[iy, ix * S + j] = PHASES.index(ph[r])
         empty |= len(cells) < nx * ny
-        ax.imshow(
-            np.ma.masked_invalid(M),
-            cmap=cmap,
-            vmin=-0.5,
-            vmax=len(PHASES) - 0.5,
-            aspect="auto",
-            origin="lower",
-            extent=(-0.5, nx - 0.5, -0.5, ny - 0.5),
-            interpolation="nearest",
-        )
-        # the phase's marker on each stripe too, so the labels survive grey-scale printing
-        for (ix, iy), idx in cells.items():
-            for j, r in enumerate(idx):
-                if ph[r] in PHASES:
-                    ax.scatter(
-                        ix - 0.5 + (j + 0.5) / S,
-                        iy,
-                        marker=PHASE_MARKERS[ph[r]],
-                        color="white",
-                        s=min(40.0, 240.0 / S),
-                        linewidths=0,
-                        zorder=3,
-                    )
-        if S > 1:
-            for b in np.arange(nx * S + 1) / S - 0.5:
-                ax.axvline(b, color="white", lw=0.6, alpha=0.8)
-        for b in np.arange(nx + 1) - 0.5:
-            ax.axvline(b, color="white", lw=2.5)
-        for b in np.arange(ny + 1) - 0.5:
-            ax.axhline(b, color="white", lw=2.5)
-        ax.set_xticks(range(nx), [fmt(v, 3) for v in xs], fontsize=8, rotation=45 if nx > 8 else 0)
-        ax.set_yticks(range(ny), [fmt(v, 3) for v in ys], fontsize=8)
+        marks = [
+            (ix - 0.5 + (j + 0.5) / S, iy, ph[r])
+            for (ix, iy), idx in cells.items()
+            for j, r in enumerate(idx)
+            if ph[r] in PHASES
+        ]
+        draw_phase_grid(ax, M, marks, S, [fmt(v, 3) for v in xs], [fmt(v, 3) for v in ys])
         ax.set_xlabel(view.rate_label)
         ax.set_ylabel(ylabel)
         ax.set_title(panels.names[pk], fontsize=9)

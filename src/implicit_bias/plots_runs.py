@@ -30,7 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .plots import PHASE_COLORS, PHASE_MARKERS, _figure, _legend, _plain_log_ticks
+from .plots import PHASE_COLORS, PHASE_MARKERS, _figure, _legend, _plain_log_ticks, draw_phase_grid
 from .tables import swept_keys
 from .views import PHASES, REPLICATE_KEYS, _sort_key, fmt
 
@@ -201,7 +201,6 @@ def phase_diagram(df, axes: Axes, name: str) -> tuple[Figure, Any] | None:
     """The phase of every run over (x, y), one panel per facet; returns (figure, cells)."""
     if "phase" not in df.columns or not len(df):
         return None
-    from matplotlib.colors import ListedColormap
 
     cells = phase_cells(df, axes)
     xs = _values(df, axes.x)
@@ -215,7 +214,6 @@ def phase_diagram(df, axes: Axes, name: str) -> tuple[Figure, Any] | None:
     w = min(max(0.75 * nx + 1.6, 4.0), 10.0)
     h = min(max(0.5 * ny + 1.4, 2.8), 8.0)
     fig, axs = _figure(len(panels), ncols_max=3, size=(w, h), legend_w=2.0)
-    cmap = ListedColormap([PHASE_COLORS[p] for p in PHASES]).with_extremes(bad="#eeeeee")
     stripes = max(int(cells["n_runs"].max()), 1)
     empty = False
     for ax, (title, mask) in zip(axs, panels, strict=True):
@@ -231,36 +229,14 @@ def phase_diagram(df, axes: Axes, name: str) -> tuple[Figure, Any] | None:
                     M[iy, ix * S + j] = PHASES.index(p)
                     marks.append((ix - 0.5 + (j + 0.5) / S, iy, p))
         empty |= len(sub) < nx * ny
-        ax.imshow(
-            np.ma.masked_invalid(M),
-            cmap=cmap,
-            vmin=-0.5,
-            vmax=len(PHASES) - 0.5,
-            aspect="auto",
-            origin="lower",
-            extent=(-0.5, nx - 0.5, -0.5, ny - 0.5),
-            interpolation="nearest",
+        draw_phase_grid(
+            ax,
+            M,
+            marks,
+            S,
+            [fmt(v, 3) for v in xs],
+            [fmt(v, 3) if v is not None else "" for v in ys],
         )
-        # the phase's marker on each stripe too, so the labels survive grey-scale printing
-        for px, py, p in marks:
-            ax.scatter(
-                px,
-                py,
-                marker=PHASE_MARKERS[p],
-                color="white",
-                s=min(40.0, 240.0 / S),
-                linewidths=0,
-                zorder=3,
-            )
-        if S > 1:
-            for b in np.arange(nx * S + 1) / S - 0.5:
-                ax.axvline(b, color="white", lw=0.6, alpha=0.8)
-        for b in np.arange(nx + 1) - 0.5:
-            ax.axvline(b, color="white", lw=2.5)
-        for b in np.arange(ny + 1) - 0.5:
-            ax.axhline(b, color="white", lw=2.5)
-        ax.set_xticks(range(nx), [fmt(v, 3) for v in xs], fontsize=8, rotation=45 if nx > 8 else 0)
-        ax.set_yticks(range(ny), [fmt(v, 3) if v is not None else "" for v in ys], fontsize=8)
         ax.set_xlabel(axes.label(axes.x) + " (categorical axis)")
         ax.set_ylabel(axes.label(axes.y))
         ax.set_title(title, fontsize=9)
