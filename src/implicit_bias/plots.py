@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import textwrap
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -747,7 +748,7 @@ def final_sharpness_vs_lr(view: GroupView, name: str, several: bool) -> Figure |
 def draw_phase_grid(
     ax: Any,
     M: np.ndarray,
-    marks: list[tuple[float, float, str]],
+    marks: Sequence[tuple[float, float, str]],
     S: int,
     xticks: list[str],
     yticks: list[str],
