@@ -15,12 +15,13 @@ which tracks gradient flow; the setting column says so.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ._base import Configs, Paper, Runs, Verdict, g, gl, with_
+from ._base import Configs, Paper, Runs, Verdict, g, gl, not_judged, with_
 from ._figures import colors, figure, save
 
 SCALES = [1e-6, 1e-4, 1e-3, 1e-2, 0.05, 0.2]
@@ -32,6 +33,29 @@ RANK2_STABLE_RANK = 2 * (1 + LEAK**2) / (1 + LEAK) ** 2
 N100 = 100
 N100_DIMS_QUICK, N100_DIMS = (1000, 10000), (1000, 10000, 30000)
 N100_SCALES = [1e-4, 0.05]
+#: F9: the flipped fraction of training labels, and ‖μ‖ there: n‖μ‖⁴/d = 20·12⁴/20000 ≈ 21
+#: (30·12⁴/30000 in the full run), the benign regime n‖μ‖⁴ ≫ d of Frei, Chatterji & Bartlett
+#: 2022; at ‖μ‖ 8 it is 4.1 (C, estimated as in _sizes ≈ 1.6 quick, 1.3 full, is reported)
+NOISE, NOISE_MEAN_NORM = 0.15, 12.0
+#: F9: the clean test accuracy the noisy-label net may lose against the clean-trained one
+#: (same draw, same init): 0.02 = 10 of 500 test points
+BENIGN_GAP = 0.02
+#: F9's control: low dimension, where interpolating the flipped labels is not benign
+#: (d 10 < n 20, ‖μ‖ 2: Bayes 0.977; at d 500 and ‖μ‖ 8 every net reaches 1.0 with or without
+#: noise). ‖x‖² is ~1400× smaller than at d 20000, so the step is 200× larger to interpolate.
+LOW_DIM_NOISE: dict[str, Any] = {
+    "data__d": 10,
+    "data__mean_norm": 2.0,
+    "train__lr": 2.0,
+    "train__steps": 1000,
+    "metrics__every": 100,
+}
+LOW_DIM_NOTE = (
+    "d 10 < n 20, ‖μ‖ 2: the net still interpolates the flipped labels (train accuracy 1, "
+    "stable rank 1.14), but fitting them costs 0.17 of clean test accuracy against the "
+    "clean-trained net (0.79 vs 0.97): overfitting that is not benign (with d < n there are no "
+    "spare directions, nearly orthogonal to the signal, in which to absorb the noise)"
+)
 NET = "two-layer net, a = ±1/√m fixed, first layer trained, logistic loss"
 GD_SETTING = f"{NET}, smoothed leaky ReLU (γ {LEAK}, H 1), GD"
 GF_SETTING = f"{NET}, leaky ReLU (γ {LEAK}), GD with a small step (gradient-flow proxy)"
@@ -87,9 +111,14 @@ def _experiments(quick: bool) -> Configs:
             metrics__every=3 * 50,
             sweep={"model.init_scale": [1e-6]},
         ),
-        # noisy labels (clean test labels): benign overfitting
+        # noisy vs clean training labels (clean test labels): benign overfitting, at the
+        # signal-to-noise of Frei, Chatterji & Bartlett 2022 (n‖μ‖⁴/d ≈ 21, see F9)
         "label_noise": exp(
-            "label-noise", data__label_noise=0.15, sweep={"model.init_scale": [1e-6]}
+            "label-noise",
+            data__mean_norm=NOISE_MEAN_NORM,
+            metrics__kkt=False,  # F9 reads accuracies and the stable rank only
+            metrics__margins=False,
+            sweep={"model.init_scale": [1e-6], "data.label_noise": [0.0, NOISE]},
         ),
         # the same n at a low dimension: not nearly orthogonal
         "low_dim": exp("low-dim", data__d=500, sweep={"model.init_scale": [1e-6]}),
@@ -392,26 +421,63 @@ def _f8(high: Runs, low: Runs) -> Verdict:
     return bool(ok), "; ".join(parts)
 
 
+def _bayes_accuracy(r: Runs) -> float:
+    """Φ(‖μ‖), the Bayes accuracy of x = yμ + z, z ~ N(0, I_d), with ‖μ‖ read off the test set.
+
+    μ̂ = mean(yᵢxᵢ) over the m clean test points has E‖μ̂‖² = ‖μ‖² + d/m, so
+    ‖μ‖² ≈ ‖μ̂‖² − d/m (reported beside F9, not judged).
+    """
+    X = np.asarray(r.ds["X_test"].values, dtype=float)
+    y = np.asarray(r.ds["y_test"].values, dtype=float)
+    X, y = (X[0], y[0]) if X.ndim == 3 else (X, y)
+    m, d = X.shape
+    mu2 = float(np.sum((y @ X / m) ** 2)) - d / m
+    return 0.5 * (1 + math.erf(math.sqrt(max(mu2, 0.0)) / math.sqrt(2)))
+
+
 @PAPER.claim(
     "F9",
     claim="With label noise the network still interpolates the training data, keeps a low "
-    "stable rank, and generalises (benign overfitting).",
-    source="Frei, Chatterji & Bartlett 2022 (arXiv 2202.05928, benign overfitting of "
-    "two-layer leaky-ReLU nets on noisy Gaussian mixtures); the low rank: Frei et al. 2023 "
-    "§4 (no assumption on the labels)",
-    setting=GD_SETTING + "; Gaussian mixture, 15 % flipped training labels, clean test labels",
-    criterion=f"train accuracy 1, final stable rank ≤ {RANK2_STABLE_RANK:.3g}, clean test "
-    "accuracy ≥ 0.9",
+    "stable rank, and generalises as well as if the labels were clean (benign overfitting).",
+    source="Frei, Chatterji & Bartlett 2022 (arXiv 2202.05928: two-layer leaky-ReLU nets on "
+    "noisy Gaussian mixtures interpolate and reach near-optimal test error when n‖μ‖⁴ ≫ d); "
+    "the low rank: Frei et al. 2023 §4 (no assumption on the labels); the gap to the "
+    "clean-trained net as the yardstick is ours",
+    setting=GD_SETTING
+    + f"; Gaussian mixture ‖μ‖ {NOISE_MEAN_NORM:g}, n 20, d 20000 (n 30, d 30000 in the full "
+    f"run), init 1e-6; {NOISE:.0%} flipped training labels vs none, clean test labels",
+    criterion=f"on each draw, every noisy-label run has train accuracy 1 on its noisy labels, "
+    f"final stable rank ≤ {RANK2_STABLE_RANK:.3g}, and clean test accuracy ≥ that of the "
+    f"clean-label run with the same data and init − {BENIGN_GAP:g}; the Bayes accuracy "
+    "Φ(‖μ‖) is reported",
     uses="label_noise",
-    control=lambda c: {"label_noise": with_(c["label_noise"], data__mean_norm=0.0)},
-    control_note="‖μ‖ = 0: the labels carry no signal, test accuracy is chance",
+    control=lambda c: {"label_noise": with_(c["label_noise"], **LOW_DIM_NOISE)},
+    control_note=LOW_DIM_NOTE,
 )
 def _f9(r: Runs) -> Verdict:
+    noise = r.coord("data.label_noise").astype(float)
+    seeds = r.coord("seed")
+    noisy, clean = np.flatnonzero(noise > 0), np.flatnonzero(noise == 0)
+    if not (noisy.size and clean.size):
+        return not_judged("needs noisy-label and clean-label runs")
     tr = r.trace("train_acc")[:, -1]
     sr = r.scalar("final_stable_rank_W1")
     te = r.scalar("final_test_acc")
-    ok = bool(np.all(tr == 1) and np.all(sr <= RANK2_STABLE_RANK) and np.all(te >= 0.9))
-    return ok, f"train acc {gl(tr)}; stable rank {gl(sr)}; test acc {gl(te)}"
+    ref = {int(seeds[i]): float(te[i]) for i in clean}
+    gaps = [ref[int(seeds[i])] - float(te[i]) for i in noisy if int(seeds[i]) in ref]
+    if len(gaps) < noisy.size:
+        return not_judged("a noisy-label run without its clean-label twin")
+    ok = bool(
+        np.all(tr[noisy] == 1)
+        and np.all(sr[noisy] <= RANK2_STABLE_RANK)
+        and max(gaps) <= BENIGN_GAP
+    )
+    return ok, (
+        f"noisy labels: train acc {gl(tr[noisy])}, stable rank {gl(sr[noisy])}, clean test acc "
+        f"{gl(te[noisy])}; clean labels: test acc {gl(te[clean])}; loss to clean {gl(gaps)}; "
+        f"Bayes Φ(‖μ‖) ≈ {g(_bayes_accuracy(r))}; C "
+        f"{g(float(np.min(r.ds['data_near_orthogonality'].values)))}"
+    )
 
 
 @PAPER.claim(

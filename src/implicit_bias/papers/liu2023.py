@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..nonseparable import first_layer_subspace_curvature, nonseparable_basis, separable_part
 from ._base import (
     Configs,
     Outcome,
@@ -52,6 +53,10 @@ ANNEAL_TO = 0.5  # the small rate, critical units
 #: a test-accuracy gain smaller than this (absolute) is not counted as better
 ACC_GAIN = 0.005
 ABSTRACT = "Liu et al. 2023, abstract and §1"
+#: L15: the largest converged rate's restricted curvature over the smallest rate's must be below
+#: this (chosen between the measured 0.20–0.31 at 3 critical units, quick, 2 draws, and the
+#: depth-1 control's 0.83)
+FLAT_S = 0.5
 
 
 def _experiments(quick: bool) -> Configs:
@@ -420,6 +425,89 @@ def _l14(r: Runs) -> Verdict:
         return not_judged("every run diverged")
     return bool(np.all(ratio[alive] <= 1.05)), (
         f"λ_end·η·p(1−p)/2 {gl(ratio)} at rates {gl(r.rates)} (p {gl(sorted(set(p.tolist())))})"
+    )
+
+
+# ------------------------------------------------------------------ the non-separable subspace
+def _subspace_curvature(r: Runs) -> tuple[np.ndarray, list[str]]:
+    """Per run: the W₁-curvature restricted to Ji & Telgarsky's non-separable subspace S.
+
+    :func:`implicit_bias.nonseparable.first_layer_subspace_curvature` on the final
+    weights (NTK multipliers 1/√fan_in; a depth-1 model is W₂ = 1, c₂ = 1); the
+    split is computed once per data set. Also the text "|I_c|/n, dim S" per data set.
+    """
+    X = np.asarray(r.ds["X_train"].values, dtype=float)
+    y = np.asarray(r.ds["y_train"].values, dtype=float)
+    if X.ndim == 2:
+        X, y = np.broadcast_to(X, (r.n_runs, *X.shape)), np.broadcast_to(y, (r.n_runs, *y.shape))
+    W1 = np.asarray(r.ds["final_W1"].values, dtype=float)
+    W2 = np.asarray(r.ds["final_W2"].values, dtype=float) if r.has("final_W2") else None
+    d, m = W1.shape[-1], W1.shape[-2]
+    c1, c2 = 1 / np.sqrt(d), (1 / np.sqrt(m) if W2 is not None else 1.0)
+    split: dict[bytes, tuple[np.ndarray, str]] = {}
+    out, texts = np.full(r.n_runs, np.nan), []
+    for i in range(r.n_runs):
+        key = X[i].tobytes() + y[i].tobytes()
+        if key not in split:
+            P = nonseparable_basis(X[i], y[i])
+            n_c = int((~separable_part(X[i], y[i])).sum())
+            split[key] = (P, f"|I_c| {n_c}/{len(y[i])}, dim S {P.shape[1]}")
+            texts.append(split[key][1])
+        w2 = W2[i] if W2 is not None else np.ones((1, 1))
+        if np.all(np.isfinite(W1[i])) and np.all(np.isfinite(w2)):
+            out[i] = first_layer_subspace_curvature(W1[i], w2, X[i], y[i], split[key][0], c1, c2)
+    return out, texts
+
+
+@PAPER.claim(
+    "L15",
+    claim="Large learning rates end flatter in the subspace spanned by the non-separable data.",
+    source="Liu et al. 2023, abstract ('flatter … in the space spanned by non-separable "
+    "data'); the subspace as Ji & Telgarsky 2019's split (arXiv 1803.07300 §2: S = "
+    "span of the points no direction separates, where the loss is strongly convex) and the "
+    "flatness as the top eigenvalue of the loss's Hessian in the first layer W₁ restricted "
+    "to perturbations whose rows lie in S, c₁²c₂²‖W₂‖²·λ_max(Pᵀ H_x P): derived (SPEC §1.1; "
+    "our reading, module implicit_bias.nonseparable)",
+    setting=f"{SETTING}; overlapping Gaussian classes, n 200, d 50, width 256 (every point "
+    "is in the non-separable part here, so S is the span of the data; |I_c| and dim S are "
+    "measured per draw)",
+    criterion="per init seed, over the converged runs above 1 critical unit the restricted "
+    "curvature falls strictly as the rate grows, and at the largest of them it is < "
+    f"{FLAT_S} × that of the smallest-rate run (same data, same init)",
+    uses="nonseparable",
+    control=lambda c: {
+        "nonseparable": with_(
+            _nonseparable_data(c, "nonseparable")["nonseparable"],
+            model__depth=1,
+            sweep={"train.lr": [0.5, 1.2, 1.6]},
+        )
+    },
+    control_note="a depth-1 linear model: no layers whose balance a large rate could "
+    "change, the runs move along one convex path (measured λ_S ratio 1.0 at 1.2 and 0.83 at "
+    "1.6 critical units after 150 steps, not below 0.5)",
+)
+def _l15(r: Runs) -> Verdict:
+    lam, texts = _subspace_curvature(r)
+    rates, seeds, conv = r.rates, r.coord("seed"), r.converged()
+    rows: list[tuple[float, float]] = []
+    ok = True
+    for s in sorted(set(seeds.tolist())):
+        mine = np.flatnonzero((seeds == s) & conv)
+        if not mine.size or rates[mine].min() >= 1:
+            continue
+        ref = mine[np.argmin(rates[mine])]
+        big = sorted((rates[i], lam[i] / lam[ref]) for i in mine if rates[i] > 1)
+        if big:
+            q = np.array([b for _, b in big])
+            ok &= bool(np.all(np.diff(q) < 0) and q[-1] < FLAT_S)
+            rows += big
+    if not rows:
+        return not_judged("no converged run above 1 critical unit beside a smaller-rate one")
+    return ok, (
+        "; ".join(texts)
+        + "; rate: λ_S/λ_S(smallest rate) "
+        + ", ".join(f"{a:g}: {g(b)}" for a, b in rows)
+        + f"; λ_S at the smallest rate {gl(lam[rates == rates.min()])}"
     )
 
 
