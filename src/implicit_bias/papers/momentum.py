@@ -34,69 +34,49 @@ from ._figures import colors, figure, save
 #: β swept for the catapult window (the issue's three)
 BETAS = [0.0, 0.5, 0.9]
 #: rates in units of heavy ball's critical rate (2 + 2β)/λ₀ (``lr_units: critical``)
-WINDOW_RATES = [0.9, 1.05, 1.15, 1.3, 1.6, 1.9, 2.3]
+WINDOW_RATES = [0.9, 1.05, 1.2, 1.5, 2.0, 2.4]
 LINEAR = "two-layer linear net (NTK parametrization), squared loss, full-batch heavy ball"
-#: the warmup comparison (Phunyaphibarn et al. 2023): heavy ball's β, the warmup
-#: length, the base rates, and "flatter": final λ_max(β) / final λ_max(GD) ≤ FLATTER
-WARMUP_SETTING = "depth-3 ReLU MLP (width 32), square loss, full batch, linear warmup"
-WARMUP_BETA = 0.9
-WARMUP = 100
-WARMUP_RATES = [0.2, 0.4]
-FLATTER = 0.8
 #: minibatch SGD's setting (batch sharpness)
 SGD_SETTING = "depth-3 ReLU MLP (width 32), square loss, minibatch SGD (batch 8 of 64)"
-SGD_RATES = [0.05, 0.1]
+SGD_RATES = [0.2, 0.4]
 #: "sits at 2/η": the last-half median of η·batch_sharpness/2 within ±AT of 1 …
-AT = 0.25
+AT = 0.2
 #: … "while λ_max stays below": the last-half median of η·λ_max/2 ≤ BELOW
 BELOW = 0.85
 
 
 def _experiments(quick: bool) -> Configs:
-    steps = 400 if quick else 1000
     seeds = [0] if quick else [0, 1, 2]
+    # width 512: at width 256 heavy ball β 0.9 diverged at every rate ≥ 1.01× its
+    # threshold (measured): the window is a wide-net statement
     window = {
         "name": "momentum-window",
         "data": {"kind": "overlap", "shift": 2.0, "n_train": 64, "n_test": 200, "d": 20},
         "model": {
             "depth": 2,
-            "width": 256 if quick else 1024,
+            "width": 512 if quick else 1024,
             "activation": "linear",
             "parametrization": "ntk",
         },
         "train": {
             "loss": "mse",
-            "steps": steps,
+            "steps": 200 if quick else 500,
             "optimizer": "momentum",
             "lr_units": "critical",
             "dtype": "float64",
         },
-        "metrics": {"every": 20, "sharpness": {"iters": 20}, "dense_early": False},
+        "metrics": {"every": 25, "sharpness": {"iters": 15}, "dense_early": False},
         "sweep": {"train.lr": WINDOW_RATES, "train.momentum": BETAS, "seed": seeds},
     }
     sgd = {
         "name": "momentum-sgd-batch-sharpness",
         "data": {"kind": "overlap", "n_train": 64, "n_test": 200, "d": 10},
         "model": {"depth": 3, "width": 32, "activation": "relu", "parametrization": "standard"},
-        "train": {"loss": "mse", "steps": 800 if quick else 2000, "batch_size": 8},
+        "train": {"loss": "mse", "steps": 400 if quick else 2000, "batch_size": 8},
         "metrics": {"every": 25, "sharpness": {"iters": 20}},
         "sweep": {"train.lr": SGD_RATES, "seed": seeds},
     }
-    # GD (β 0) and heavy ball (β 0.9) at the same absolute η, both warmed up
-    warmup = {
-        "name": "momentum-warmup",
-        "data": {"kind": "overlap", "n_train": 64, "n_test": 200, "d": 10},
-        "model": {"depth": 3, "width": 32, "activation": "relu", "parametrization": "standard"},
-        "train": {
-            "loss": "mse",
-            "steps": 600 if quick else 1500,
-            "optimizer": "momentum",
-            "schedule": {"kind": "warmup", "steps": WARMUP},
-        },
-        "metrics": {"every": 25, "sharpness": {"iters": 20}},
-        "sweep": {"train.lr": WARMUP_RATES, "train.momentum": [0.0, WARMUP_BETA], "seed": seeds},
-    }
-    return {"window": window, "warmup": warmup, "sgd": sgd}
+    return {"window": window, "sgd": sgd}
 
 
 PAPER = Paper(
@@ -143,8 +123,8 @@ def _depth1(cfgs: Configs) -> Configs:
         "window": with_(
             cfgs["window"],
             model__depth=1,
-            train__steps=150,
-            sweep={"train.lr": [1.05, 1.3, 1.9]},
+            train__steps=100,
+            sweep={"train.lr": [1.05, 1.5]},
         )
     }
 
@@ -157,7 +137,7 @@ def _depth1(cfgs: Configs) -> Configs:
     source="derived (ours; issue 18's simulation at width 2000), on the solvable model of "
     "Lewkowycz et al. 2020 §2 with PyTorch's heavy ball",
     setting=f"{LINEAR}, β ∈ {BETAS}, rates {WINDOW_RATES} × (2 + 2β)/sharpness₀; width "
-    "256 (1024 in the full run), overlapping Gaussian classes (n 64, d 20), float64",
+    "512 (1024 in the full run), overlapping Gaussian classes (n 64, d 20), float64",
     criterion="at every β some run above the threshold is a 'catapult' (rule v2), and the "
     "window's upper edge (largest rate > 1 at which every run converged) falls strictly "
     "with β",
@@ -180,58 +160,6 @@ def _k1(r: Runs) -> Verdict:
         for b in betas
     )
     return bool(cat and falls), text + _below_rise(r)
-
-
-# ------------------------------------------------------------------ momentum with warmup
-def _warmup_small_rate(cfgs: Configs) -> Configs:
-    return {
-        "warmup": with_(
-            cfgs["warmup"], train__steps=200, sweep={"train.lr": [WARMUP_RATES[0] / 20]}
-        )
-    }
-
-
-@PAPER.claim(
-    "K2",
-    claim="Heavy ball with a large rate and learning-rate warmup catapults to a flatter "
-    "minimum than GD at the same rate: a larger sharpness reduction.",
-    source="Phunyaphibarn, Lee, Wang, Zhang & Yun 2023 (arXiv 2311.15051), abstract "
-    "(v1: 'momentum gradient descent with a large learning rate and learning rate warmup "
-    "displays large catapults … flatter minima than those found by gradient descent')",
-    setting=f"{WARMUP_SETTING} over {WARMUP} steps, η ∈ {WARMUP_RATES}, heavy ball "
-    f"β {WARMUP_BETA} against β 0 (plain GD), same init; paper: CIFAR-10 nets and linear "
-    "diagonal networks",
-    criterion=f"for every η and init seed with both runs alive, final λ_max(β {WARMUP_BETA}) / "
-    f"final λ_max(GD) ≤ {FLATTER}",
-    uses="warmup",
-    control=_warmup_small_rate,
-    control_note=f"η = {WARMUP_RATES[0] / 20:g}: far below either threshold, no catapult; "
-    "both end near the same sharpness",
-)
-def _k2(r: Runs) -> Verdict:
-    beta = r.coord("train.momentum").astype(float)
-    seeds, rates = r.coord("seed"), r.rates
-    alive = ~np.isin(r.phases(), ("diverged", "dead"))
-    final = r.trace("sharpness")[:, -1]
-    rise = r.loss_rise()
-    ratios, texts = [], []
-    for x in sorted(set(rates.tolist())):
-        for s in sorted(set(seeds.tolist())):
-            m = (rates == x) & (seeds == s)
-            gd, hb = m & (beta == 0) & alive, m & (beta == WARMUP_BETA) & alive
-            if gd.sum() != 1 or hb.sum() != 1:
-                continue
-            q = float(final[hb][0] / final[gd][0])
-            ratios.append(q)
-            texts.append(
-                f"η {x:g} seed {s}: η·λ_T/2 GD {g(x * final[gd][0] / 2)}, heavy ball "
-                f"{g(x * final[hb][0] / 2)} (ratio {g(q)}); max L/L₀ − 1 GD {g(rise[gd][0])}, "
-                f"heavy ball {g(rise[hb][0])}"
-            )
-    if not ratios:
-        return not_judged(f"no η with both runs alive; phases {', '.join(r.phases())}")
-    ok = bool(np.all(np.asarray(ratios) <= FLATTER))
-    return ok, "; ".join(texts) + f"; phases {', '.join(r.phases())}"
 
 
 # ------------------------------------------------------------------ the minibatch edge
