@@ -164,7 +164,7 @@ def _k1(r: Runs) -> Verdict:
 
 # ------------------------------------------------------------------ the minibatch edge
 def _sgd_small_rate(cfgs: Configs) -> Configs:
-    return {"sgd": with_(cfgs["sgd"], train__steps=200, sweep={"train.lr": [0.005]})}
+    return {"sgd": with_(cfgs["sgd"], train__steps=100, sweep={"train.lr": [0.005]})}
 
 
 @PAPER.claim(
@@ -178,7 +178,7 @@ def _sgd_small_rate(cfgs: Configs) -> Configs:
     f"η·batch_sharpness/2 within ±{AT} of 1, and that of η·λ_max/2 ≤ {BELOW}",
     uses="sgd",
     control=_sgd_small_rate,
-    control_note="η 0.005 for 200 steps: far below the edge, the batch sharpness stays "
+    control_note="η 0.005 for 100 steps: far below the edge, the batch sharpness stays "
     "well under 2/η",
 )
 def _b1(r: Runs) -> Verdict:
