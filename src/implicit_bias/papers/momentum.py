@@ -215,7 +215,7 @@ def _fig(results: dict[str, Any], folder: Path) -> list[Path]:
         order = np.argsort(rates[m])
         a.semilogy(rates[m][order], rise[m][order], "o-", color=color, label=f"β = {bv:g}")
     a.axvline(1.0, color="0.4", ls=":", lw=0.8)
-    a.set(xlabel="η / ((2 + 2β)/λ₀)", ylabel="max L / L₀ (converged or not, no divergence)")
+    a.set(xlabel="η / ((2 + 2β)/λ₀)", ylabel="max L / L₀ (diverged runs left out)")
     a.set_title("heavy ball catapult window (linear NTK net)", fontsize=8)
     a.legend(fontsize=6)
     ds = results["sgd"]
