@@ -14,6 +14,15 @@ sum, plus the start-up of the ``run`` process.
 The estimate is as good as the machine is steady: a machine shared with other
 work gives other numbers a minute later, which :class:`Estimate` reports as a
 range (the probe run twice; within a probe, the fastest interval is taken).
+
+The measurement itself is bounded whatever the sweep's size, so that
+``validate`` on 10⁶ runs stays within seconds (issue 20): a probe trains at
+most :data:`PROBE_MAX_RUNS` runs of the chunk and scales its time in
+proportion to the chunk's runs (batched runs cost at most that: an upper
+estimate for larger chunks), and at most :data:`PROBE_MAX_GROUPS` groups,
+spread over the sweep, are probed, fewer once :data:`PROBE_BUDGET_S` seconds
+are spent; the others are assumed to cost what the probed ones cost per run.
+The text says when either happened.
 """
 
 from __future__ import annotations
@@ -32,6 +41,10 @@ PROBE_STEPS, PROBE_EVERY = 12, 4
 PROBES = 2
 #: seconds of ``run`` outside the chunks (imports, planning, writing the folder)
 STARTUP_S = 3.0
+#: most runs one probe trains (a larger chunk's time is scaled from them)
+PROBE_MAX_RUNS = 64
+#: most groups probed, and the seconds after which no further group is probed
+PROBE_MAX_GROUPS, PROBE_BUDGET_S = 6, 4.0
 
 
 @dataclass
@@ -45,6 +58,8 @@ class Estimate:
         probe_s: seconds the measurement itself took.
         per_group: ``(step_s, eval_s, fixed_s, chunks)`` per group: seconds per
             training step, per eval step and once per chunk, and its chunks.
+        probed: the groups measured (the others are extrapolated per run).
+        scaled: whether some probe trained fewer runs than its chunk holds.
     """
 
     seconds: float
@@ -52,6 +67,8 @@ class Estimate:
     high: float
     probe_s: float
     per_group: list[tuple[float, float, float, float]]
+    probed: int = 0
+    scaled: bool = False
 
     def text(self) -> str:
         from .sweep import _fmt_seconds
@@ -62,11 +79,24 @@ class Estimate:
             if spread < 1.25
             else "busy machine: expect anything in that range or more"
         )
+        groups = len(self.per_group)
+        which = (
+            "the first chunk of each group"
+            if self.probed >= groups
+            else f"the first chunk of {self.probed} of {groups} groups (the others assumed "
+            "to cost as much per run)"
+        )
+        scaled = (
+            f"; at most {PROBE_MAX_RUNS} runs of a chunk, its time scaled to all its runs "
+            "(an upper estimate)"
+            if self.scaled
+            else ""
+        )
         return (
             f"time: about {_fmt_seconds(self.seconds)} "
             f"(between {_fmt_seconds(self.low)} and {_fmt_seconds(self.high)}; {sure}), "
-            f"measured on this machine by training the first chunk of each group for "
-            f"{PROBE_STEPS} steps, {PROBES} times ({self.probe_s:.2g} s)"
+            f"measured on this machine by training {which} for "
+            f"{PROBE_STEPS} steps, {PROBES} times{scaled} ({self.probe_s:.2g} s)"
         )
 
 
@@ -119,8 +149,20 @@ def _probe(runs: list[Any]) -> tuple[float, float, float]:
     return step, ev, fixed
 
 
+def _probed_groups(n_groups: int) -> list[int]:
+    """The groups to probe: all of a few, else :data:`PROBE_MAX_GROUPS` spread from
+    the first to the last (sweeps order shapes, so both ends of each are seen)."""
+    if n_groups <= PROBE_MAX_GROUPS:
+        return list(range(n_groups))
+    k = PROBE_MAX_GROUPS
+    return sorted({round(i * (n_groups - 1) / (k - 1)) for i in range(k)})
+
+
 def estimate_seconds(plan: Any) -> Estimate:
-    """Time the first chunk of every group of ``plan`` on a few steps; extrapolate.
+    """Time the first chunk of (a few) groups of ``plan`` on a few steps; extrapolate.
+
+    Bounded whatever the plan's size: at most :data:`PROBE_MAX_GROUPS` groups
+    of at most :data:`PROBE_MAX_RUNS` runs each (see the module docstring).
 
     Args:
         plan: a :class:`implicit_bias.sweep.Plan`.
@@ -133,22 +175,39 @@ def estimate_seconds(plan: Any) -> Estimate:
 
     t_start = time.perf_counter()
     chunks = plan.chunks
+    n_groups = len(plan.groups)
+    # per probed group: the timings per run of its chunk, (step, eval, fixed) each
+    per_run: dict[int, list[tuple[float, float, float]]] = {}
+    scaled = False
+    for g in _probed_groups(n_groups):
+        if per_run and time.perf_counter() - t_start > PROBE_BUDGET_S:
+            break  # enough measured: the rest is extrapolated (said in the text)
+        first = chunks.get(g, 0)
+        R = len(first.runs)
+        runs = [plan.runs[i] for i in first.runs[:PROBE_MAX_RUNS]]
+        scaled |= len(runs) < R
+        per_run[g] = [
+            (step / len(runs), ev / len(runs), fixed / len(runs))
+            for step, ev, fixed in (_probe(runs) for _ in range(PROBES))
+        ]
+    # a group not probed costs, per run, the mean of the probed ones
+    mean = [
+        tuple(sum(t[j][i] for t in per_run.values()) / len(per_run) for i in range(3))
+        for j in range(PROBES)
+    ]
     per_group = []
     fast = slow = 0.0
-    for g in range(len(plan.groups)):
-        first = chunks.get(g, 0)
-        runs = [plan.runs[i] for i in first.runs]
-        cfg = runs[0].config
-        n_eval = len(eval_steps_of(cfg))
-        timings = [_probe(runs) for _ in range(PROBES)]
+    for g in range(n_groups):
+        cfg = plan.runs[chunks.get(g, 0).runs[0]].config
+        steps, n_eval = cfg.train.steps, len(eval_steps_of(cfg))
+        size = chunks.sizes[g]
+        timings = [(s * size, e * size, f * size) for s, e, f in per_run.get(g, mean)]
         # a group's chunks: the full ones and the last, shorter one (time ∝ its runs)
-        n_chunks = chunks.group_runs[g] / chunks.sizes[g]
-        costs = [
-            n_chunks * (fixed + cfg.train.steps * step + n_eval * ev) for step, ev, fixed in timings
-        ]
+        n_chunks = chunks.group_runs[g] / size
+        costs = [n_chunks * (fixed + steps * step + n_eval * ev) for step, ev, fixed in timings]
         fast += min(costs)
         slow += max(costs)
-        best = min(timings, key=lambda t: t[0] * cfg.train.steps + t[1] * n_eval + t[2])
+        best = min(timings, key=lambda t: t[0] * steps + t[1] * n_eval + t[2])
         per_group.append((*best, n_chunks))
     probe = time.perf_counter() - t_start
     return Estimate(
@@ -157,4 +216,6 @@ def estimate_seconds(plan: Any) -> Estimate:
         high=slow + STARTUP_S,
         probe_s=probe,
         per_group=per_group,
+        probed=len(per_run),
+        scaled=scaled,
     )
