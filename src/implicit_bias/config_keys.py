@@ -35,7 +35,7 @@ DESCRIPTIONS: dict[str, str] = {
     "data.kind": "Data set kind: " + _KINDS + ".",
     "data.path": "File of the data for kind 'file': .npz with X_train, y_train (optional "
     "X_test, y_test), .npy holding X (labels in data.labels) or .csv; relative to the "
-    "config file.",
+    "config file (for a results folder's config.yaml: to the config that made the folder).",
     "data.labels": "For kind 'file' with a .npy path: the .npy file holding the labels.",
     "data.label_column": "For kind 'file' with a .csv path: the label column's name or "
     "index (default: the last column).",
