@@ -20,8 +20,9 @@ The measurement itself is bounded whatever the sweep's size, so that
 most :data:`PROBE_MAX_RUNS` runs of the chunk and scales its time in
 proportion to the chunk's runs (batched runs cost at most that: an upper
 estimate for larger chunks), and at most :data:`PROBE_MAX_GROUPS` groups,
-spread over the sweep, are probed, fewer once :data:`PROBE_BUDGET_S` seconds
-are spent; the others are assumed to cost what the probed ones cost per run.
+spread over the sweep, are probed (each once before any twice), none started
+after :data:`PROBE_BUDGET_S` seconds; the others are assumed to cost what the
+probed ones cost per run.
 The text says when either happened.
 """
 
@@ -43,8 +44,11 @@ PROBES = 2
 STARTUP_S = 3.0
 #: most runs one probe trains (a larger chunk's time is scaled from them)
 PROBE_MAX_RUNS = 64
-#: most groups probed, and the seconds after which no further group is probed
-PROBE_MAX_GROUPS, PROBE_BUDGET_S = 6, 4.0
+#: a probe's runs hold at most this many bytes (as the plan estimates them): a big
+#: model's probe trains fewer runs
+PROBE_MAX_BYTES = 64 * 2**20
+#: most groups probed, and the seconds after which no further probe is started
+PROBE_MAX_GROUPS, PROBE_BUDGET_S = 6, 2.0
 
 
 @dataclass
@@ -60,6 +64,8 @@ class Estimate:
             training step, per eval step and once per chunk, and its chunks.
         probed: the groups measured (the others are extrapolated per run).
         scaled: whether some probe trained fewer runs than its chunk holds.
+        repeated: whether every probed group was timed :data:`PROBES` times (else
+            the range says nothing about how busy the machine is).
     """
 
     seconds: float
@@ -69,13 +75,16 @@ class Estimate:
     per_group: list[tuple[float, float, float, float]]
     probed: int = 0
     scaled: bool = False
+    repeated: bool = True
 
     def text(self) -> str:
         from .sweep import _fmt_seconds
 
         spread = self.high / self.low if self.low > 0 else math.inf
         sure = (
-            "steady machine"
+            "timed once within the time allowed: how steady the machine is, unknown"
+            if not self.repeated
+            else "steady machine"
             if spread < 1.25
             else "busy machine: expect anything in that range or more"
         )
@@ -96,7 +105,8 @@ class Estimate:
             f"time: about {_fmt_seconds(self.seconds)} "
             f"(between {_fmt_seconds(self.low)} and {_fmt_seconds(self.high)}; {sure}), "
             f"measured on this machine by training {which} for "
-            f"{PROBE_STEPS} steps, {PROBES} times{scaled} ({self.probe_s:.2g} s)"
+            f"{PROBE_STEPS} steps{f', {PROBES} times' if self.repeated else ''}{scaled} "
+            f"({self.probe_s:.2g} s)"
         )
 
 
@@ -158,11 +168,21 @@ def _probed_groups(n_groups: int) -> list[int]:
     return sorted({round(i * (n_groups - 1) / (k - 1)) for i in range(k)})
 
 
+def _probe_size(plan: Any, g: int, runs: int) -> int:
+    """How many runs of group ``g``'s first chunk (of ``runs``) a probe trains: at
+    most :data:`PROBE_MAX_RUNS`, and fewer of a big model (:data:`PROBE_MAX_BYTES`)."""
+    per_run = plan.run_bytes[g] if g < len(plan.run_bytes) else 0
+    by_memory = PROBE_MAX_BYTES // per_run if per_run > 0 else PROBE_MAX_RUNS
+    return max(1, min(runs, PROBE_MAX_RUNS, by_memory))
+
+
 def estimate_seconds(plan: Any) -> Estimate:
     """Time the first chunk of (a few) groups of ``plan`` on a few steps; extrapolate.
 
     Bounded whatever the plan's size: at most :data:`PROBE_MAX_GROUPS` groups
-    of at most :data:`PROBE_MAX_RUNS` runs each (see the module docstring).
+    of at most :data:`PROBE_MAX_RUNS` runs each, and no probe is started after
+    :data:`PROBE_BUDGET_S` seconds (the first groups are timed once each before
+    any is timed again; see the module docstring).
 
     Args:
         plan: a :class:`implicit_bias.sweep.Plan`.
@@ -176,25 +196,21 @@ def estimate_seconds(plan: Any) -> Estimate:
     t_start = time.perf_counter()
     chunks = plan.chunks
     n_groups = len(plan.groups)
-    # per probed group: the timings per run of its chunk, (step, eval, fixed) each
+    # per probed group: its timings per run, (step, eval, fixed) each
     per_run: dict[int, list[tuple[float, float, float]]] = {}
     scaled = False
-    for g in _probed_groups(n_groups):
-        if per_run and time.perf_counter() - t_start > PROBE_BUDGET_S:
-            break  # enough measured: the rest is extrapolated (said in the text)
-        first = chunks.get(g, 0)
-        R = len(first.runs)
-        runs = [plan.runs[i] for i in first.runs[:PROBE_MAX_RUNS]]
-        scaled |= len(runs) < R
-        per_run[g] = [
-            (step / len(runs), ev / len(runs), fixed / len(runs))
-            for step, ev, fixed in (_probe(runs) for _ in range(PROBES))
-        ]
-    # a group not probed costs, per run, the mean of the probed ones
-    mean = [
-        tuple(sum(t[j][i] for t in per_run.values()) / len(per_run) for i in range(3))
-        for j in range(PROBES)
-    ]
+    for _ in range(PROBES):
+        for g in _probed_groups(n_groups):
+            if per_run and time.perf_counter() - t_start > PROBE_BUDGET_S:
+                break  # enough measured: the rest is extrapolated (said in the text)
+            first = chunks.get(g, 0)
+            runs = [plan.runs[i] for i in first.runs[: _probe_size(plan, g, len(first.runs))]]
+            scaled |= len(runs) < len(first.runs)
+            step, ev, fixed = _probe(runs)
+            per_run.setdefault(g, []).append((step / len(runs), ev / len(runs), fixed / len(runs)))
+    # a group not probed costs, per run, the mean of the probed ones' fastest and slowest
+    ends = [(min(t, key=sum), max(t, key=sum)) for t in per_run.values()]
+    mean = [tuple(sum(e[j][i] for e in ends) / len(ends) for i in range(3)) for j in range(2)]
     per_group = []
     fast = slow = 0.0
     for g in range(n_groups):
@@ -218,4 +234,5 @@ def estimate_seconds(plan: Any) -> Estimate:
         per_group=per_group,
         probed=len(per_run),
         scaled=scaled,
+        repeated=all(len(t) >= PROBES for t in per_run.values()),
     )
