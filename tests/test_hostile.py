@@ -583,3 +583,135 @@ def test_random_damage_is_refused_in_one_line_or_repaired(clean, tmp_path_factor
         assert victim.read_text() == "not yours"
 
     check()
+
+
+# ------------------------------------------------ 13. a bounded time estimate
+def test_estimate_of_1e6_runs_trains_a_bounded_probe(monkeypatch):
+    # validate measures its time estimate by training: on 10⁶ runs in big chunks
+    # it must train a few runs of a chunk, not the chunk (Python memory bounded too)
+    import tracemalloc
+
+    from implicit_bias import estimate
+
+    cfg = {k: v for k, v in TINY.items() if k != "store"}  # the automatic chunking
+    cfg["sweep"] = {"train.lr": [1e-3 * (i + 1) for i in range(1000)], "seed": list(range(1000))}
+    plan = make_plan(load_config(cfg))
+    assert len(plan.runs) == 10**6 and plan.chunk_sizes[0] > estimate.PROBE_MAX_RUNS
+    sizes: list[int] = []
+    real = estimate._probe
+
+    def probe(runs):
+        sizes.append(len(runs))
+        return real(runs)
+
+    monkeypatch.setattr(estimate, "_probe", probe)
+    tracemalloc.start()
+    try:
+        est = estimate.estimate_seconds(plan)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    # one or two timings (no probe starts after PROBE_BUDGET_S), never the whole chunk
+    assert 1 <= len(sizes) <= estimate.PROBES and set(sizes) == {estimate.PROBE_MAX_RUNS}
+    assert peak < 100 * 2**20
+    assert est.scaled and est.probed == 1
+    assert est.per_group[0][3] == pytest.approx(10**6 / plan.chunk_sizes[0])
+    assert 0 < est.low <= est.seconds <= est.high
+    assert f"at most {estimate.PROBE_MAX_RUNS} runs of a chunk" in est.text()
+
+
+def test_estimate_probes_a_few_groups_and_extrapolates_the_rest(monkeypatch):
+    from implicit_bias import estimate
+
+    cfg = {**TINY, "sweep": {"model.width": list(range(2, 42)), "seed": [0, 1]}}
+    plan = make_plan(load_config(cfg))
+    assert len(plan.groups) == 40
+    probed: list[int] = []
+
+    def probe(runs):  # a fixed cost per run: the extrapolation is checked exactly
+        probed.append(runs[0].config.model.width)
+        return 0.01 * len(runs), 0.1 * len(runs), 1.0 * len(runs)
+
+    monkeypatch.setattr(estimate, "_probe", probe)
+    est = estimate.estimate_seconds(plan)
+    groups = estimate.PROBE_MAX_GROUPS
+    assert len(set(probed)) == groups and {2, 41} <= set(probed)  # both ends of the sweep
+    assert est.probed == groups and len(est.per_group) == 40
+    assert f"{groups} of 40 groups" in est.text()
+    # every group (probed or not) costs its runs × (steps, evals, once) per run
+    for step, ev, fixed, chunks in est.per_group:
+        assert (step, ev, fixed) == pytest.approx((0.01, 0.1, 1.0))
+        assert chunks == 2
+    assert est.repeated and "2 times" in est.text()
+    # out of time after the first probe: one timing, extrapolated to all, and said so
+    monkeypatch.setattr(estimate, "PROBE_BUDGET_S", 0.0)
+    probed.clear()
+    est = estimate.estimate_seconds(plan)
+    assert probed == [2] and est.probed == 1 and not est.repeated
+    assert "1 of 40 groups" in est.text() and "timed once" in est.text()
+    assert est.per_group[-1][:3] == pytest.approx((0.01, 0.1, 1.0))
+
+
+# --------------------------------------------------------------- papercuts
+def test_empty_out_is_refused_not_the_working_directory(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from implicit_bias.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    p = tmp_path / "c.yaml"
+    p.write_text(json.dumps(TINY))
+    for verb in (["run", str(p)], ["reproduce", "liu2023", "--quick"]):
+        res = CliRunner().invoke(app, [*verb, "--out", ""])
+        assert res.exit_code == 2, res.output
+        assert "--out is empty" in _one_line(res.output.strip())
+    with pytest.raises(UserInputError, match="out is empty"):
+        ib.run(TINY, out=" ")
+    assert sorted(os.listdir(tmp_path)) == ["c.yaml"]  # nothing written here
+
+
+def test_hint_for_a_swept_key_never_suggests_an_invalid_list():
+    cfg = {**TINY, "sweep": {"seed": [0, 1]}}
+    with pytest.raises(UserInputError, match="swept") as err:
+        load_config(cfg, ["seed=-1"])
+    text = _one_line(err.value)
+    assert "sweep.seed=[-1]" not in text and "-1 is not a valid seed" in text
+    with pytest.raises(UserInputError, match=r"e\.g\. --set 'sweep\.seed=\[3\]'"):
+        load_config(cfg, ["seed=3"])
+
+
+def test_one_training_point_and_endless_trace_probes_are_refused():
+    with pytest.raises(UserInputError, match=r"data\.n_train") as err:
+        load_config({**TINY, "data": {**TINY["data"], "n_train": 1}})
+    assert "single class" in _one_line(err.value)
+    with pytest.raises(UserInputError, match=r"data\.n_train"):
+        load_config({**TINY, "sweep": {"data.n_train": [16, 1]}})
+    load_config({**TINY, "data": {**TINY["data"], "n_train": 2}})  # two points can train
+    with pytest.raises(UserInputError, match="probes") as err:
+        load_config({**TINY, "metrics": {"trace": {"probes": 10**8}}})
+    _one_line(err.value)
+    with pytest.raises(UserInputError, match="probes"):
+        load_config(TINY, ["metrics.trace.probes=1e8"])
+
+
+def test_lock_owned_by_another_user_ends_in_one_line(tmp_path, monkeypatch):
+    # another user's lock file cannot be opened (EACCES); simulated, since the
+    # tests may run as root, whom no permission stops
+    import filelock
+    from typer.testing import CliRunner
+
+    from implicit_bias.cli import app
+
+    def denied(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(self.lock_file))
+
+    monkeypatch.setattr(filelock.BaseFileLock, "acquire", denied)
+    with pytest.raises(UserInputError, match="another user") as err:
+        ib.run(TINY, out=tmp_path / "a")
+    _one_line(err.value)
+    p = tmp_path / "c.yaml"
+    p.write_text(json.dumps(TINY))
+    res = CliRunner().invoke(app, ["run", str(p), "--out", str(tmp_path / "b"), "-q"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert "permission denied" in _one_line(res.output.strip())
+    assert not (tmp_path / "b" / "config.yaml").exists()  # nothing half-written

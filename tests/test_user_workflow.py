@@ -140,6 +140,43 @@ def test_saved_config_is_a_valid_input(rate_width, tmp_path):
     np.testing.assert_allclose(a["final_loss"], b["final_loss"], rtol=1e-12)
 
 
+def test_saved_config_of_a_relative_data_file_reruns_anywhere(tmp_path, monkeypatch):
+    # issue 21: `run DIR/config.yaml --out NEW` for a folder made from a data file
+    # named relative to its config: the saved config lives in DIR, the data does not
+    src = tmp_path / "project"
+    (src / "data").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((12, 3)), np.where(rng.standard_normal(12) > 0, 1, -1)
+    np.savez(src / "data" / "d.npz", X_train=X, y_train=y, X_test=X[:4], y_test=y[:4])
+    raw = {
+        "name": "from-file",
+        "data": {"kind": "file", "path": "data/d.npz"},
+        "model": {"depth": 2, "width": 4},
+        "train": {"steps": 4, "lr": 0.1, "dtype": "float64"},
+        "metrics": {"every": 2, "sharpness": {"iters": 4}},
+        "sweep": {"seed": [0, 1]},
+    }
+    p = src / "c.yaml"
+    p.write_text(json.dumps(raw))
+    first = tmp_path / "first"
+    ib.run(p, out=first, progress=False)
+    saved = first / "config.yaml"
+    # the identity is that of the original config; the folder accepts its own file
+    assert load_config(saved).config_hash() == load_config(p).config_hash()
+    monkeypatch.chdir(tmp_path)  # neither the config's folder nor the data's
+    again = ib.run(saved, out=tmp_path / "again", progress=False)
+    np.testing.assert_allclose(
+        ib.runs_table(again)["final_loss"], ib.runs_table(first)["final_loss"], rtol=1e-12
+    )
+    assert ib.run(saved, out=first, progress=False) is not None  # finished: read, not redone
+    # a config elsewhere, or a folder without the record, still resolves beside the file
+    (first / ".implicit-bias").write_text(
+        json.dumps({**json.loads((first / ".implicit-bias").read_text()), "data_base_dir": 1})
+    )
+    with pytest.raises(UserInputError, match=r"data\.path: file not found"):
+        ib.run(saved, out=tmp_path / "third", progress=False)
+
+
 def test_misspelled_key_suggests_the_right_one():
     assert suggest_key("model.widht") == "model.width"
     assert suggest_key("metrics.sharpness.iter") == "metrics.sharpness.iters"

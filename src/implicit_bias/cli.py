@@ -75,6 +75,16 @@ def _main(
     curvature, margins, paper reproductions."""
 
 
+def _out_dir(out: str | None) -> Path | None:
+    """``--out`` as a folder; an empty one is refused (it would mean the current
+    directory, which the user did not name)."""
+    if out is None:
+        return None
+    if not out.strip():
+        _fail("--out is empty: name a results folder (--out . for the current directory)")
+    return Path(out)
+
+
 def _fail(msg: str) -> None:
     from ._errors import one_line
 
@@ -149,7 +159,7 @@ def run(
         ),
     ] = None,
     out: Annotated[
-        Path | None,
+        str | None,  # a string: an empty --out must not become Path("") == "."
         typer.Option(metavar="DIR", help="results folder (default results/NAME/)"),
     ] = None,
     device: Annotated[str | None, typer.Option(metavar="cpu|cuda", help="device")] = None,
@@ -167,6 +177,7 @@ def run(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Run a config (a sweep) and write a results folder."""
+    out_dir = _out_dir(out)
     if device is not None and device not in ("cpu", "cuda"):
         _fail(f"--device must be cpu or cuda (got {device!r})")
     if workers is not None and workers < 1:
@@ -178,7 +189,7 @@ def run(
 
         tree = run_sweep(
             config,
-            out,
+            out_dir,
             set_ or [],
             overwrite=overwrite,
             device=device,
@@ -214,9 +225,9 @@ def validate(
         from .config import load_config
 
         cfg = load_config(config, set_ or [])  # before torch is imported: a refusal is quick
-        from .sweep import make_plan
+        from .sweep import config_base_dir, make_plan
 
-        plan = make_plan(cfg, config.resolve().parent)
+        plan = make_plan(cfg, config_base_dir(config))
         typer.echo(
             f"ok: {cfg.name}: {len(plan.runs)} runs in {len(plan.groups)} group(s), "
             f"{len(plan.chunks)} chunk(s); config hash {cfg.config_hash()}"
@@ -333,7 +344,7 @@ def reproduce(
         bool, typer.Option("--quick", help="small, fast version (about a minute a paper)")
     ] = False,
     out: Annotated[
-        Path | None,
+        str | None,  # a string: an empty --out must not become Path("") == "."
         typer.Option(metavar="DIR", help="results folder (default results/reproduce[-quick])"),
     ] = None,
     overwrite: Annotated[
@@ -365,13 +376,14 @@ def reproduce(
     ] = None,
 ) -> None:
     """Reproduce a paper's claims: runs, figures and a claims table."""
+    out_dir = _out_dir(out)
 
     def go():
         from .reproduce import claims_text, default_out
         from .reproduce import reproduce as _reproduce
         from .sweep import ProgressBoard
 
-        folder = out if out is not None else default_out(quick, data_seed, draws, seeds)
+        folder = out_dir if out_dir is not None else default_out(quick, data_seed, draws, seeds)
         # a bar over experiments (advanced at each "paper/experiment …" the
         # reproduction announces) and under it each experiment's bar over runs
         show = not quiet and sys.stderr.isatty()

@@ -84,6 +84,12 @@ class DataConfig(_Strict):
             raise ValueError("data.path is required when data.kind is 'file'")
         if self.kind == "sklearn" and not self.name:
             raise ValueError("data.name is required when data.kind is 'sklearn'")
+        if self.n_train is not None and self.n_train < 2:
+            # one point holds one class: no margin, no accuracy against a boundary
+            raise ValueError(
+                f"data.n_train must be >= 2 (got {self.n_train}): one training point holds "
+                "a single class, so the margin and the phase measures are undefined"
+            )
         return self
 
 
@@ -296,8 +302,13 @@ class PhaseConfig(_Strict):
     dead_spread: NonNegFloat = 1.0e-6
 
 
+#: most Hutchinson probes per eval step: each probe is a Hessian-vector product per
+#: run, so 10⁸ (a typo for 10 or 100) would never finish
+MAX_TRACE_PROBES = 10_000
+
+
 class TraceConfig(_Strict):
-    probes: PositiveInt = 10
+    probes: Annotated[int, Strict(), Field(gt=0, le=MAX_TRACE_PROBES)] = 10
     density: Annotated[bool, Strict()] = False
     iters: Annotated[int, Strict(), Field(ge=2)] = 30
 
@@ -566,13 +577,27 @@ def apply_overrides(
                 raise UserInputError(
                     f"config error: override {key}={json.dumps(value, default=str)} would be "
                     f"ignored: {swept} is swept (sweep.{swept}: "
-                    f"{json.dumps(sweep[swept], default=str)}); change the sweep instead, "
-                    f"e.g. --set 'sweep.{swept}={json.dumps(example, default=str)}'"
+                    f"{json.dumps(sweep[swept], default=str)}); change the sweep instead"
+                    + _example_or_why(swept, example)
                     if key == swept
                     else f"config error: override {key}=... would be ignored where it "
                     f"overlaps the swept key {swept}; set sweep.{swept} instead"
                 )
     return raw
+
+
+def _example_or_why(key: str, values: list[Any]) -> str:
+    """``, e.g. --set 'sweep.KEY=[...]'`` when ``values`` are valid for ``key``, else
+    why they are not (a hint must never suggest a list that is refused in turn)."""
+    try:
+        check = _field_checker(key)
+        if check is not None:
+            check(values)
+    except UserInputError as err:
+        why = str(err).removeprefix("config error: ").removeprefix(f"sweep.{key}: ")
+        shown = _short_repr(values[0] if len(values) == 1 else values)
+        return f"; and {shown} is not a valid {key}: {why}"
+    return f", e.g. --set 'sweep.{key}={json.dumps(values, default=str)}'"
 
 
 def _overlaps(a: str, b: str) -> bool:

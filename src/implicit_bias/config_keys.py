@@ -35,12 +35,12 @@ DESCRIPTIONS: dict[str, str] = {
     "data.kind": "Data set kind: " + _KINDS + ".",
     "data.path": "File of the data for kind 'file': .npz with X_train, y_train (optional "
     "X_test, y_test), .npy holding X (labels in data.labels) or .csv; relative to the "
-    "config file.",
+    "config file (for a results folder's config.yaml: to the config that made the folder).",
     "data.labels": "For kind 'file' with a .npy path: the .npy file holding the labels.",
     "data.label_column": "For kind 'file' with a .csv path: the label column's name or "
     "index (default: the last column).",
-    "data.n_train": "Number of training points (generated kinds: default 200; 'file' and "
-    "'sklearn': a random subset).",
+    "data.n_train": "Number of training points, at least 2 (generated kinds: default 200; "
+    "'file' and 'sklearn': a random subset).",
     "data.n_test": "Number of test points (generated kinds: default 1000).",
     "data.d": "Input dimension of generated data (default 20).",
     "data.mean_norm": "gaussian_mixture: the norm of the class mean mu (default d^0.26).",
@@ -142,7 +142,8 @@ DESCRIPTIONS: dict[str, str] = {
     "metrics.kkt": "KKT residuals of the max-margin problem (stationarity, slackness).",
     "metrics.trace": "Hutchinson estimate of the Hessian trace (and spectral density); "
     "true turns it on with defaults.",
-    "metrics.trace.probes": "Number of random probe vectors.",
+    "metrics.trace.probes": "Number of random probe vectors (at most 10000: each is a "
+    "Hessian-vector product per run and eval step).",
     "metrics.trace.density": "Also the spectral density (stochastic Lanczos quadrature).",
     "metrics.trace.iters": "Lanczos iterations of the spectral density.",
     "metrics.phase": "Thresholds of the rule that labels each run's phase.",

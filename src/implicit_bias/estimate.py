@@ -14,6 +14,16 @@ sum, plus the start-up of the ``run`` process.
 The estimate is as good as the machine is steady: a machine shared with other
 work gives other numbers a minute later, which :class:`Estimate` reports as a
 range (the probe run twice; within a probe, the fastest interval is taken).
+
+The measurement itself is bounded whatever the sweep's size, so that
+``validate`` on 10⁶ runs stays within seconds (issue 20): a probe trains at
+most :data:`PROBE_MAX_RUNS` runs of the chunk and scales its time in
+proportion to the chunk's runs (measured: a 512-run chunk of a tiny net
+took 4.3 s where 64 runs scaled said 2.3–8.4 s, on a busy machine), and at most :data:`PROBE_MAX_GROUPS` groups,
+spread over the sweep, are probed (each once before any twice), none started
+after :data:`PROBE_BUDGET_S` seconds; the others are assumed to cost what the
+probed ones cost per run.
+The text says when either happened.
 """
 
 from __future__ import annotations
@@ -32,6 +42,13 @@ PROBE_STEPS, PROBE_EVERY = 12, 4
 PROBES = 2
 #: seconds of ``run`` outside the chunks (imports, planning, writing the folder)
 STARTUP_S = 3.0
+#: most runs one probe trains (a larger chunk's time is scaled from them)
+PROBE_MAX_RUNS = 64
+#: a probe's runs hold at most this many bytes (as the plan estimates them): a big
+#: model's probe trains fewer runs
+PROBE_MAX_BYTES = 64 * 2**20
+#: most groups probed, and the seconds after which no further probe is started
+PROBE_MAX_GROUPS, PROBE_BUDGET_S = 6, 2.0
 
 
 @dataclass
@@ -45,6 +62,10 @@ class Estimate:
         probe_s: seconds the measurement itself took.
         per_group: ``(step_s, eval_s, fixed_s, chunks)`` per group: seconds per
             training step, per eval step and once per chunk, and its chunks.
+        probed: the groups measured (the others are extrapolated per run).
+        scaled: whether some probe trained fewer runs than its chunk holds.
+        repeated: whether every probed group was timed :data:`PROBES` times (else
+            the range says nothing about how busy the machine is).
     """
 
     seconds: float
@@ -52,21 +73,40 @@ class Estimate:
     high: float
     probe_s: float
     per_group: list[tuple[float, float, float, float]]
+    probed: int = 0
+    scaled: bool = False
+    repeated: bool = True
 
     def text(self) -> str:
         from .sweep import _fmt_seconds
 
         spread = self.high / self.low if self.low > 0 else math.inf
         sure = (
-            "steady machine"
+            "timed once within the time allowed: how steady the machine is, unknown"
+            if not self.repeated
+            else "steady machine"
             if spread < 1.25
             else "busy machine: expect anything in that range or more"
+        )
+        groups = len(self.per_group)
+        which = (
+            "the first chunk of each group"
+            if self.probed >= groups
+            else f"the first chunk of {self.probed} of {groups} groups (the others assumed "
+            "to cost as much per run)"
+        )
+        scaled = (
+            f"; at most {PROBE_MAX_RUNS} runs of a chunk, its time scaled in proportion "
+            "to all its runs"
+            if self.scaled
+            else ""
         )
         return (
             f"time: about {_fmt_seconds(self.seconds)} "
             f"(between {_fmt_seconds(self.low)} and {_fmt_seconds(self.high)}; {sure}), "
-            f"measured on this machine by training the first chunk of each group for "
-            f"{PROBE_STEPS} steps, {PROBES} times ({self.probe_s:.2g} s)"
+            f"measured on this machine by training {which} for "
+            f"{PROBE_STEPS} steps{f', {PROBES} times' if self.repeated else ''}{scaled} "
+            f"({self.probe_s:.2g} s)"
         )
 
 
@@ -119,8 +159,30 @@ def _probe(runs: list[Any]) -> tuple[float, float, float]:
     return step, ev, fixed
 
 
+def _probed_groups(n_groups: int) -> list[int]:
+    """The groups to probe: all of a few, else :data:`PROBE_MAX_GROUPS` spread from
+    the first to the last (sweeps order shapes, so both ends of each are seen)."""
+    if n_groups <= PROBE_MAX_GROUPS:
+        return list(range(n_groups))
+    k = PROBE_MAX_GROUPS
+    return sorted({round(i * (n_groups - 1) / (k - 1)) for i in range(k)})
+
+
+def _probe_size(plan: Any, g: int, runs: int) -> int:
+    """How many runs of group ``g``'s first chunk (of ``runs``) a probe trains: at
+    most :data:`PROBE_MAX_RUNS`, and fewer of a big model (:data:`PROBE_MAX_BYTES`)."""
+    per_run = plan.run_bytes[g] if g < len(plan.run_bytes) else 0
+    by_memory = PROBE_MAX_BYTES // per_run if per_run > 0 else PROBE_MAX_RUNS
+    return max(1, min(runs, PROBE_MAX_RUNS, by_memory))
+
+
 def estimate_seconds(plan: Any) -> Estimate:
-    """Time the first chunk of every group of ``plan`` on a few steps; extrapolate.
+    """Time the first chunk of (a few) groups of ``plan`` on a few steps; extrapolate.
+
+    Bounded whatever the plan's size: at most :data:`PROBE_MAX_GROUPS` groups
+    of at most :data:`PROBE_MAX_RUNS` runs each, and no probe is started after
+    :data:`PROBE_BUDGET_S` seconds (the first groups are timed once each before
+    any is timed again; see the module docstring).
 
     Args:
         plan: a :class:`implicit_bias.sweep.Plan`.
@@ -133,22 +195,35 @@ def estimate_seconds(plan: Any) -> Estimate:
 
     t_start = time.perf_counter()
     chunks = plan.chunks
+    n_groups = len(plan.groups)
+    # per probed group: its timings per run, (step, eval, fixed) each
+    per_run: dict[int, list[tuple[float, float, float]]] = {}
+    scaled = False
+    for _ in range(PROBES):
+        for g in _probed_groups(n_groups):
+            if per_run and time.perf_counter() - t_start > PROBE_BUDGET_S:
+                break  # enough measured: the rest is extrapolated (said in the text)
+            first = chunks.get(g, 0)
+            runs = [plan.runs[i] for i in first.runs[: _probe_size(plan, g, len(first.runs))]]
+            scaled |= len(runs) < len(first.runs)
+            step, ev, fixed = _probe(runs)
+            per_run.setdefault(g, []).append((step / len(runs), ev / len(runs), fixed / len(runs)))
+    # a group not probed costs, per run, the mean of the probed ones' fastest and slowest
+    ends = [(min(t, key=sum), max(t, key=sum)) for t in per_run.values()]
+    mean = [tuple(sum(e[j][i] for e in ends) / len(ends) for i in range(3)) for j in range(2)]
     per_group = []
     fast = slow = 0.0
-    for g in range(len(plan.groups)):
-        first = chunks.get(g, 0)
-        runs = [plan.runs[i] for i in first.runs]
-        cfg = runs[0].config
-        n_eval = len(eval_steps_of(cfg))
-        timings = [_probe(runs) for _ in range(PROBES)]
+    for g in range(n_groups):
+        cfg = plan.runs[chunks.get(g, 0).runs[0]].config
+        steps, n_eval = cfg.train.steps, len(eval_steps_of(cfg))
+        size = chunks.sizes[g]
+        timings = [(s * size, e * size, f * size) for s, e, f in per_run.get(g, mean)]
         # a group's chunks: the full ones and the last, shorter one (time ∝ its runs)
-        n_chunks = chunks.group_runs[g] / chunks.sizes[g]
-        costs = [
-            n_chunks * (fixed + cfg.train.steps * step + n_eval * ev) for step, ev, fixed in timings
-        ]
+        n_chunks = chunks.group_runs[g] / size
+        costs = [n_chunks * (fixed + steps * step + n_eval * ev) for step, ev, fixed in timings]
         fast += min(costs)
         slow += max(costs)
-        best = min(timings, key=lambda t: t[0] * cfg.train.steps + t[1] * n_eval + t[2])
+        best = min(timings, key=lambda t: t[0] * steps + t[1] * n_eval + t[2])
         per_group.append((*best, n_chunks))
     probe = time.perf_counter() - t_start
     return Estimate(
@@ -157,4 +232,7 @@ def estimate_seconds(plan: Any) -> Estimate:
         high=slow + STARTUP_S,
         probe_s=probe,
         per_group=per_group,
+        probed=len(per_run),
+        scaled=scaled,
+        repeated=all(len(t) >= PROBES for t in per_run.values()),
     )

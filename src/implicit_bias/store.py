@@ -23,7 +23,11 @@ missing or fail that check.
 
 The marker records the config hash and the ``sha256`` of ``config.yaml``:
 reading refuses a folder whose ``config.yaml`` was edited or lost (it would
-no longer describe the chunks), and the same ``run`` rewrites it.
+no longer describe the chunks), and the same ``run`` rewrites it. For a config
+that reads data files it also records ``data_base_dir``, the absolute folder
+its relative ``data.path``/``data.labels`` were resolved against, so that the
+folder's ``config.yaml`` (which lives elsewhere) reads the same files when run
+again (:func:`data_base_dir`); the config hash does not change.
 
 One process writes a folder at a time: :func:`folder_lock` holds an OS lock
 (:mod:`filelock`) on ``.implicit-bias.lock`` for the whole run; a second run
@@ -262,12 +266,22 @@ def check_writable_folder(out: Path) -> None:
         )
 
 
-def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool, grow: bool = False) -> None:
+def prepare_folder(
+    out: Path,
+    cfg: ExperimentConfig,
+    overwrite: bool,
+    grow: bool = False,
+    base_dir: Path | None = None,
+) -> None:
     """Create ``out`` for ``cfg``, or check that it already belongs to ``cfg``.
 
     With ``grow``, a folder of another config is taken over for ``cfg`` without
     removing anything (:mod:`implicit_bias.grow` has checked that ``cfg`` only
     adds values to its sweep, and rewrites its chunks).
+
+    Args:
+        base_dir: where ``cfg``'s relative data paths were resolved; recorded in
+            the marker when ``cfg`` reads data files (None keeps the recorded one).
 
     Raises:
         UserInputError: the folder is not ours (see :func:`check_writable_folder`),
@@ -277,6 +291,8 @@ def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool, grow: bool
     check_writable_folder(out)
     cfg_path = out / CONFIG_FILE
     fmt: int | None = CHUNK_FORMAT
+    if base_dir is None:
+        base_dir = data_base_dir(out)
     if out.is_dir() and is_results_folder(out):
         # a config.yaml that was deleted or mangled is rewritten from the marker's record
         old_hash = folder_config_hash(out)
@@ -314,6 +330,8 @@ def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool, grow: bool
     }
     if fmt is not None:
         marker["chunk_format"] = fmt
+    if base_dir is not None and reads_data_files(cfg):
+        marker[DATA_BASE_KEY] = str(Path(base_dir).resolve())
     _atomic_write_text(out / MARKER_FILE, json.dumps(marker, sort_keys=True) + "\n")
     try:
         same = _read_text(cfg_path) == text
@@ -323,6 +341,28 @@ def prepare_folder(out: Path, cfg: ExperimentConfig, overwrite: bool, grow: bool
         _atomic_write_text(cfg_path, text)
     (out / CHUNK_DIR).mkdir(exist_ok=True)
     (out / DATA_DIR).mkdir(exist_ok=True)
+
+
+#: the marker's record of where relative data paths were resolved
+DATA_BASE_KEY = "data_base_dir"
+
+
+def reads_data_files(cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg`` (or a point of its sweep) may read a data file by path."""
+    return cfg.data.kind == "file" or any(
+        k == "data" or k.startswith("data.") for k in map(str, cfg.sweep)
+    )
+
+
+def data_base_dir(out: Path) -> Path | None:
+    """The folder a results folder's relative data paths were resolved against, as
+    its marker records it (None: no record, or that folder is gone)."""
+    if not _is_file(Path(out) / MARKER_FILE):
+        return None
+    rec = _marker(out).get(DATA_BASE_KEY)
+    if not isinstance(rec, str) or not Path(rec).is_absolute() or not Path(rec).is_dir():
+        return None
+    return Path(rec)
 
 
 def _version() -> str:

@@ -26,9 +26,11 @@ from .data import Dataset, make_dataset, save_dataset
 from .engine import ModelSize, RunSpec, Trainer, describe_model
 from .store import (
     CHUNKING_FILE,  # noqa: F401 - re-exported: where a folder records its chunking
+    CONFIG_FILE,
     ChunkPlan,
     chunk_run_count,
     chunk_to_dataset,
+    data_base_dir,
     done_chunks,
     folder_config_hash,
     folder_lock,
@@ -610,6 +612,24 @@ def train_chunk(
     return write_chunk(out, chunk, ds)
 
 
+def config_base_dir(config: Any) -> Path:
+    """Where the relative ``data.path``/``data.labels`` of ``config`` resolve.
+
+    Against the config file's folder; for a mapping, the working directory. A
+    results folder's own ``config.yaml`` resolves them where the config that made
+    the folder did (its marker's record, :func:`implicit_bias.store.data_base_dir`),
+    so ``run DIR/config.yaml --out NEW`` reads the same files from anywhere.
+    """
+    if not isinstance(config, str | Path):
+        return Path.cwd()
+    p = Path(config).resolve()
+    if p.name == CONFIG_FILE:
+        recorded = data_base_dir(p.parent)
+        if recorded is not None:
+            return recorded
+    return p.parent
+
+
 def run_sweep(
     config: str | Path | Mapping[str, Any] | ExperimentConfig,
     out: str | Path | None = None,
@@ -646,7 +666,7 @@ def run_sweep(
     if device is not None:
         overrides = _with(overrides, "train.device", device)
     cfg = load_config(config, overrides)
-    base_dir = Path(config).resolve().parent if isinstance(config, str | Path) else Path.cwd()
+    base_dir = config_base_dir(config)
     plan = make_plan(cfg, base_dir)  # all input errors surface here, before any folder exists
     if cfg.train.device == "cuda" and not scheduler:  # with --scheduler the workers have the GPUs
         from .engine import resolve_device
@@ -661,6 +681,8 @@ def run_sweep(
             f"name {cfg.name!r} is not a plain folder name, and the default results folder "
             "is results/<name>: choose a name without / or .., or give --out"
         )
+    if isinstance(out, str) and not out.strip():  # Path("") would be the working directory
+        raise UserInputError("out is empty: name a results folder ('.' for the current one)")
     out = Path(out) if out is not None else Path("results") / cfg.name
     done = settle_chunking(plan, out, write=False).chunks  # as the folder was cut
     assert isinstance(done, _Chunks)
@@ -677,7 +699,7 @@ def run_sweep(
     # an unreachable scheduler is the user's error: found before the folder is written
     client = _connect(scheduler) if scheduler else None
     try:
-        return _run_in_folder(plan, cfg, out, overwrite, workers, client, progress, echo)
+        return _run_in_folder(plan, cfg, out, overwrite, workers, client, progress, echo, base_dir)
     finally:
         if client is not None:
             client.close()
@@ -692,6 +714,7 @@ def _run_in_folder(
     client: Any,
     progress: bool | ProgressBoard,
     echo: Callable[[str], None] | None,
+    base_dir: Path | None = None,
 ) -> Any:
     """The locked part of :func:`run_sweep`: prepare ``out``, run its missing chunks."""
     from .store import open_results
@@ -707,7 +730,7 @@ def _run_in_folder(
             if echo is not None:
                 echo(f"{plan.summary()}; growing the sweep of {out}: only new runs are trained")
             grow_folder(plan, out, old, positions)
-        prepare_folder(out, cfg, overwrite)
+        prepare_folder(out, cfg, overwrite, base_dir=base_dir)
         plan = settle_chunking(plan, out)  # the chunking the folder was started with
         chunks = plan.chunks
         assert isinstance(chunks, _Chunks)
