@@ -35,13 +35,25 @@ SHRINK = [
 
 def _env(**extra: str) -> dict[str, str]:
     env = {**os.environ, **extra}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])
+    )
     return env
 
 
 def _cmd(out: Path) -> list[str]:
     sets = [a for s in SHRINK for a in ("--set", s)]
-    return [sys.executable, "-m", "implicit_bias", "run", str(CONFIG), "--out", str(out), "-q", *sets]
+    return [
+        sys.executable,
+        "-m",
+        "implicit_bias",
+        "run",
+        str(CONFIG),
+        "--out",
+        str(out),
+        "-q",
+        *sets,
+    ]
 
 
 def _run(out: Path) -> None:

@@ -110,9 +110,7 @@ def _first_reach(ratio: np.ndarray) -> int | None:
 # ------------------------------------------------------------------ claims
 def _smaller_rate(cfgs: Configs) -> Configs:
     return {
-        "mse": with_(
-            cfgs["mse"], train__steps=200, metrics__every=25, sweep={"train.lr": [TINY]}
-        )
+        "mse": with_(cfgs["mse"], train__steps=100, metrics__every=25, sweep={"train.lr": [TINY]})
     }
 
 
@@ -126,8 +124,7 @@ def _smaller_rate(cfgs: Configs) -> Configs:
     f"one) reaches it (η·sharpness/2 ≥ {REACH} at some eval step)",
     uses="mse",
     control=_smaller_rate,
-    control_note=f"η = {TINY}: 2/η = {2 / TINY:g} is far above any sharpness reached in "
-    "the budget",
+    control_note=f"η = {TINY}: 2/η = {2 / TINY:g} is far above any sharpness reached in the budget",
 )
 def _e1(r: Runs) -> Verdict:
     ratio = _ratio(r)
@@ -152,7 +149,7 @@ def _gradient_flow(cfgs: Configs) -> Configs:
         train__schedule={"kind": "step", "at": [0], "factor": FLOW},
         sweep={"train.lr": [MSE_RATES[0]]},
     )
-    cfg["train"]["steps"] = 400
+    cfg["train"]["steps"] = 250
     cfg["metrics"]["every"] = 50
     return {"mse": cfg}
 
@@ -188,13 +185,7 @@ def _e2(r: Runs) -> Verdict:
         rises = int(np.sum(np.diff(tail) > 0))
         lo, hi = float(np.nanmin(after)), float(np.nanmax(after))
         falls = bool(np.isfinite(tail[-1]) and tail[-1] < tail[0])
-        ok = (
-            after.size >= MIN_AFTER
-            and BAND[0] <= lo
-            and hi <= BAND[1]
-            and rises > 0
-            and falls
-        )
+        ok = after.size >= MIN_AFTER and BAND[0] <= lo and hi <= BAND[1] and rises > 0 and falls
         oks.append(bool(ok))
         texts.append(
             f"η {g(r.eta[i])}: from step {t0} ({after.size} evals) η·sharpness/2 in "
@@ -205,17 +196,12 @@ def _e2(r: Runs) -> Verdict:
 
 
 def _small_pair(cfgs: Configs) -> Configs:
-    return {
-        "mse": with_(
-            cfgs["mse"], train__steps=200, sweep={"train.lr": [TINY, TINY / 2]}
-        )
-    }
+    return {"mse": with_(cfgs["mse"], train__steps=100, sweep={"train.lr": [TINY, TINY / 2]})}
 
 
 @PAPER.claim(
     "E3",
-    claim="The hover level follows 1/η: halving the step size doubles the sharpness GD "
-    "settles at.",
+    claim="The hover level follows 1/η: halving the step size doubles the sharpness GD settles at.",
     source="derived from Cohen et al. 2021's abstract (the sharpness hovers at 2/η)",
     setting=f"{SETTING}; square loss, η = {gl(MSE_RATES)} (a factor 2)",
     criterion="per init seed, the median sharpness over the last half of the eval steps "
@@ -248,15 +234,14 @@ def _e3(r: Runs) -> Verdict:
 
 
 def _ce_small_rate(cfgs: Configs) -> Configs:
-    return {"ce": with_(cfgs["ce"], train__steps=200, sweep={"train.lr": [TINY]})}
+    return {"ce": with_(cfgs["ce"], train__steps=100, sweep={"train.lr": [TINY]})}
 
 
 @PAPER.claim(
     "E4",
     claim="With cross-entropy the sharpness also rises to 2/η, and later in training it "
     "falls below 2/η (the paper's cross-entropy runs leave the edge late in training).",
-    source="Cohen et al. 2021 (cross-entropy runs; section not read here), Fig. 1 "
-    "for reaching 2/η",
+    source="Cohen et al. 2021 (cross-entropy runs; section not read here), Fig. 1 for reaching 2/η",
     setting=f"{SETTING}; logistic loss (binary cross-entropy), η = {g(CE_RATE)}",
     criterion=f"every run reaches η·sharpness/2 ≥ {REACH} and its last value is ≤ "
     f"{FALL} × its maximum",
@@ -294,6 +279,7 @@ def _fig_sharpness(results: dict, folder: Path) -> list[Path]:
             a.axhline(2 / e, color=cmap[e], ls="--", lw=0.9, label=f"2/η, η = {g(e)}")
         a.set(xlabel="step", ylabel="sharpness", title=f"{name}: sharpness and 2/η")
         a.legend(fontsize=6)
-    fig.suptitle("Cohen et al. 2021: sharpness rises to 2/η and hovers (one line per run)",
-                 fontsize=8)
+    fig.suptitle(
+        "Cohen et al. 2021: sharpness rises to 2/η and hovers (one line per run)", fontsize=8
+    )
     return [save(fig, folder / "cohen2021-sharpness.png")]
