@@ -268,6 +268,7 @@ def _fig_sharpness(results: dict, folder: Path) -> list[Path]:
     """Cohen et al. 2021 Fig. 1-style: sharpness against steps, one line per run, with
     2/η dashed in the run's colour (one panel per loss)."""
     fig, ax = figure(2)
+    titles = {"mse": "square loss", "ce": "logistic loss (binary cross-entropy)"}
     for a, name in zip(ax[0], ("mse", "ce"), strict=True):
         ds = results[name]
         lam = np.asarray(ds["sharpness"].values, dtype=float)  # (run, step)
@@ -279,7 +280,7 @@ def _fig_sharpness(results: dict, folder: Path) -> list[Path]:
             a.plot(steps, lam[r], color=cmap[float(eta[r])], lw=1)
         for e in rates:
             a.axhline(2 / e, color=cmap[e], ls="--", lw=0.9, label=f"2/η, η = {g(e)}")
-        a.set(xlabel="step", ylabel="sharpness", title=f"{name}: sharpness and 2/η")
+        a.set(xlabel="step", ylabel="sharpness", title=titles[name])
         a.legend(fontsize=6)
     fig.suptitle(
         "Cohen et al. 2021: sharpness rises to 2/η and hovers (one line per run)", fontsize=8
