@@ -57,7 +57,7 @@ FLOW = 0.2
 
 
 def _experiments(quick: bool) -> Configs:
-    steps = 600 if quick else 2000
+    steps = 450 if quick else 2000
     seeds = [0] if quick else [0, 1, 2]
 
     def cfg(name: str, loss: str, rates: list[float], steps: int) -> dict[str, Any]:
@@ -86,7 +86,7 @@ def _experiments(quick: bool) -> Configs:
 
     return {
         "mse": cfg("mse", "mse", MSE_RATES, steps),
-        "ce": cfg("ce", "logistic", [CE_RATE], steps // 2),
+        "ce": cfg("ce", "logistic", [CE_RATE], steps // 3),
     }
 
 
