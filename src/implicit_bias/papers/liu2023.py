@@ -496,13 +496,18 @@ def _l15(r: Runs) -> Verdict:
         if not mine.size or rates[mine].min() >= 1:
             continue
         ref = mine[np.argmin(rates[mine])]
+        if not (np.isfinite(lam[ref]) and lam[ref] > 0):  # no reference curvature to divide by
+            continue
         big = sorted((rates[i], lam[i] / lam[ref]) for i in mine if rates[i] > 1)
         if big:
             q = np.array([b for _, b in big])
             ok &= bool(np.all(np.diff(q) < 0) and q[-1] < FLAT_S)
             rows += big
     if not rows:
-        return not_judged("no converged run above 1 critical unit beside a smaller-rate one")
+        return not_judged(
+            "no converged run above 1 critical unit beside a smaller-rate one with a "
+            "positive restricted curvature"
+        )
     return ok, (
         "; ".join(texts)
         + "; rate: λ_S/λ_S(smallest rate) "
