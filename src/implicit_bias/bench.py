@@ -4,7 +4,7 @@ Everything is timed as separate processes so that start-up is taken out the
 same way on both sides:
 
 - **ours** = wall time of ``implicit-bias run CONFIG --out TMP -q`` minus that
-  of ``implicit-bias validate CONFIG`` (imports, config, data);
+  of ``implicit-bias validate CONFIG --plan-only`` (imports, config, data; no time probe);
 - **baseline** = wall time of ``python benchmarks/baseline.py CONFIG`` minus
   that of ``python -c "import torch"``.
 
@@ -333,7 +333,7 @@ def time_ours(
     config: Path, out: Path, device: str, repeats: int, startup_repeats: int
 ) -> dict[str, float]:
     """``run`` (best of ``repeats``) minus ``validate`` (best of ``startup_repeats``)."""
-    validate, _ = best_of(cli("validate", str(config)), startup_repeats)
+    validate, _ = best_of(cli("validate", str(config), "--plan-only"), startup_repeats)
     # a fresh folder each time: a folder that already holds this config's chunks is skipped
     run, rss, i = min(
         (*timed(cli("run", str(config), "--out", f"{out}-{i}", "-q", "--device", device)), i)
