@@ -36,8 +36,10 @@ from typing import Any
 
 __all__ = ["Estimate", "estimate_seconds"]
 
-#: steps of a probe and its eval interval (evals at 0, 4, 8, 12: three gaps of 4 steps)
-PROBE_STEPS, PROBE_EVERY = 12, 4
+#: steps of a probe and its eval interval (evals at 0, 12, 24, 36, 48: four gaps of 12 steps;
+#: measured on the catapult demo, 2026-12-02: 12 steps with gaps of 4 timed the first, slower
+#: evals and steps and predicted 15-17 s for a 9 s run, 48 steps predict 11 s)
+PROBE_STEPS, PROBE_EVERY = 48, 12
 #: probes per group (their spread is the estimate's range)
 PROBES = 2
 #: seconds of ``run`` outside the chunks (imports, planning, writing the folder)
