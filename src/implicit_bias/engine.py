@@ -521,7 +521,7 @@ class Trainer:
 
         model = FlowModel(
             self.loss_single, theta0, X, y, xd, value_and_grad,
-            lambda p: b.hvp_operator(p, X, y, xd),
+            lambda p: b.hvp_operator(p, X, y, xd), third="fd",
         )  # fmt: skip
         return CentralFlows(
             model, theta0, self.start_vectors(), tc.flow_substeps, tc.flow_eigs,
