@@ -256,15 +256,26 @@ def _tiny(**train):
     }
 
 
-def test_the_engine_writes_every_flow_variable(tmp_path):
+def test_the_engine_writes_every_flow_variable_and_leaves_gd_alone(tmp_path):
     import implicit_bias as ib
 
-    tree = ib.run(_tiny(), out=tmp_path / "cf", progress=False)
-    ds = next(iter(tree.children.values())).to_dataset()
+    raw = _tiny()
+    raw["sweep"]["train.flow"] = ["none", "central"]
+    tree = ib.run(raw, out=tmp_path / "cf", progress=False)
+    groups = [g.to_dataset() for g in tree.children.values()]
+    (ds,) = [g for g in groups if "cf_loss" in g]
+    (plain,) = [g for g in groups if "cf_loss" not in g]
     for name in flows.STEP_NAMES:
         assert ds[name].dims == ("run", "step"), name
         assert np.isfinite(ds[name].values).all(), name
     assert ds["cf_edge_step"].dims == ("run",)
+    assert "cf_edge_step" not in plain
+    # the flows run beside GD and leave it as it was, run by run
+    by_seed = {int(s): i for i, s in enumerate(plain["seed"].values)}
+    for i, seed in enumerate(ds["seed"].values):
+        j = by_seed[int(seed)]
+        np.testing.assert_array_equal(ds["loss"].values[i], plain["loss"].values[j])
+        np.testing.assert_array_equal(ds["sharpness"].values[i], plain["sharpness"].values[j])
     # at step 0 all three coincide
     np.testing.assert_allclose(ds["gd_cf_distance"].values[:, 0], 0.0, atol=1e-12)
     np.testing.assert_allclose(ds["cf_loss"].values[:, 0], ds["loss"].values[:, 0], rtol=1e-12)
