@@ -206,20 +206,19 @@ def test_psd_solve_of_a_hand_checkable_two_by_two_case():
 
 
 def test_psd_solve_reduces_to_sigma2_when_the_second_direction_is_not_pushed_up():
-    """Two directions where gradient flow lowers the second eigenvalue: Σ has rank 1
-    and its entry is the one-direction σ²."""
+    """G_11, G_12, G_22 generic; ∇L = −G_11 + c·q with q ⟂ G_11, G_12 and ⟨q, G_22⟩ > 0.
+    Then Σ = diag(σ², 0), σ² = 2⟨−∇L, G_11⟩/‖G_11‖² = 2, satisfies the KKT conditions
+    (Z = B + 𝒜(Σ) = [[0, 0], [0, c⟨G_22, q⟩]] ⪰ 0, ⟨Σ, Z⟩ = 0): rank one, the k = 1 value."""
     pytest.importorskip("cvxpy")
     rng = np.random.default_rng(0)
-    G = rng.standard_normal((2, 2, 6))
-    G[1, 0] = G[0, 1]
-    grad = -G[0, 0] + 3.0 * G[1, 1] / np.dot(G[1, 1], G[1, 1])
+    g11, g12, g22 = rng.standard_normal((3, 6))
+    Q, _ = np.linalg.qr(np.stack([g11, g12], 1), mode="complete")
+    q = Q[:, 2:] @ (Q[:, 2:].T @ g22)  # g22's part orthogonal to g11 and g12
+    G = np.stack([np.stack([g11, g12]), np.stack([g12, g22])])
+    grad = -g11 + 0.7 * q
     sig = flows.solve_sigma(G, grad)
-    one = flows.solve_sigma(G[:1, :1], grad)[0, 0]
-    # rank one along e1 exactly when the KKT multiplier of the rest is ⪰ 0: check it
-    lam = np.linalg.eigvalsh(sig)
-    assert lam[0] < 1e-6 * max(lam[1], 1.0)
-    if abs(sig[0, 1]) < 1e-6 and sig[1, 1] < 1e-6:
-        assert sig[0, 0] == pytest.approx(one, rel=1e-5)
+    np.testing.assert_allclose(sig, [[2.0, 0.0], [0.0, 0.0]], atol=1e-6)
+    assert flows.solve_sigma(G[:1, :1], grad)[0, 0] == pytest.approx(2.0, rel=1e-12)
 
 
 def test_two_tracked_directions_with_the_second_far_below_the_edge_equal_one():

@@ -276,7 +276,7 @@ def solve_sigma(G: np.ndarray, grad_loss: np.ndarray) -> np.ndarray:
     objective = (b / scale) @ x + 0.25 * cp.sum_squares(F @ x)
     prob = cp.Problem(cp.Minimize(objective), [S >> 0])
     try:
-        prob.solve(solver=cp.CLARABEL)
+        prob.solve(solver=cp.CLARABEL, tol_gap_abs=1e-12, tol_gap_rel=1e-12, tol_feas=1e-12)
     except cp.error.SolverError:
         prob.solve(solver=cp.SCS, eps=1e-9)
     if S.value is None:
