@@ -338,3 +338,33 @@ def test_cli_flow_with_another_optimizer_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "train.flow" in lines[0], proc.stderr
+
+
+@pytest.mark.slow
+def test_the_shipped_config_pins_the_sharpness_and_its_integrator_has_converged(tmp_path):
+    """configs/central-flow.yaml for 40 steps at η = 0.5 (edge from step ~5): after the
+    edge S(w_CF) stays within 2 % of 2/η, and 4 and 8 Euler substeps agree on L(w_CF)
+    within 5 % (the integrator's error is below what the comparisons read)."""
+    from pathlib import Path
+
+    import implicit_bias as ib
+
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "central-flow.yaml"
+    tree = ib.run(
+        cfg,
+        out=tmp_path / "cf",
+        overrides={"train.steps": 40, "sweep.train.lr": [0.5], "sweep.train.flow_substeps": [4, 8]},
+        progress=False,
+    )
+    (a, b) = sorted(
+        (g.to_dataset() for g in tree.children.values()),
+        key=lambda d: int(d["train.flow_substeps"].values[0]),
+    )
+    for ds in (a, b):
+        edge = int(ds["cf_edge_step"].values[0])
+        assert 0 <= edge < 30
+        after = ds["step"].values > edge
+        ratio = ds["cf_sharpness"].values[0][after] * float(ds["lr"].values[0]) / 2
+        assert np.abs(ratio - 1).max() < 0.02, ratio
+        assert (ds["cf_sigma2"].values[0] >= 0).all()
+    np.testing.assert_allclose(a["cf_loss"].values, b["cf_loss"].values, rtol=0.05)
