@@ -167,6 +167,12 @@ def test_mlp_and_cnn_run_from_a_config_through_the_cli(tmp_path, model):
     ds = ib.open_results(tmp_path / "out")["group_000"].to_dataset()
     assert ds.sizes["run"] == 2 and np.isfinite(ds["sharpness"].values).all()
     assert np.isfinite(ds["loss"].values).all()
+    if model == "mlp":
+        # the folder's own config.yaml, run from elsewhere, finds data.root where the
+        # original config did (its folder is recorded in the results folder)
+        from implicit_bias.store import data_base_dir
+
+        assert data_base_dir(tmp_path / "out") == tmp_path.resolve()
 
 
 def _bad_pickle() -> bytes:
@@ -267,3 +273,16 @@ def test_read_idx_names_the_file(tmp_path):
     p.write_bytes(b"not gzip")
     with pytest.raises(UserInputError, match=r"x.gz: cannot read"):
         read_idx(p, 1)
+
+
+def test_the_cifar10_config_plans_on_files_in_place(tmp_path):
+    """configs/cohen-cifar10-cnn.yaml, pointed at tiny files (no download: they are there)."""
+    from implicit_bias.sweep import make_plan
+
+    write_cifar(tmp_path)
+    config = Path(__file__).resolve().parents[1] / "configs" / "cohen-cifar10-cnn.yaml"
+    cfg = load_config(config, {"data.root": str(tmp_path), "data.n_train": 30, "data.n_test": 10})
+    plan = make_plan(cfg)
+    ds = plan.runs[0].data
+    assert ds.image_shape == (3, 32, 32) and ds.n_classes == 10 and ds.n_train == 30
+    assert len(plan.runs) == 3
