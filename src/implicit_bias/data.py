@@ -586,6 +586,7 @@ def _load_torchvision(cfg: DataConfig, base_dir: Path | None, rngs: list) -> tup
     root = Path(cfg.root or "").expanduser()
     if not root.is_absolute():
         root = (base_dir if base_dir is not None else Path.cwd()) / root
+    root = root.resolve()  # messages and the description name the folder plainly
     if cfg.download and not files_present(name, root):
         download(name, root)
     X8, y8, Xt8, yt8 = read_torchvision(name, root)
