@@ -338,7 +338,9 @@ def reproduce(
     paper: Annotated[
         str,
         typer.Argument(
-            help="liu2023 | frei2023 | lewkowycz2020 | cohen2022 | all", metavar="PAPER"
+            help="liu2023 | frei2023 | lewkowycz2020 | cohen2021 | cohen2022 | momentum | all "
+            "(every module in implicit_bias/papers/)",
+            metavar="PAPER",
         ),
     ],
     quick: Annotated[

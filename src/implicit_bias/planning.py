@@ -424,7 +424,7 @@ def check_data_size(rc: ExperimentConfig) -> None:
     from .data import DEFAULT_D, DEFAULT_N_TEST, DEFAULT_N_TRAIN
 
     dc = rc.data
-    if dc.kind in ("file", "sklearn"):
+    if dc.kind in ("file", "sklearn", "torchvision"):
         return
     n = DEFAULT_N_TRAIN if dc.n_train is None else dc.n_train
     m = DEFAULT_N_TEST if dc.n_test is None else dc.n_test
