@@ -193,9 +193,29 @@ class TrainConfig(_Strict):
     beta2: Beta | None = None
     eps: PositiveFloat | None = None
     bias_correction: Annotated[bool, Strict()] | None = None
+    #: integrate each run's central flow and gradient flow beside GD (:mod:`implicit_bias.flows`;
+    #: Cohen, Damian et al. 2024, arXiv 2410.24206): ``central`` needs full-batch plain GD
+    flow: Literal["none", "central"] = "none"
+    #: Euler substeps of the flows per GD step
+    flow_substeps: PositiveInt = 4
+    #: unstable directions k the central flow tracks (k ≥ 2: a PSD-constrained solve by cvxpy)
+    flow_eigs: PositiveInt = 1
 
     @model_validator(mode="after")
     def _optimizer_keys(self) -> TrainConfig:
+        if self.flow == "central" and self.optimizer != "gd":
+            raise ValueError(
+                f"train.flow: central follows full-batch plain GD (train.optimizer: gd), "
+                f"not '{self.optimizer}'"
+            )
+        if self.flow == "central" and self.flow_eigs >= 2:
+            import importlib.util
+
+            if importlib.util.find_spec("cvxpy") is None:
+                raise ValueError(
+                    f"train.flow_eigs={self.flow_eigs} needs cvxpy for the PSD-constrained "
+                    "solve: pip install 'implicit-bias[central]' (or use flow_eigs: 1)"
+                )
         uses = _OPTIMIZER_KEYS[self.optimizer]
         for key in ("momentum", "beta1", "beta2", "eps", "bias_correction"):
             if getattr(self, key) is not None and key not in uses:
@@ -405,6 +425,11 @@ class ExperimentConfig(_Strict):
         bs, n = self.train.batch_size, self.data.n_train
         if bs is not None and n is not None and bs > n:
             raise ValueError(f"train.batch_size={bs} exceeds data.n_train={n}")
+        if self.train.flow == "central" and bs is not None and bs != n:
+            raise ValueError(
+                f"train.flow: central follows full-batch GD; train.batch_size={bs} is SGD "
+                "(set it to null)"
+            )
         return self
 
     def config_hash(self) -> str:
@@ -414,6 +439,10 @@ class ExperimentConfig(_Strict):
         # the identity of folders made before them
         if raw["train"].get("matmul_precision") == "highest":
             del raw["train"]["matmul_precision"]
+        # the flows came later: without them a config has the identity it had before
+        if raw["train"].get("flow") == "none":
+            for key in ("flow", "flow_substeps", "flow_eigs"):
+                raw["train"].pop(key, None)
         # keys added with the MLP's old behaviour as default leave old folders' hashes alone
         if raw["model"].get("kind") == "mlp":
             for key, default in (

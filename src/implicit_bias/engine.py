@@ -27,6 +27,7 @@ from torch import Tensor
 from . import _linalg, curvature, metrics, optimizers, precision
 from .config import ExperimentConfig
 from .data import Dataset
+from .flows import CentralFlows, FlowModel
 from .losses import MULTICLASS_LOSSES, accuracy, mean_loss
 from .models import ModelSpec, Params, fixed_last_layer
 from .models.backend import Backend, activations_per_sample, make_backend
@@ -174,6 +175,13 @@ def describe_model(cfg: ExperimentConfig, data: Dataset) -> ModelSize:
     a = fixed_last_layer(spec, torch.float64, "cpu") if spec is not None else None
     shape = image if image is not None else (d,)
     backend = make_backend(cfg.model, spec, a, cfg.train.loss, K, shape, cfg.train.device)
+    if cfg.train.flow == "central" and cfg.train.flow_eigs > backend.n_params:
+        from ._errors import UserInputError
+
+        raise UserInputError(
+            f"train.flow_eigs={cfg.train.flow_eigs} exceeds the model's {backend.n_params} "
+            "trained parameters"
+        )
     act = activations_per_sample(cfg.model, spec, image) or backend.n_params
     return ModelSize(backend.n_params, act, K, not backend.fused_descent)
 
@@ -408,6 +416,8 @@ class Trainer:
         lr_table = _to_device((lr_abs[:, None] * torch.as_tensor(mult)).to(dt), dev)  # (R, steps+1)
         neg_lr = -lr_table  # the update's scale per step (negation is exact)
         nan = torch.full((), math.nan, dtype=dt, device=dev)  # made once: no tensor per step
+        # the central flow and gradient flow of every run, from θ₀ (train.flow)
+        flows = self._flows(init_weights) if cfg.train.flow == "central" else None
 
         loss_tr = torch.full((steps + 1, R), math.nan, dtype=dt, device=dev)
         acc_tr = torch.full((steps + 1, R), math.nan, dtype=dt, device=dev)
@@ -450,6 +460,9 @@ class Trainer:
                         broke = init_broke + broke
                     if broke:  # a Python list: no host read unless a step broke
                         self._broke(broke, active, t, causes)
+                    if flows is not None:  # outside recording: a flow's failure is its own NaN
+                        with precision.full(dev):
+                            vals.update(flows.measure(t, lr_table[:, t], params))
                     for name, val in vals.items():
                         mask = active.reshape(-1, *([1] * (val.dim() - 1)))
                         if val.dtype == torch.bool:
@@ -464,6 +477,9 @@ class Trainer:
                 scale = torch.where(active, neg_lr[:, t], 0.0)
                 params, finite = self._step(params, t, pas, scale, opt, lr_table[:, t], active)
                 pending = active & ~finite
+                if flows is not None:
+                    with precision.full(dev):
+                        flows.advance(t, lr_table[:, t])
                 if self.progress is not None and (t + 1) % 50 == 0:
                     self.progress(50)
         if self.progress is not None:
@@ -478,6 +494,8 @@ class Trainer:
             loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
             init_weights, params, relevant0 if opt is not None else None,
         )  # fmt: skip
+        if flows is not None:
+            res.per_run.update(flows.per_run())
         kinds = div_kind.cpu().tolist()
         no_rate = (~torch.isfinite(lr_abs)).tolist()
         names = {0: "", 1: "loss", 2: "non-finite update"}
@@ -491,6 +509,24 @@ class Trainer:
         res.per_run["measurement_failed"] = np.array([bool(c) for c in causes], dtype=bool)
         res.per_run["measurement_cause"] = np.array(causes, dtype=str)
         return res
+
+    def _flows(self, theta0: Params) -> CentralFlows:
+        """The runs' central and gradient flows from ``theta0`` (:mod:`implicit_bias.flows`)."""
+        tc, b = self.cfg.train, self.backend
+        X, y, xd = self.X, self.y, self.x_dim
+
+        def value_and_grad(p: Params) -> tuple[Tensor, Params]:
+            loss, _, pas = b.forward_loss(p, X, y, xd)
+            return loss, b.grad(pas, p, X, y, xd)
+
+        model = FlowModel(
+            self.loss_single, theta0, X, y, xd, value_and_grad,
+            lambda p: b.hvp_operator(p, X, y, xd), third="fd",
+        )  # fmt: skip
+        return CentralFlows(
+            model, theta0, self.start_vectors(), tc.flow_substeps, tc.flow_eigs,
+            _run_generator(self.runs[0].config.seed, 31),
+        )  # fmt: skip
 
     # ------------------------------------------------------------------- steps
     @property

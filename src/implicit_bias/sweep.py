@@ -186,7 +186,7 @@ def estimate_run_bytes(
         (mc.trace.iters if mc.trace.density else 2) if mc.trace else 0,
     )
     # weights, two eval/warm-start vectors, the kept init/final weights, temporaries
-    per_param = 6 + len(cfg.store.weights) + basis
+    per_param = 6 + len(cfg.store.weights) + max(basis, _flow_basis(cfg)) + _flow_vectors(cfg)
     # the optimizer's state (velocity, moments) and its gradients and updates
     per_param += {"gd": 0, "momentum": 3, "nesterov": 3, "rmsprop": 3, "adam": 4}[
         cfg.train.optimizer
@@ -198,6 +198,22 @@ def estimate_run_bytes(
         # (n, n) blocks and (n, width) factors, never the (n, P) Jacobian
         per += 8 * (4 * n * n + 3 * n * max(spec.width, 1) * spec.depth)
     return int(per)
+
+
+def _flow_vectors(cfg: ExperimentConfig) -> int:
+    """P-sized vectors per run the flows keep (``train.flow: central``): w_CF, w_GF,
+    θ₀, two warm starts, the k eigenvectors, and the gradient, push, correction and
+    difference temporaries of a substep (:mod:`implicit_bias.flows`)."""
+    return 9 + 2 * cfg.train.flow_eigs if cfg.train.flow == "central" else 0
+
+
+def _flow_basis(cfg: ExperimentConfig) -> int:
+    """The Lanczos basis of the flows' eigen-solves (P-sized vectors), 0 without flows."""
+    if cfg.train.flow != "central":
+        return 0
+    from .flows import EIG_ITERS
+
+    return max(EIG_ITERS, 2 * cfg.train.flow_eigs + 2)
 
 
 def _estimate_generic_bytes(cfg: ExperimentConfig, n: int, d: int, m: int, model: ModelSize) -> int:
@@ -213,7 +229,7 @@ def _estimate_generic_bytes(cfg: ExperimentConfig, n: int, d: int, m: int, model
         (mc.trace.iters if mc.trace.density else 2) if mc.trace else 0,
     )
     P, K = model.n_params, model.outputs
-    per_param = 6 + len(cfg.store.weights) + basis
+    per_param = 6 + len(cfg.store.weights) + max(basis, _flow_basis(cfg)) + _flow_vectors(cfg)
     act = (n + m) * (model.act_per_sample + K)
     per = item * (P * per_param + 16 * act + n * d) + TRACE_BYTES_PER_STEP * (cfg.train.steps + 1)
     if mc.ntk:
