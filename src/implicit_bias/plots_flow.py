@@ -20,7 +20,7 @@ from matplotlib.figure import Figure
 from .smoothing import centred_average
 
 #: GD's time average in the report's figure: centred over 2·HALF iterations
-HALF = 10
+HALF = 20
 #: at most this many rates (rows) per figure
 MAX_ROWS = 6
 #: the variables a flow figure needs
