@@ -321,3 +321,4 @@ def test_central_flow_row_plumbing(monkeypatch, capsys):
         k: v for k, v in plain["train"].items() if not k.startswith("flow")
     }
     assert plain["sweep"] == flows["sweep"] and len(flows["sweep"]["seed"]) * 4 == 16
+    assert load_config(flows).train.flow == "central" and load_config(plain).train.flow == "none"
