@@ -45,13 +45,15 @@ SETTING = (
     "square loss, full-batch GD in float64 with its central flow and gradient flow from θ₀ "
     "(train.flow: central, one tracked direction); paper: CIFAR-10 subsets, CNNs/ViT/…"
 )
-#: GD's rate at the edge (reaches 2/η within ≈ 10–40 steps, η·S₀/2 ≈ 0.8) and below it
+#: GD's rate at the edge (η·S₀/2 ≈ 0.76–0.83; its central flow reaches 2/η at step 7–19) and
+#: below it (2/η = 40, far above any sharpness reached)
 ETA = 0.4
 TINY = 0.05
 #: Euler substeps per GD step
 SUBSTEPS = 4
-#: GD's time average: centred over 2·HALF iterations (spans the bursts of GD's
-#: oscillation seen here, ≈ 20–50 iterations apart)
+#: GD's time average: centred over 2·HALF iterations. Here GD oscillates in bursts
+#: (the sharpness overshoots 2/η, then GD catapults), ≈ 50–120 iterations apart: the
+#: window smooths a burst's flip-flop, but not across bursts, where the loss falls ≈ 3×
 HALF = 20
 #: judge from SETTLE iterations after the flow's edge (the onset transient of GD is
 #: not part of the prediction)
