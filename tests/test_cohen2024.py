@@ -90,7 +90,7 @@ def _runs(at_edge: bool, n: int = 2) -> xr.Dataset:
 
 
 PAPER = PAPERS["cohen2024"]
-EOS_KEYS = ["C1", "C2", "C3", "C4", "C6", "D1"]
+EOS_KEYS = ["CF1", "CF2", "CF3", "CF4", "CF6", "SS1"]
 
 
 def test_centred_average_removes_a_period_two_flip_exactly():
@@ -126,7 +126,7 @@ def test_judges_pass_at_the_edge_and_fail_below_it(key):
 
 
 def test_flows_coincide_below_the_edge_only():
-    spec = PAPER.spec("C5")
+    spec = PAPER.spec("CF5")
     row = spec.evaluate("cohen2024", {"below": _runs(False)})
     assert row.judged and row.status == "PASS", row.measured
     row = spec.evaluate("cohen2024", {"below": _runs(True)})
@@ -134,13 +134,13 @@ def test_flows_coincide_below_the_edge_only():
 
 
 def test_dropping_tr_sigma_over_eta_fails_the_tracking_criterion():
-    """The brief's control of C1: the same criterion with L(w_CF) for the prediction."""
+    """The control the brief set for CF1: the same criterion with L(w_CF) for the prediction."""
     ds = _runs(True)
     errs = c24.tracking_errors(c24.Runs(ds, "eos"))
     assert np.all(errs["cf_predicted_loss"] <= c24.TRACK)
     assert np.all(errs["cf_loss"] > c24.TRACK)  # 0.4/1.4 ≈ 0.29 too low
     swapped = ds.assign(cf_predicted_loss=ds["cf_loss"])
-    row = PAPER.spec("C1").evaluate("cohen2024", {"eos": swapped})
+    row = PAPER.spec("CF1").evaluate("cohen2024", {"eos": swapped})
     assert row.judged and row.status == "FAIL", row.measured
 
 
@@ -162,10 +162,10 @@ def test_recipes_run_gd_with_its_central_flow():
         for cfg in exps.values():
             assert cfg["train"]["flow"] == "central"
             assert cfg["train"].get("optimizer", "gd") == "gd" and "batch_size" not in cfg["train"]
-    for key in [*EOS_KEYS, "C5"]:
+    for key in [*EOS_KEYS, "CF5"]:
         ctl = PAPER.control_configs(key)
         (cfg,) = ctl.values()
-        assert cfg["sweep"]["train.lr"] == ([ETA] if key == "C5" else [c24.TINY])
+        assert cfg["sweep"]["train.lr"] == ([ETA] if key == "CF5" else [c24.TINY])
 
 
 def test_figures_draw_from_constructed_runs(tmp_path):

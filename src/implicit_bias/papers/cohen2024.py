@@ -199,7 +199,7 @@ _BELOW_NOTE = (
 
 # ------------------------------------------------------------------ claims
 @PAPER.claim(
-    "C1",
+    "CF1",
     claim="The central flow predicts GD's time-averaged loss at the edge of stability, "
     "L(w_CF) + tr Σ/η, where the gradient flow's loss does not.",
     source="Cohen et al. 2024, abstract (the time-averaged trajectory); the predicted loss "
@@ -208,12 +208,12 @@ _BELOW_NOTE = (
     criterion=f"per run, over the eval steps ≥ {SETTLE} iterations after the flow's edge, the "
     f"mean |avg − p| / avg of GD's centred {2 * HALF}-iteration average loss avg is ≤ {TRACK} "
     f"for p = cf_predicted_loss and > {TRACK} for p = gf_loss (cf_loss, dropping tr Σ/η, "
-    "is shown beside: see C2)",
+    "is shown beside: see CF2)",
     uses="eos",
     control=_below_edge,
     control_note=_BELOW_NOTE + ": the gradient flow predicts GD as well as the central flow",
 )
-def _c1(r: Runs) -> Verdict:
+def _cf1(r: Runs) -> Verdict:
     err = tracking_errors(r)
     mask, edge = judged_steps(r)
     cf, gf, bare = err["cf_predicted_loss"], err["gf_loss"], err["cf_loss"]
@@ -227,7 +227,7 @@ def _c1(r: Runs) -> Verdict:
 
 
 @PAPER.claim(
-    "C2",
+    "CF2",
     claim="Dropping tr Σ/η underestimates: at the edge of stability GD's time-averaged loss "
     "lies above the central flow's own loss L(w_CF).",
     source="Cohen et al. 2024 as stated in issue 19 (the predicted loss is L + tr Σ/η, "
@@ -236,12 +236,12 @@ def _c1(r: Runs) -> Verdict:
     criterion=f"per run, over the eval steps ≥ {SETTLE} iterations after the flow's edge, GD's "
     f"centred {2 * HALF}-iteration average loss avg lies above cf_loss by more than {TRACK} "
     "relative on average (mean (avg − cf_loss)/avg > "
-    f"{TRACK}): C1's criterion with cf_loss for the prediction fails, on the low side",
+    f"{TRACK}): CF1's criterion with cf_loss for the prediction fails, on the low side",
     uses="eos",
     control=_below_edge,
     control_note=_BELOW_NOTE + ", tr Σ/η = 0 and L(w_CF) itself tracks GD",
 )
-def _c2(r: Runs) -> Verdict:
+def _cf2(r: Runs) -> Verdict:
     err = tracking_errors(r)
     gap = _signed_gap(r, "cf_loss")
     mask, edge = judged_steps(r)
@@ -256,7 +256,7 @@ def _c2(r: Runs) -> Verdict:
 
 
 @PAPER.claim(
-    "C3",
+    "CF3",
     claim="After the edge GD stays close to the central flow and drifts away from the "
     "gradient flow: ‖w_GD − w_CF‖ stays far below ‖w_GD − w_GF‖.",
     source="Cohen et al. 2024, abstract (central flows predict long-term trajectories); "
@@ -268,7 +268,7 @@ def _c2(r: Runs) -> Verdict:
     control=_below_edge,
     control_note=_BELOW_NOTE + ": both distances are GD's discretisation error, ratio 1",
 )
-def _c3(r: Runs) -> Verdict:
+def _cf3(r: Runs) -> Verdict:
     mask, edge = judged_steps(r)
     cf, gf = r.trace("gd_cf_distance"), r.trace("gd_gf_distance")
     mask = mask & (gf > 0)
@@ -286,7 +286,7 @@ def _c3(r: Runs) -> Verdict:
 
 
 @PAPER.claim(
-    "C4",
+    "CF4",
     claim="The central flow's σ² = tr Σ is the variance of GD's oscillation along the "
     "unstable direction: E[(uᵀ(w_GD − w_CF))²] ≈ σ².",
     source="Cohen et al. 2024 as stated in issue 19 (Σ predicts the covariance of GD's "
@@ -301,7 +301,7 @@ def _c3(r: Runs) -> Verdict:
     control_note=_BELOW_NOTE + ", while GD still deviates from the flow by its discretisation "
     "error: the displacement is not σ²",
 )
-def _c4(r: Runs) -> Verdict:
+def _cf4(r: Runs) -> Verdict:
     mask, edge = judged_steps(r)
     if not mask.any():
         return not_judged("no eval step where GD's time average fits")
@@ -327,7 +327,7 @@ def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @PAPER.claim(
-    "C5",
+    "CF5",
     claim="Below the edge of stability (S < 2/η throughout) the central flow is the "
     "gradient flow: σ² = 0 and the two trajectories coincide.",
     source="Cohen et al. 2024 as stated in issue 19 (σ² = 0 below the edge); derived",
@@ -340,7 +340,7 @@ def _rel_diff(a: np.ndarray, b: np.ndarray) -> float:
     control_note=f"η = {g(ETA)}: GD reaches 2/η within the budget, the constraint becomes "
     "active and the central flow leaves the gradient flow",
 )
-def _c5(r: Runs) -> Verdict:
+def _cf5(r: Runs) -> Verdict:
     s2 = r.trace("cf_sigma2")
     diffs = {
         a: _rel_diff(r.trace(a), r.trace(b))
@@ -360,7 +360,7 @@ def _c5(r: Runs) -> Verdict:
 
 
 @PAPER.claim(
-    "C6",
+    "CF6",
     claim="GD's loss goes up on some iterations, yet the central flow's loss L(w_CF) falls "
     "monotonically: the flow explains how GD makes progress while its loss sometimes rises.",
     source="Cohen et al. 2024, abstract ('how gradient descent makes progress even as the "
@@ -372,7 +372,7 @@ def _c5(r: Runs) -> Verdict:
     control=_below_edge,
     control_note=_BELOW_NOTE + ": GD's loss falls monotonically too",
 )
-def _c6(r: Runs) -> Verdict:
+def _cf6(r: Runs) -> Verdict:
     loss, cf, steps = r.trace("loss"), r.trace("cf_loss"), r.steps
     edge = r.scalar("cf_edge_step")
     oks, texts = [], []
@@ -392,7 +392,7 @@ def _c6(r: Runs) -> Verdict:
 
 
 @PAPER.claim(
-    "D1",
+    "SS1",
     claim="Self-stabilization: GD's sharpness follows the constrained flow's, held at 2/η, "
     "while the unconstrained gradient flow keeps sharpening past 2/η.",
     source="Damian, Nichani & Lee 2022, abstract (GD implicitly follows projected gradient "
@@ -404,7 +404,7 @@ def _c6(r: Runs) -> Verdict:
     control=_below_edge,
     control_note=_BELOW_NOTE + ": the three sharpness traces coincide",
 )
-def _d1(r: Runs) -> Verdict:
+def _ss1(r: Runs) -> Verdict:
     mask, edge = judged_steps(r)
     if not mask.any():
         return not_judged("no judged eval step")
