@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 import implicit_bias as ib
-from implicit_bias import sweep
+from implicit_bias import planning as sweep  # the chunk sizing lives in planning
 from implicit_bias.config import load_config
 
 GiB = 1 << 30

@@ -48,11 +48,21 @@ KEYS: list[tuple[str, st.SearchStrategy]] = [
         NOT_A_STRING_CHOICE.filter(
             lambda v: (
                 v
-                not in ("file", "overlap", "separable", "degenerate", "gaussian_mixture", "sklearn")
+                not in (
+                    "file",
+                    "overlap",
+                    "separable",
+                    "degenerate",
+                    "gaussian_mixture",
+                    "sklearn",
+                    "torchvision",
+                )
             )
         ),
     ),
     ("data.path", st.sampled_from(["missing.npz", "nowhere/x.csv", 3, [1]])),
+    ("data.root", st.sampled_from(["no-such-folder", 3, [1]])),
+    ("data.download", st.sampled_from(["yes", 1, [True]])),
     ("data.n_train", NOT_A_POS_INT),
     ("data.n_test", NOT_A_NONNEG_INT),
     ("data.d", NOT_A_POS_INT),
@@ -150,6 +160,8 @@ def _config(key: str, value) -> dict:
     cfg = copy.deepcopy(BASE)
     if key == "data.path":
         cfg["data"] = {"kind": "file"}
+    if key in ("data.root", "data.download"):
+        cfg["data"] = {"kind": "torchvision", "name": "MNIST", "root": "no-such-folder"}
     if key in ("data.name", "data.classes"):
         cfg["data"] = {"kind": "sklearn", "name": "iris"}
     return _set(cfg, key, value)

@@ -66,7 +66,7 @@ def _flows(loss_fn, params, X, y, substeps=4, eigs=1):
 
 # ------------------------------------------------------------------ ∇S
 def test_grad_sharpness_matches_finite_differences_of_the_dense_eigenvalue():
-    params, X, y = _mlp_problem(R=2, n=10, d=2, m=3)
+    params, X, y = _mlp_problem(R=2, n=8, d=2, m=2)
     model = flows.FlowModel(_mlp_loss, params, X, y, None)
     w = curvature.flatten(params)
     # the exact eigenvector (Lanczos to the full dimension), so only ∇S is under test
@@ -259,7 +259,8 @@ def test_the_engine_writes_every_flow_variable_and_leaves_gd_alone(tmp_path):
     import implicit_bias as ib
 
     raw = _tiny()
-    raw["sweep"]["train.flow"] = ["none", "central"]
+    # two data seeds: the runs of a chunk hold their own data (the per-run layout)
+    raw["sweep"] = {"data.seed": [0, 1], "train.flow": ["none", "central"]}
     tree = ib.run(raw, out=tmp_path / "cf", progress=False)
     groups = [g.to_dataset() for g in tree.children.values()]
     (ds,) = [g for g in groups if "cf_loss" in g]
@@ -268,10 +269,11 @@ def test_the_engine_writes_every_flow_variable_and_leaves_gd_alone(tmp_path):
         assert ds[name].dims == ("run", "step"), name
         assert np.isfinite(ds[name].values).all(), name
     assert ds["cf_edge_step"].dims == ("run",)
+    assert not np.allclose(ds["cf_loss"].values[0], ds["cf_loss"].values[1])
     assert "cf_edge_step" not in plain
     # the flows run beside GD and leave it as it was, run by run
-    by_seed = {int(s): i for i, s in enumerate(plain["seed"].values)}
-    for i, seed in enumerate(ds["seed"].values):
+    by_seed = {int(s): i for i, s in enumerate(plain["data.seed"].values)}
+    for i, seed in enumerate(ds["data.seed"].values):
         j = by_seed[int(seed)]
         np.testing.assert_array_equal(ds["loss"].values[i], plain["loss"].values[j])
         np.testing.assert_array_equal(ds["sharpness"].values[i], plain["sharpness"].values[j])
@@ -281,6 +283,25 @@ def test_the_engine_writes_every_flow_variable_and_leaves_gd_alone(tmp_path):
     np.testing.assert_allclose(
         ds["cf_sharpness"].values[:, 0], ds["sharpness"].values[:, 0], rtol=1e-4
     )
+
+
+@pytest.mark.slow
+def test_the_generic_backend_and_per_run_data_give_the_same_flows(tmp_path):
+    """The hand-written MLP path and the torch.func path feed the flows the same
+    gradients and HVPs; data drawn per run (two data seeds in one chunk) is batched too."""
+    import implicit_bias as ib
+
+    raw = _tiny(steps=2)
+    raw["sweep"] = {"data.seed": [0, 1], "model.backend": ["auto", "generic"]}
+    tree = ib.run(raw, out=tmp_path / "cf", progress=False)
+    a, b = sorted(
+        (g.to_dataset() for g in tree.children.values()),
+        key=lambda d: str(d["model.backend"].values[0]),
+    )
+    assert a.sizes["run"] == b.sizes["run"] == 2
+    for name in flows.STEP_NAMES:
+        np.testing.assert_allclose(a[name].values, b[name].values, rtol=1e-7, atol=1e-10)
+    assert not np.allclose(a["cf_loss"].values[0], a["cf_loss"].values[1])
 
 
 def test_without_flow_there_are_no_flow_variables_and_the_hash_is_unchanged():

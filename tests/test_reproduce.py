@@ -27,7 +27,8 @@ def _shrink(cfg: dict) -> dict:
         sched["at"] = [15]
     cfg["metrics"]["every"] = 10
     cfg["metrics"]["at"] = [s for s in cfg["metrics"].get("at", []) if s <= 30]
-    cfg["model"]["width"] = min(cfg["model"]["width"], 32)
+    if "width" in cfg["model"]:  # the MLPs (a convnet states channels instead)
+        cfg["model"]["width"] = min(cfg["model"]["width"], 32)
     data = cfg["data"]
     data["n_train"] = min(data.get("n_train") or 40, 40)
     if data.get("d"):

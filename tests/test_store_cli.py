@@ -236,7 +236,7 @@ def test_dask_workers_give_identical_results(tmp_path):
 def test_automatic_chunk_size_follows_the_memory_each_run_needs(monkeypatch):
     """Chunks are cut from an estimate of a run's bytes; curvature metrics that are
     off (no Lanczos basis) do not shrink them."""
-    from implicit_bias import sweep
+    from implicit_bias import planning as sweep
     from implicit_bias.config import load_config
 
     monkeypatch.setattr(sweep, "CHUNK_BYTES", 64 << 20)

@@ -225,7 +225,8 @@ def validate(
         from .config import load_config
 
         cfg = load_config(config, set_ or [])  # before torch is imported: a refusal is quick
-        from .sweep import config_base_dir, make_plan
+        from .planning import make_plan
+        from .sweep import config_base_dir
 
         plan = make_plan(cfg, config_base_dir(config))
         typer.echo(
@@ -337,7 +338,9 @@ def reproduce(
     paper: Annotated[
         str,
         typer.Argument(
-            help="liu2023 | frei2023 | lewkowycz2020 | cohen2022 | all", metavar="PAPER"
+            help="liu2023 | frei2023 | lewkowycz2020 | cohen2021 | cohen2022 | momentum | all "
+            "(every module in implicit_bias/papers/)",
+            metavar="PAPER",
         ),
     ],
     quick: Annotated[
@@ -379,9 +382,9 @@ def reproduce(
     out_dir = _out_dir(out)
 
     def go():
+        from .progress import ProgressBoard
         from .reproduce import claims_text, default_out
         from .reproduce import reproduce as _reproduce
-        from .sweep import ProgressBoard
 
         folder = out_dir if out_dir is not None else default_out(quick, data_seed, draws, seeds)
         # a bar over experiments (advanced at each "paper/experiment …" the
@@ -437,7 +440,7 @@ def _record_bench(device: str, res: dict) -> None:
     """Keep the achieved GFLOP/s so that ``validate``/``run`` can estimate times."""
     import json
 
-    from .sweep import bench_record_path
+    from .planning import bench_record_path
 
     try:
         gflops = float(res["reference"]["ours_gflops"])

@@ -59,8 +59,14 @@ class _Strict(BaseModel):
 class DataConfig(_Strict):
     """Where the training data comes from (SPEC §4)."""
 
-    kind: Literal["file", "overlap", "separable", "degenerate", "gaussian_mixture", "sklearn"]
+    kind: Literal[
+        "file", "overlap", "separable", "degenerate", "gaussian_mixture", "sklearn", "torchvision"
+    ]
     path: str | None = None
+    #: torchvision: the folder holding the files in torchvision's layout
+    root: str | None = None
+    #: torchvision: fetch missing files with torchvision (the optional extra)
+    download: Annotated[bool, Strict()] = False
     labels: str | None = None
     label_column: str | int | None = None
     n_train: PositiveInt | None = None
@@ -84,6 +90,25 @@ class DataConfig(_Strict):
             raise ValueError("data.path is required when data.kind is 'file'")
         if self.kind == "sklearn" and not self.name:
             raise ValueError("data.name is required when data.kind is 'sklearn'")
+        if self.kind == "torchvision":
+            if not self.name:
+                raise ValueError(
+                    "data.name is required when data.kind is 'torchvision' "
+                    "(MNIST, FashionMNIST or CIFAR10)"
+                )
+            if not self.root:
+                raise ValueError(
+                    "data.root is required when data.kind is 'torchvision': the folder "
+                    "holding (or to receive, with data.download: true) the files"
+                )
+            if self.test_fraction is not None:
+                raise ValueError(
+                    "data.test_fraction: a torchvision set has its own test split; "
+                    "take a subset of it with data.n_test"
+                )
+            if self.classes is None:
+                # ten-class sets: all classes is the papers' setting (said in the saved config)
+                self.classes = "all"
         if self.n_train is not None and self.n_train < 2:
             # one point holds one class: no margin, no accuracy against a boundary
             raise ValueError(

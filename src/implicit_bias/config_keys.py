@@ -23,7 +23,8 @@ _KINDS = (
     "'separable' (two half-Gaussians with a margin), 'degenerate' (all inputs on one "
     "line, Liu et al. 2023), 'gaussian_mixture' (x = y·mu + z, Frei et al. 2023), "
     "'sklearn' (a data set shipped with scikit-learn: breast_cancer, digits, iris, "
-    "wine; no download), 'file' (your own .npz/.npy/.csv)"
+    "wine; no download), 'torchvision' (MNIST, FashionMNIST or CIFAR10 from files in "
+    "torchvision's layout under data.root), 'file' (your own .npz/.npy/.csv)"
 )
 
 #: dotted key → what it means (sections end without a dot after their name)
@@ -40,8 +41,10 @@ DESCRIPTIONS: dict[str, str] = {
     "data.label_column": "For kind 'file' with a .csv path: the label column's name or "
     "index (default: the last column).",
     "data.n_train": "Number of training points, at least 2 (generated kinds: default 200; "
-    "'file' and 'sklearn': a random subset).",
-    "data.n_test": "Number of test points (generated kinds: default 1000).",
+    "'file', 'sklearn' and 'torchvision': a random subset, redrawn per data.seed; "
+    "torchvision: default the whole training split).",
+    "data.n_test": "Number of test points (generated kinds: default 1000; torchvision: a "
+    "random subset of the test split, default all of it).",
     "data.d": "Input dimension of generated data (default 20).",
     "data.mean_norm": "gaussian_mixture: the norm of the class mean mu (default d^0.26).",
     "data.label_noise": "Fraction of flipped training labels (degenerate non-separable: "
@@ -50,10 +53,18 @@ DESCRIPTIONS: dict[str, str] = {
     "data.shift": "overlap: distance between the two class means (default 1.0).",
     "data.p_positive": "Fraction of +1 labels (default 0.5).",
     "data.separable": "degenerate: separable data (default true unless label_noise > 0).",
-    "data.name": "sklearn: the data set, one of breast_cancer, digits, iris, wine.",
-    "data.classes": "sklearn: the class split, [a, b] (a → +1, b → −1) or [[a, …], [c, …]] "
+    "data.root": "torchvision: the folder holding the files in torchvision's layout "
+    "(<root>/MNIST/raw/*-idx*-ubyte[.gz], <root>/FashionMNIST/raw/…, "
+    "<root>/cifar-10-batches-py/); relative to the config file.",
+    "data.download": "torchvision: fetch missing files into data.root with torchvision "
+    "(the optional extra implicit-bias[torchvision]; default false, never at test time).",
+    "data.name": "sklearn: the data set, one of breast_cancer, digits, iris, wine; "
+    "torchvision: MNIST, FashionMNIST or CIFAR10.",
+    "data.classes": "sklearn and torchvision: the class split, [a, b] (a → +1, b → −1) "
+    "or [[a, …], [c, …]] "
     "(default: digits even vs odd, breast_cancer benign vs malignant, iris and wine "
-    "class 0 vs the rest), or 'all': every class, labels 0…K−1 and K outputs.",
+    "class 0 vs the rest; torchvision: all), or 'all': every class, labels 0…K−1 and K "
+    "outputs.",
     "data.test_fraction": "'file' and 'sklearn' data without a test set: the fraction "
     "split off as the test set.",
     "data.seed": "Seed of the data; the runs of one data seed share one data set.",

@@ -45,7 +45,15 @@ Kinds and their defaults (``None`` in the config means the default):
     a → +1, b → −1) or ``[[a, …], [c, …]]`` (first group → +1, second → −1;
     other classes dropped). Default split: digits even vs odd, breast_cancer
     benign (1) vs malignant (0), iris and wine class 0 vs the rest. Shuffled
-    with the data seed, then split (see :func:`_split_sizes`).
+    with the data seed, then split (see :func:`_split_sizes`). ``classes: all``
+    keeps every class, labels 0…K−1; digits are then 1×8×8 images.
+``torchvision``
+    ``MNIST``, ``FashionMNIST`` (1×28×28) or ``CIFAR10`` (3×32×32) read from
+    torchvision's files under ``root`` without importing torchvision
+    (:mod:`implicit_bias.data_torchvision`; ``download: true`` fetches missing
+    files with it). Pixels ÷255 into [0, 1]. ``classes`` as for sklearn, default
+    ``all`` (ten classes); ``n_train``/``n_test`` are random subsets of the
+    training and test split (default: all of each), redrawn per data seed.
 ``file``
     ``.npz`` (keys ``X_train``, ``y_train``, optional ``X_test``, ``y_test``),
     ``.npy`` (``path`` is X, ``labels`` is y) or ``.csv`` (comma-separated
@@ -548,6 +556,64 @@ def _load_sklearn(cfg: DataConfig, rng: np.random.Generator) -> tuple:
     return X[tr], y[tr], X[te], y[te], params
 
 
+# ---------------------------------------------------------------- torchvision
+def _pick(
+    rng: np.random.Generator, keep: np.ndarray, n: int | None, key: str, what: str
+) -> np.ndarray:
+    """Indices of a random subset of size ``n`` of the rows where ``keep`` (file order kept)."""
+    rows = np.flatnonzero(keep)
+    if n is None:
+        return rows
+    if n > len(rows):
+        raise UserInputError(f"{key}={n} exceeds the {len(rows)} images of {what}")
+    return np.sort(rng.permutation(rows)[:n])
+
+
+def _load_torchvision(cfg: DataConfig, base_dir: Path | None, rngs: list) -> tuple:
+    """MNIST, FashionMNIST or CIFAR-10 from torchvision's files under ``data.root``
+    (:mod:`implicit_bias.data_torchvision`); pixels ÷255; ``classes`` as for sklearn;
+    ``n_train``/``n_test`` random subsets of the train/test split, redrawn per seed."""
+    from .data_torchvision import (
+        N_CLASSES,
+        TORCHVISION_SETS,
+        canonical_name,
+        download,
+        files_present,
+        read_torchvision,
+    )
+
+    name = canonical_name(cfg.name)
+    root = Path(cfg.root or "").expanduser()
+    if not root.is_absolute():
+        root = (base_dir if base_dir is not None else Path.cwd()) / root
+    root = root.resolve()  # messages and the description name the folder plainly
+    if cfg.download and not files_present(name, root):
+        download(name, root)
+    X8, y8, Xt8, yt8 = read_torchvision(name, root)
+    shape = list(TORCHVISION_SETS[name])
+    if cfg.d is not None and cfg.d != X8.shape[1]:
+        raise UserInputError(f"data.d={cfg.d} but {name} has {X8.shape[1]} pixels per image")
+    params: dict[str, Any] = {"name": name, "root": str(root), "image_shape": shape}
+    if cfg.classes == "all":
+        keep, keep_t = np.ones(len(y8), bool), np.ones(len(yt8), bool)
+        what = f"{name} (all {N_CLASSES} classes)"
+        params |= {"classes": "all", "n_classes": N_CLASSES}
+    else:
+        pos, neg = _sklearn_groups(cfg, name, list(range(N_CLASSES)))
+        keep, keep_t = np.isin(y8, pos + neg), np.isin(yt8, pos + neg)
+        what = f"{name} (classes {pos} vs {neg})"
+        params["classes"] = [pos, neg]
+    params |= {"available": int(keep.sum()), "available_test": int(keep_t.sum())}
+    tr = _pick(rngs[1], keep, cfg.n_train, "data.n_train", f"the training split of {what}")
+    te = _pick(rngs[2], keep_t, cfg.n_test, "data.n_test", f"the test split of {what}")
+    # only the chosen rows become float64 (all of MNIST would be 0.4 GB)
+    X, Xt = X8[tr].astype(np.float64) / 255.0, Xt8[te].astype(np.float64) / 255.0
+    y, yt = y8[tr].astype(np.float64), yt8[te].astype(np.float64)
+    if cfg.classes != "all":
+        y, yt = np.where(np.isin(y, pos), 1.0, -1.0), np.where(np.isin(yt, pos), 1.0, -1.0)
+    return X, y, Xt, yt, params | {"pixel_scale": "1/255"}
+
+
 # ----------------------------------------------------------------------- file
 def _resolve(path: str, base_dir: Path | None, key: str) -> Path:
     p = Path(path).expanduser()
@@ -773,6 +839,9 @@ def make_dataset(cfg: DataConfig, base_dir: Path | None = None) -> Dataset:
     elif cfg.kind == "sklearn":
         X, y, Xt, yt, params = _load_sklearn(cfg, rngs[1])
         source = f"data.name '{cfg.name}'"
+    elif cfg.kind == "torchvision":
+        X, y, Xt, yt, params = _load_torchvision(cfg, base_dir, rngs)
+        source = f"data.name '{params['name']}' under data.root {params['root']}"
     elif cfg.kind == "file":
         X, y, Xt, yt, params = _load_file(cfg, base_dir, rngs[1])
         source = f"data.path: {params['path']}"

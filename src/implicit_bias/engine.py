@@ -375,36 +375,102 @@ class Trainer:
             torch.set_flush_denormal(False)
 
     def _train(self) -> ChunkResult:
-        cfg, R, steps = self.cfg, self.R, self.cfg.train.steps
-        dev, dt = self.device, self.dtype
+        """The step loop: backend (loss, gradient) → update rule → measurements."""
+        cfg, steps = self.cfg, self.cfg.train.steps
         params = self.init()  # updated in place below
         init_weights = tuple(p.clone() for p in params)
-
         ctx = metrics.EvalContext(chunk=self, params=params, state={}, step=0)
-        # Sharpness at θ₀: reported always when on, and needed for lr_units=critical.
-        need_init_sharp = cfg.metrics.sharpness is not None or any(
-            r.config.train.lr_units == "critical" for r in self.runs
-        )
-        sharp0 = torch.full((R,), math.nan, dtype=dt, device=dev)
         # A curvature / linear-algebra step that breaks for a run (_linalg) is a failed
         # measurement, not a divergence (SPEC §3): the run keeps training, its value
         # there is NaN, and the first failure's step and name go to measurement_cause.
-        causes = [""] * R
-        # ---- the optimizer (optimizers.py): plain GD keeps the fused step below
+        causes = [""] * self.R
+        # the optimizer (optimizers.py): plain GD keeps the fused step of the MLP path
         opt = _Optimizer(self, params) if cfg.train.optimizer != "gd" else None
-        numerator = (
-            opt.numerator.cpu() if opt is not None else torch.full((R,), 2.0, dtype=torch.float64)
+        sharp0, relevant0, init_broke = self._initial_curvature(ctx, opt)
+        lr_abs, lr_table = self._rates(relevant0, opt)
+        neg_lr = -lr_table  # the update's scale per step (negation is exact)
+        watch = _Watch(self)
+        step_vals: dict[str, list[Tensor]] = {}
+        eval_set = set(self.eval_steps)
+        # the central flow and gradient flow of every run, from θ₀ (train.flow)
+        flows = self._flows(init_weights) if cfg.train.flow == "central" else None
+
+        # the training GEMMs at train.matmul_precision (TF32 with `high` on CUDA)
+        with precision.matmul_precision(cfg.train.matmul_precision, self.device):
+            for t in range(steps + 1):
+                loss_t, acc_t, pas = self._full_batch_loss(params)
+                watch.observe(t, loss_t, acc_t)
+                if t in eval_set:
+                    ctx.params, ctx.step, ctx.active = params, t, watch.active
+                    broke = init_broke if t == 0 else []
+                    extra = self._flow_traces(flows, t, lr_table, params)
+                    self._measure(ctx, opt, watch.active, causes, broke, step_vals, extra)
+                if t == steps:
+                    break
+                # a non-finite gradient (or rate) leaves the run's weights as they
+                # were (the last finite ones) and flags it diverged at t + 1
+                scale = torch.where(watch.active, neg_lr[:, t], 0.0)
+                params, finite = self._step(
+                    params, t, pas, scale, opt, lr_table[:, t], watch.active
+                )
+                watch.pending = watch.active & ~finite
+                if flows is not None:
+                    with precision.full(self.device):
+                        flows.advance(t, lr_table[:, t])
+                if self.progress is not None and (t + 1) % 50 == 0:
+                    self.progress(50)
+        if self.progress is not None:
+            self.progress(steps % 50 + 1)
+
+        ctx.params, ctx.active = params, watch.active
+        with _linalg.recording() as broke, precision.full(self.device):
+            final_vals = metrics.final_metrics(ctx)
+        if broke:
+            self._broke(broke, watch.active, steps, causes)
+        res = self._collect(
+            watch.loss, watch.acc, lr_table, step_vals, final_vals, watch.div_step, sharp0,
+            lr_abs, init_weights, params, relevant0 if opt is not None else None,
+        )  # fmt: skip
+        if flows is not None:
+            res.per_run.update(flows.per_run())
+        res.per_run["divergence_cause"] = watch.causes(lr_abs)
+        res.per_run["measurement_failed"] = np.array([bool(c) for c in causes], dtype=bool)
+        res.per_run["measurement_cause"] = np.array(causes, dtype=str)
+        return res
+
+    def _initial_curvature(
+        self, ctx: metrics.EvalContext, opt: _Optimizer | None
+    ) -> tuple[Tensor, Tensor, list[tuple[str, Tensor]]]:
+        """Sharpness at θ₀ ``(R,)`` (NaN when not needed), the curvature the critical
+        rate is read from (λ₁(P⁻¹H) for adaptive rules, else the sharpness), and the
+        measurements that broke on the way (attributed at step 0)."""
+        cfg, R = self.cfg, self.R
+        # Sharpness at θ₀: reported always when on, and needed for lr_units=critical.
+        need = cfg.metrics.sharpness is not None or any(
+            r.config.train.lr_units == "critical" for r in self.runs
         )
-        with _linalg.recording() as init_broke, precision.full(dev):
-            if need_init_sharp:
+        sharp0 = torch.full((R,), math.nan, dtype=self.dtype, device=self.device)
+        adaptive = opt is not None and opt.adaptive and need
+        with _linalg.recording() as broke, precision.full(self.device):
+            if need:
                 sharp0 = metrics.top_sharpness(ctx)[0][:, 0]  # kept in ctx.state for step 0
-            if opt is not None and opt.adaptive and need_init_sharp:
+            if adaptive:
+                assert opt is not None
                 # the relevant curvature of adaptive rules: λ₁(P⁻¹H) with the P of the
                 # first update (from the full-batch g₀), at θ₀
-                ctx.state["preconditioner"] = opt.first_preconditioner(params)
-                pc0 = metrics.top_preconditioned_sharpness(ctx)[0]
-        relevant0 = pc0 if opt is not None and opt.adaptive and need_init_sharp else sharp0
+                ctx.state["preconditioner"] = opt.first_preconditioner(ctx.params)
+                return sharp0, metrics.top_preconditioned_sharpness(ctx)[0], broke
+        return sharp0, sharp0, broke
 
+    def _rates(self, relevant0: Tensor, opt: _Optimizer | None) -> tuple[Tensor, Tensor]:
+        """The absolute base rate η per run ``(R,)`` (float64, host) and the rate of
+        every step ``(R, steps + 1)`` (schedules applied, on the device)."""
+        steps = self.cfg.train.steps
+        numerator = (
+            opt.numerator.cpu()
+            if opt is not None
+            else torch.full((self.R,), 2.0, dtype=torch.float64)
+        )
         lr_base = torch.tensor([r.config.train.lr for r in self.runs], dtype=torch.float64)
         critical = torch.tensor([r.config.train.lr_units == "critical" for r in self.runs])
         s0 = relevant0.detach().to("cpu", torch.float64)
@@ -413,102 +479,49 @@ class Trainer:
         s0 = torch.where(s0 > 0, s0, torch.nan)
         lr_abs = torch.where(critical, lr_base * numerator / s0, lr_base)
         mult = np.stack([multipliers(r.config.train.schedule, steps) for r in self.runs])
-        lr_table = _to_device((lr_abs[:, None] * torch.as_tensor(mult)).to(dt), dev)  # (R, steps+1)
-        neg_lr = -lr_table  # the update's scale per step (negation is exact)
-        nan = torch.full((), math.nan, dtype=dt, device=dev)  # made once: no tensor per step
-        # the central flow and gradient flow of every run, from θ₀ (train.flow)
-        flows = self._flows(init_weights) if cfg.train.flow == "central" else None
+        lr_table = _to_device((lr_abs[:, None] * torch.as_tensor(mult)).to(self.dtype), self.device)
+        return lr_abs, lr_table
 
-        loss_tr = torch.full((steps + 1, R), math.nan, dtype=dt, device=dev)
-        acc_tr = torch.full((steps + 1, R), math.nan, dtype=dt, device=dev)
-        active = torch.ones(R, dtype=torch.bool, device=dev)
-        div_step = torch.full((R,), -1, dtype=torch.long, device=dev)
-        # why: 1 loss non-finite or above diverge_factor × L₀, 2 update non-finite
-        div_kind = torch.zeros(R, dtype=torch.long, device=dev)
-        pending = torch.zeros(R, dtype=torch.bool, device=dev)  # update went non-finite
-        factor = torch.tensor(
-            [r.config.metrics.phase.diverge_factor for r in self.runs], dtype=dt, device=dev
-        )
-        step_vals: dict[str, list[Tensor]] = {}
-        eval_set = set(self.eval_steps)
-        L0: Tensor | None = None
+    def _measure(
+        self,
+        ctx: metrics.EvalContext,
+        opt: _Optimizer | None,
+        active: Tensor,
+        causes: list[str],
+        earlier: list[tuple[str, Tensor]],
+        step_vals: dict[str, list[Tensor]],
+        extra: dict[str, Tensor] | None = None,
+    ) -> None:
+        """The eval-step metrics at ``ctx.step`` (and the ``extra`` traces, the flows')
+        appended to ``step_vals`` (NaN, or False, for stopped runs); failed
+        measurements go to ``causes``."""
+        t = ctx.step
+        if opt is not None and opt.adaptive and t > 0:
+            ctx.state["preconditioner"] = opt.preconditioner()
+        # curvature always in full precision
+        with _linalg.recording() as broke, precision.full(self.device):
+            vals = metrics.step_metrics(ctx)
+        broke = earlier + broke
+        if broke:  # a Python list: no host read unless a step broke
+            self._broke(broke, active, t, causes)
+        vals.update(extra or {})
+        for name, val in vals.items():
+            mask = active.reshape(-1, *([1] * (val.dim() - 1)))
+            if val.dtype == torch.bool:
+                val = val & mask
+            else:
+                val = torch.where(mask, val, torch.nan)
+            step_vals.setdefault(name, []).append(val)
 
-        # the training GEMMs at train.matmul_precision (TF32 with `high` on CUDA)
-        with precision.matmul_precision(cfg.train.matmul_precision, dev):
-            for t in range(steps + 1):
-                loss_t, acc_t, pas = self._full_batch_loss(params)
-                if L0 is None:
-                    L0 = loss_t.detach().clone()
-                # Divergence: a non-finite loss, a loss above diverge_factor × L₀, or an update
-                # gone non-finite. All of it stays on the device: masks, no host reads.
-                bad = active & (pending | ~torch.isfinite(loss_t) | (loss_t > factor * L0))
-                div_step.masked_fill_(bad, t)
-                div_kind = torch.where(bad, torch.where(pending, 2, 1), div_kind)
-                was_active = active  # = active | bad after the update below
-                active = active & ~bad
-                torch.where(was_active, loss_t, nan, out=loss_tr[t])
-                torch.where(was_active, acc_t, nan, out=acc_tr[t])
-
-                if t in eval_set:
-                    ctx.params, ctx.step, ctx.active = params, t, active
-                    if opt is not None and opt.adaptive and t > 0:
-                        ctx.state["preconditioner"] = opt.preconditioner()
-                    # curvature always in full precision
-                    with _linalg.recording() as broke, precision.full(dev):
-                        vals = metrics.step_metrics(ctx)
-                    if t == 0:
-                        broke = init_broke + broke
-                    if broke:  # a Python list: no host read unless a step broke
-                        self._broke(broke, active, t, causes)
-                    if flows is not None:  # outside recording: a flow's failure is its own NaN
-                        with precision.full(dev):
-                            vals.update(flows.measure(t, lr_table[:, t], params))
-                    for name, val in vals.items():
-                        mask = active.reshape(-1, *([1] * (val.dim() - 1)))
-                        if val.dtype == torch.bool:
-                            val = val & mask
-                        else:
-                            val = torch.where(mask, val, torch.nan)
-                        step_vals.setdefault(name, []).append(val)
-                if t == steps:
-                    break
-                # a non-finite gradient (or rate) leaves the run's weights as they
-                # were (the last finite ones) and flags it diverged at t + 1
-                scale = torch.where(active, neg_lr[:, t], 0.0)
-                params, finite = self._step(params, t, pas, scale, opt, lr_table[:, t], active)
-                pending = active & ~finite
-                if flows is not None:
-                    with precision.full(dev):
-                        flows.advance(t, lr_table[:, t])
-                if self.progress is not None and (t + 1) % 50 == 0:
-                    self.progress(50)
-        if self.progress is not None:
-            self.progress(steps % 50 + 1)
-
-        ctx.params, ctx.active = params, active
-        with _linalg.recording() as broke, precision.full(dev):
-            final_vals = metrics.final_metrics(ctx)
-        if broke:
-            self._broke(broke, active, steps, causes)
-        res = self._collect(
-            loss_tr, acc_tr, lr_table, step_vals, final_vals, div_step, sharp0, lr_abs,
-            init_weights, params, relevant0 if opt is not None else None,
-        )  # fmt: skip
-        if flows is not None:
-            res.per_run.update(flows.per_run())
-        kinds = div_kind.cpu().tolist()
-        no_rate = (~torch.isfinite(lr_abs)).tolist()
-        names = {0: "", 1: "loss", 2: "non-finite update"}
-        res.per_run["divergence_cause"] = np.array(
-            [
-                "no critical rate (λ₀ not positive or not measured)" if k == 2 and bad else names[k]
-                for k, bad in zip(kinds, no_rate, strict=True)
-            ],
-            dtype=str,
-        )
-        res.per_run["measurement_failed"] = np.array([bool(c) for c in causes], dtype=bool)
-        res.per_run["measurement_cause"] = np.array(causes, dtype=str)
-        return res
+    def _flow_traces(
+        self, flows: CentralFlows | None, t: int, lr_table: Tensor, params: Params
+    ) -> dict[str, Tensor]:
+        """The flows' step traces at eval step t (none without flows); measured outside
+        the linear-algebra recording, so a flow's failure is its own NaN, not GD's."""
+        if flows is None:
+            return {}
+        with precision.full(self.device):
+            return flows.measure(t, lr_table[:, t], params)
 
     def _flows(self, theta0: Params) -> CentralFlows:
         """The runs' central and gradient flows from ``theta0`` (:mod:`implicit_bias.flows`)."""
@@ -663,6 +676,55 @@ class Trainer:
         if self.a is not None:
             res.fixed["a"] = np_(self.a)
         return res
+
+
+class _Watch:
+    """The loss and accuracy traces and the divergence masks of a chunk's runs.
+
+    Divergence (SPEC §3): a non-finite loss, a loss above ``diverge_factor`` × L₀,
+    or an update gone non-finite (``pending``, set by the loop after a step). All
+    of it stays on the device: masks, no host reads within a step.
+    """
+
+    def __init__(self, tr: Trainer):
+        R, steps, dt, dev = tr.R, tr.cfg.train.steps, tr.dtype, tr.device
+        self.loss = torch.full((steps + 1, R), math.nan, dtype=dt, device=dev)
+        self.acc = torch.full((steps + 1, R), math.nan, dtype=dt, device=dev)
+        self.active = torch.ones(R, dtype=torch.bool, device=dev)
+        self.div_step = torch.full((R,), -1, dtype=torch.long, device=dev)
+        # why: 1 loss non-finite or above diverge_factor × L₀, 2 update non-finite
+        self.kind = torch.zeros(R, dtype=torch.long, device=dev)
+        self.pending = torch.zeros(R, dtype=torch.bool, device=dev)  # update went non-finite
+        self.factor = torch.tensor(
+            [r.config.metrics.phase.diverge_factor for r in tr.runs], dtype=dt, device=dev
+        )
+        self.nan = torch.full((), math.nan, dtype=dt, device=dev)  # made once: no tensor per step
+        self.L0: Tensor | None = None
+
+    def observe(self, t: int, loss_t: Tensor, acc_t: Tensor) -> None:
+        """Record step t's loss and accuracy; stop the runs that diverged at t."""
+        if self.L0 is None:
+            self.L0 = loss_t.detach().clone()
+        active, pending = self.active, self.pending
+        bad = active & (pending | ~torch.isfinite(loss_t) | (loss_t > self.factor * self.L0))
+        self.div_step.masked_fill_(bad, t)
+        self.kind = torch.where(bad, torch.where(pending, 2, 1), self.kind)
+        torch.where(active, loss_t, self.nan, out=self.loss[t])  # active = was active | bad
+        torch.where(active, acc_t, self.nan, out=self.acc[t])
+        self.active = active & ~bad
+
+    def causes(self, lr_abs: Tensor) -> np.ndarray:
+        """``divergence_cause`` per run: '', 'loss', 'non-finite update', or no critical rate."""
+        kinds = self.kind.cpu().tolist()
+        no_rate = (~torch.isfinite(lr_abs)).tolist()
+        names = {0: "", 1: "loss", 2: "non-finite update"}
+        return np.array(
+            [
+                "no critical rate (λ₀ not positive or not measured)" if k == 2 and bad else names[k]
+                for k, bad in zip(kinds, no_rate, strict=True)
+            ],
+            dtype=str,
+        )
 
 
 class _Optimizer:

@@ -80,7 +80,7 @@ class Estimate:
     repeated: bool = True
 
     def text(self) -> str:
-        from .sweep import _fmt_seconds
+        from .planning import _fmt_seconds
 
         spread = self.high / self.low if self.low > 0 else math.inf
         sure = (

@@ -24,7 +24,7 @@ from .config import ExperimentConfig, SweepSpace
 if TYPE_CHECKING:
     import xarray as xr
 
-    from .sweep import Plan
+    from .planning import Plan
 
 _DATA_VARS = ("X_train", "y_train", "X_test", "y_test")
 
@@ -82,6 +82,7 @@ def grow_folder(
     import xarray as xr
 
     from .engine import Trainer
+    from .planning import settle_chunking
     from .store import (
         CHUNK_DIR,
         CHUNKING_FILE,
@@ -91,7 +92,7 @@ def grow_folder(
         with_chunk_data,
         write_chunk,
     )
-    from .sweep import _save_data, settle_chunking
+    from .sweep import _save_data
 
     out = Path(out)
     tree = open_results(out)  # every old chunk verified before any is reused

@@ -30,7 +30,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from .plots import PHASE_COLORS, PHASE_MARKERS, _figure, _legend, _plain_log_ticks, draw_phase_grid
+from .plots import draw_phase_grid
+from .plots_base import PHASE_COLORS, PHASE_MARKERS, _figure, _legend, _plain_log_ticks
 from .tables import swept_keys
 from .views import PHASES, REPLICATE_KEYS, _sort_key, fmt
 
@@ -452,7 +453,7 @@ def write_all(df, axes: Axes, out, name: str) -> list:
     """
     from pathlib import Path
 
-    from .plots import _save
+    from .plots_base import _save
 
     out = Path(out)
     made = [("phase_diagram", phase_diagram(df, axes, name))]

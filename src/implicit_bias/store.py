@@ -349,7 +349,7 @@ DATA_BASE_KEY = "data_base_dir"
 
 def reads_data_files(cfg: ExperimentConfig) -> bool:
     """Whether ``cfg`` (or a point of its sweep) may read a data file by path."""
-    return cfg.data.kind == "file" or any(
+    return cfg.data.kind in ("file", "torchvision") or any(
         k == "data" or k.startswith("data.") for k in map(str, cfg.sweep)
     )
 
