@@ -183,12 +183,12 @@ def _counts(mask: np.ndarray) -> str:
 # ------------------------------------------------------------------ controls
 def _below_edge(cfgs: Configs) -> Configs:
     """The ``eos`` experiment at the small rate: 2/η far above any sharpness reached."""
-    return {"eos": with_(cfgs["eos"], train__steps=60, sweep={"train.lr": [TINY]})}
+    return {"eos": with_(cfgs["eos"], train__steps=50, sweep={"train.lr": [TINY]})}
 
 
 def _at_edge(cfgs: Configs) -> Configs:
     """The ``below`` experiment at the edge-of-stability rate (long enough to reach it)."""
-    return {"below": with_(cfgs["below"], train__steps=50, sweep={"train.lr": [ETA]})}
+    return {"below": with_(cfgs["below"], train__steps=30, sweep={"train.lr": [ETA]})}
 
 
 _BELOW_NOTE = (
