@@ -305,3 +305,20 @@ def test_cnn_baseline_script_main(tmp_path):
     cfg["data"]["n_train"] = 16
     cfg["metrics"] = {"every": 1, "sharpness": {"iters": 2}}
     mod.main([str(bench._write(cfg, tmp_path / "cnn.yaml"))])
+
+
+def test_central_flow_row_plumbing(monkeypatch, capsys):
+    """The central-flow row times the same sweep with and without the flows (issue 19)."""
+    _fake(monkeypatch)
+    res = bench.main(quick=True, _runs=2, _steps=5, _cb=(0, 0), _memory=(), _flow=(4, 3))
+    row = res["central_flow"]
+    assert row["runs"] == 4 and row["steps"] == 3
+    assert row["ratio"] == 1.0 and row["engine_ratio"] == 1.0
+    assert res["goals"]["central_flow_10x"]
+    assert "GD + central flow 4×3" in capsys.readouterr().out
+    plain, flows = bench.central_flow_config(16, 100, "none"), bench.central_flow_config(16, 100)
+    assert {k: v for k, v in flows["train"].items() if not k.startswith("flow")} == {
+        k: v for k, v in plain["train"].items() if not k.startswith("flow")
+    }
+    assert plain["sweep"] == flows["sweep"] and len(flows["sweep"]["seed"]) * 4 == 16
+    assert load_config(flows).train.flow == "central" and load_config(plain).train.flow == "none"

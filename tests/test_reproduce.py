@@ -237,7 +237,9 @@ def test_cli_refuses_a_folder_of_another_config(tmp_path):
 #: L2/L3/L12 catapult on one draw only, L11 never (no rise above L₀ at depth 3), L10/L13
 #: W8 gaps at noise level (< 2 SE), L14 1.06 > 1.05 on draw 0 (F9 passes since it is judged
 #: against the clean-trained net at ‖μ‖ 12: loss 0.002, 0.004; L15 passes on both draws)
-KNOWN_FAIL: set[str] = {"L2", "L3", "L10", "L11", "L12", "L13", "L14", "W8"}
+#: CF1: in the cohen2024 net GD oscillates in bursts and L + tr Σ/η over-predicts its
+#: 40-iteration average (mean relative error 0.62, 0.67; the gradient flow's 0.74, 0.76)
+KNOWN_FAIL: set[str] = {"L2", "L3", "L10", "L11", "L12", "L13", "L14", "W8", "CF1"}
 
 
 @pytest.mark.slow

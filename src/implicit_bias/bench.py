@@ -178,6 +178,58 @@ def cnn_rows(
     return row
 
 
+def central_flow_config(runs: int = 16, steps: int = 100, flow: str = "central") -> dict[str, Any]:
+    """The central-flow row of issue 19: GD beside its central flow and gradient flow.
+
+    The ``cohen2024`` paper's setting (fc-tanh depth 3, width 32, no biases, 128 binary
+    digits, square loss, float64; see :mod:`implicit_bias.papers.cohen2024`), rates
+    0.1–0.4 (below and at the edge of stability) × seeds, sharpness every 10 steps,
+    4 Euler substeps per GD step; ``flow: none`` is the same sweep without the flows.
+    """
+    lrs = [0.1, 0.2, 0.3, 0.4][: max(1, min(4, runs))]
+    seeds = list(range(max(1, runs // len(lrs))))
+    return {
+        "name": f"bench-flow-{flow}",
+        "data": {
+            "kind": "sklearn",
+            "name": "digits",
+            "n_train": 128,
+            "n_test": 0,
+            "normalize": "standardize",
+        },
+        "model": {
+            "kind": "mlp",
+            "depth": 3,
+            "width": 32,
+            "activation": "tanh",
+            "bias": False,
+            "parametrization": "standard",
+        },
+        "train": {"loss": "mse", "steps": steps, "dtype": "float64", "flow": flow}
+        | ({"flow_substeps": 4, "flow_eigs": 1} if flow != "none" else {}),
+        "metrics": {"every": 10, "sharpness": {"iters": 20}, "dense_early": False},
+        "store": {"weights": []},
+        "sweep": {"train.lr": lrs, "seed": seeds},
+    }
+
+
+def central_flow_rows(
+    tmp: Path, device: str, runs: int, steps: int, repeats: int, startup: int, say
+) -> dict[str, Any]:
+    """The same sweep with and without ``train.flow: central``: the cost of the flows,
+    as ``ratio`` (whole ``run`` minus start-up) and ``engine_ratio`` (training only)."""
+    row: dict[str, Any] = {"runs": 0, "steps": steps}
+    for flow in ("none", "central"):
+        cfg = central_flow_config(runs, steps, flow)
+        row["runs"] = math.prod(len(v) for v in cfg["sweep"].values())
+        say(f"central flow: {row['runs']} runs × {steps} steps, flow {flow} …")
+        path = _write(cfg, tmp / f"flow-{flow}.yaml")
+        row[flow] = time_ours(path, tmp / f"out-flow-{flow}", device, repeats, startup)
+    row["ratio"] = row["central"]["time_s"] / row["none"]["time_s"]
+    row["engine_ratio"] = row["central"]["engine_s"] / row["none"]["engine_s"]
+    return row
+
+
 # ----------------------------------------------------------------------- FLOPs
 def pass_flops(
     shapes: list[tuple[int, int]], n: int, trained: int | None = None
@@ -375,6 +427,7 @@ def main(
     _memory: tuple[int, ...] | None = None,
     _pd: tuple[int, int] | None = None,
     _cnn: tuple[int, int] | None = None,
+    _flow: tuple[int, int] | None = None,
     repeats: int = 1,
 ) -> dict[str, Any]:
     """Time the reference workload, the compute-bound case and memory; print a table or JSON.
@@ -391,6 +444,8 @@ def main(
             64 × 100 with ``quick``); ``(0, 0)`` skips it.
         _cnn: ``(runs, steps)`` of the CNN row (32 × 50, or 8 × 10 with ``quick``;
             skipped when ``_runs`` is given unless set); ``(0, 0)`` skips it.
+        _flow: ``(runs, steps)`` of the central-flow row (16 × 100, or 4 × 20 with
+            ``quick``; skipped when ``_runs`` is given unless set); ``(0, 0)`` skips it.
         repeats: take the best of this many timings of each workload (start-up
             times are the best of max(3, repeats), of 1 with ``quick``).
 
@@ -478,6 +533,13 @@ def main(
         )
         if cnn_runs:
             res["cnn"] = cnn_rows(tmp_path, device, cnn_runs, cnn_steps, repeats, startup, imp, say)
+        flow_runs, flow_steps = (
+            _flow if _flow is not None else ((0, 0) if _runs else ((4, 20) if quick else (16, 100)))
+        )
+        if flow_runs:
+            res["central_flow"] = central_flow_rows(
+                tmp_path, device, flow_runs, flow_steps, repeats, startup, say
+            )
         res["memory"] = []
         if mem_runs:
             # fixed chunk size for every run count, then the largest count as one chunk
@@ -548,6 +610,9 @@ def goals(res: dict[str, Any], device: str) -> dict[str, bool]:
     }
     if "reference_adam" in res and device == "cpu":  # issue 18
         out["adam_speedup_5x"] = res["reference_adam"]["speedup"] >= 5
+    if "central_flow" in res:  # issue 19: GD + its flows at most 10× GD alone, judged on
+        # the training time (the whole-run ratio also counts writing and the report)
+        out["central_flow_10x"] = res["central_flow"]["engine_ratio"] <= 10
     if "compute_bound" in res:
         # "the engine reaches ≥ 50 %": the training as timed inside `run`; the
         # whole-process rate (pct_peak, with imports and I/O) is reported beside it
@@ -651,6 +716,17 @@ def print_table(res: dict[str, Any]) -> None:
                 "",
                 "",
             )
+    if "central_flow" in res:
+        c = res["central_flow"]
+        t.add_row(
+            f"GD + central flow {c['runs']}×{c['steps']}",
+            "",
+            f"{c['central']['time_s']:.2f}",
+            f"{c['none']['time_s']:.2f}",
+            f"{c['ratio']:.1f}× cost",
+            "",
+            "",
+        )
     for pd in res.get("phase_diagram", []):
         t.add_row(
             f"phase diagram {pd['runs']}×{pd['steps']} ({pd['matmul_precision']}, "
@@ -669,6 +745,14 @@ def print_table(res: dict[str, Any]) -> None:
         "order and Lanczos stops early, doing far fewer. The ReLU row takes the general path."
         + ("" if "compute_bound" not in res else " The compute-bound row measures the hardware.")
     )
+    if "central_flow" in res:
+        c = res["central_flow"]
+        con.print(
+            f"GD + central flow: 'ours s' is the sweep with train.flow central (its central and "
+            f"gradient flows beside every run), 'base s' the same sweep without; training alone "
+            f"{c['central']['engine_s']:.2f} s against {c['none']['engine_s']:.2f} s "
+            f"({c['engine_ratio']:.1f}×; goal ≤ 10×)"
+        )
     o, b = ref["ours"], ref["baseline"]
     con.print(
         f"start-up taken out: ours = run {o['run_s']:.2f} s − validate {o['validate_s']:.2f} s; "

@@ -285,7 +285,7 @@ def _write_report_files(tree, path: Path, table, axes) -> list[Path]:
     the files written (what ``--overwrite`` may remove)."""
     import shutil
 
-    from . import plots, plots_runs
+    from . import plots, plots_flow, plots_runs
     from ._atomic import tmp_tag
     from ._errors import UserInputError
     from .store import REPORT_MANIFEST, _atomic_write_text, report_manifest
@@ -307,6 +307,10 @@ def _write_report_files(tree, path: Path, table, axes) -> list[Path]:
             drawn = plots.write_all(tree, scratch, views=views, names=PER_GROUP_FIGURES)
             drawn += plots_runs.write_all(
                 table, axes, scratch, _root_config(tree).get("name", "results")
+            )
+            # GD against its central flow, for groups run with train.flow: central
+            drawn += plots_flow.write_all(
+                views, scratch, str(_root_config(tree).get("name", "results"))
             )
         figures = []
         for f in drawn:
