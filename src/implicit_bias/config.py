@@ -469,9 +469,9 @@ class ExperimentConfig(_Strict):
             for key in ("flow", "flow_substeps", "flow_eigs"):
                 raw["train"].pop(key, None)
         # torchvision's keys came later too: at their defaults, the identity of before
-        for key, default in (("root", None), ("download", False)):
-            if raw["data"].get(key) == default:
-                raw["data"].pop(key, None)
+        for data_key, unset in (("root", None), ("download", False)):
+            if raw["data"].get(data_key) == unset:
+                raw["data"].pop(data_key, None)
         # keys added with the MLP's old behaviour as default leave old folders' hashes alone
         if raw["model"].get("kind") == "mlp":
             for key, default in (
