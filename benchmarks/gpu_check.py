@@ -13,7 +13,12 @@ it measured):
   and high: chunks, training TFLOP/s and % of the peak (``bench.phase_diagram_rows``);
 - ``syncs``: ``cudaStreamSynchronize`` calls and host→device copies counted by
   ``torch.profiler`` over 60 training steps of 64 phase-diagram runs (eval at
-  0 and 60 only): ~0 expected besides start-up and the two evals.
+  0 and 60 only): ~0 expected besides start-up and the two evals;
+- ``cnn`` (issue 17): the generic path's CNN sweep (``bench.cnn_rows``: 32 runs of a
+  two-conv tanh net on digits, a loop over runs and ``vmap``) against the hand-written
+  per-run loop on the GPU; goal ≥ 20×;
+- ``central_flow`` (issue 19): the same sweep with and without ``train.flow: central``
+  (``bench.central_flow_rows``); goal ≤ 10× the GD run alone.
 """
 
 from __future__ import annotations
@@ -94,7 +99,11 @@ def main() -> None:
     ap.add_argument("--baseline-runs", type=int, default=16)
     ap.add_argument("--pd-runs", type=int, default=1024)
     ap.add_argument("--pd-steps", type=int, default=1000)
-    ap.add_argument("--skip", nargs="*", default=[])
+    ap.add_argument("--cnn-runs", type=int, default=32)
+    ap.add_argument("--cnn-steps", type=int, default=50)
+    ap.add_argument("--flow-runs", type=int, default=16)
+    ap.add_argument("--flow-steps", type=int, default=100)
+    ap.add_argument("--skip", nargs="*", default=[], help="stages: syncs phase reference cnn flow")
     # cpu: the same stages at small sizes, to test this script's plumbing without a GPU
     # (tests/test_bench.py); the profiler's sync count is CUDA-only and skipped there
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -125,6 +134,19 @@ def main() -> None:
         if "reference" not in args.skip:
             say("reference workload: ours …")
             res["reference"] = reference(tmp_path, args.baseline_runs, say, dev)
+            _save(res, args.out)
+        if "cnn" not in args.skip:
+            imp, _ = bench.best_of(
+                [sys.executable, "-c", f"import torch; torch.zeros(1, device={dev!r})"], 1
+            )
+            row = bench.cnn_rows(tmp_path, dev, args.cnn_runs, args.cnn_steps, 1, 1, imp, say)
+            row["goal_20x"] = max(row["speedup_loop"], row["speedup_vmap"]) >= 20
+            res["cnn"] = row
+            _save(res, args.out)
+        if "flow" not in args.skip:
+            row = bench.central_flow_rows(tmp_path, dev, args.flow_runs, args.flow_steps, 1, 1, say)
+            row["goal_10x"] = row["engine_ratio"] <= 10
+            res["central_flow"] = row
             _save(res, args.out)
     print(json.dumps(res, indent=2))
 
