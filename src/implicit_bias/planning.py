@@ -166,15 +166,7 @@ def estimate_run_bytes(
     spec = ModelSpec.from_config(cfg.model, d)
     P = spec.n_params
     item = 4 if cfg.train.dtype == "float32" else 8
-    mc = cfg.metrics
-    # P-sized Lanczos vectors kept at once by the curvature metrics that are on
-    sharp_iters = mc.sharpness.iters if mc.sharpness else 20
-    basis = max(
-        sharp_iters if (mc.sharpness or mc.gn_sharpness) else 0,
-        (mc.trace.iters if mc.trace.density else 2) if mc.trace else 0,
-    )
-    # weights, two eval/warm-start vectors, the kept init/final weights, temporaries
-    per_param = 6 + len(cfg.store.weights) + max(basis, _flow_basis(cfg)) + _flow_vectors(cfg)
+    per_param = _param_vectors(cfg)
     # the optimizer's state (velocity, moments) and its gradients and updates
     per_param += {"gd": 0, "momentum": 3, "nesterov": 3, "rmsprop": 3, "adam": 4}[
         cfg.train.optimizer
@@ -186,6 +178,20 @@ def estimate_run_bytes(
         # (n, n) blocks and (n, width) factors, never the (n, P) Jacobian
         per += 8 * (4 * n * n + 3 * n * max(spec.width, 1) * spec.depth)
     return int(per)
+
+
+def _param_vectors(cfg: ExperimentConfig) -> int:
+    """P-sized vectors a run keeps at once, on either path: the weights, two
+    eval/warm-start vectors, the kept init/final weights, temporaries, the largest
+    Lanczos basis of the curvature metrics that are on (or of the flows' eigen-solves)
+    and the flows' own vectors."""
+    mc = cfg.metrics
+    sharp_iters = mc.sharpness.iters if mc.sharpness else 20
+    basis = max(
+        sharp_iters if (mc.sharpness or mc.gn_sharpness) else 0,
+        (mc.trace.iters if mc.trace.density else 2) if mc.trace else 0,
+    )
+    return 6 + len(cfg.store.weights) + max(basis, _flow_basis(cfg)) + _flow_vectors(cfg)
 
 
 def _flow_vectors(cfg: ExperimentConfig) -> int:
@@ -210,17 +216,11 @@ def _estimate_generic_bytes(cfg: ExperimentConfig, n: int, d: int, m: int, model
     tangent, forward and backward of ``jvp(grad)``, and what ``vmap`` keeps
     besides), and for the NTK the (n·K, P) Jacobian ``jacrev`` forms per run."""
     item = 4 if cfg.train.dtype == "float32" else 8
-    mc = cfg.metrics
-    sharp_iters = mc.sharpness.iters if mc.sharpness else 20
-    basis = max(
-        sharp_iters if (mc.sharpness or mc.gn_sharpness) else 0,
-        (mc.trace.iters if mc.trace.density else 2) if mc.trace else 0,
-    )
     P, K = model.n_params, model.outputs
-    per_param = 6 + len(cfg.store.weights) + max(basis, _flow_basis(cfg)) + _flow_vectors(cfg)
+    per_param = _param_vectors(cfg)
     act = (n + m) * (model.act_per_sample + K)
     per = item * (P * per_param + 16 * act + n * d) + TRACE_BYTES_PER_STEP * (cfg.train.steps + 1)
-    if mc.ntk:
+    if cfg.metrics.ntk:
         per += item * (n * K * P + (n * K) ** 2)
     return int(per)
 
