@@ -186,25 +186,13 @@ def central_flow_config(runs: int = 16, steps: int = 100, flow: str = "central")
     0.1–0.4 (below and at the edge of stability) × seeds, sharpness every 10 steps,
     4 Euler substeps per GD step; ``flow: none`` is the same sweep without the flows.
     """
+    from .papers.cohen2021 import fc_tanh_digits
+
     lrs = [0.1, 0.2, 0.3, 0.4][: max(1, min(4, runs))]
     seeds = list(range(max(1, runs // len(lrs))))
     return {
         "name": f"bench-flow-{flow}",
-        "data": {
-            "kind": "sklearn",
-            "name": "digits",
-            "n_train": 128,
-            "n_test": 0,
-            "normalize": "standardize",
-        },
-        "model": {
-            "kind": "mlp",
-            "depth": 3,
-            "width": 32,
-            "activation": "tanh",
-            "bias": False,
-            "parametrization": "standard",
-        },
+        **fc_tanh_digits(n_test=0),
         "train": {"loss": "mse", "steps": steps, "dtype": "float64", "flow": flow}
         | ({"flow_substeps": 4, "flow_eigs": 1} if flow != "none" else {}),
         "metrics": {"every": 10, "sharpness": {"iters": 20}, "dense_early": False},

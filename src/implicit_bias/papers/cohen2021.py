@@ -110,6 +110,30 @@ SYNTH_SETTING = (
 )
 
 
+def fc_tanh_digits(n_test: int = 256) -> dict[str, Any]:
+    """The ``data`` and ``model`` sections of this paper's fc-tanh setting (128 digits even
+    vs odd, standardised; depth 3, width 32, no biases, ``standard`` init), shared by
+    :mod:`.cohen2024` and the central-flow bench row."""
+    return {
+        "data": {
+            "kind": "sklearn",
+            "name": "digits",
+            "n_train": 128,
+            "n_test": n_test,
+            "normalize": "standardize",
+            "seed": 0,
+        },
+        "model": {
+            "kind": "mlp",
+            "depth": 3,
+            "width": 32,
+            "activation": "tanh",
+            "bias": False,
+            "parametrization": "standard",
+        },
+    }
+
+
 def _experiments(quick: bool) -> Configs:
     steps = 450 if quick else 2000
     seeds = [0] if quick else [0, 1, 2]
@@ -117,22 +141,7 @@ def _experiments(quick: bool) -> Configs:
     def cfg(name: str, loss: str, rates: list[float], steps: int) -> dict[str, Any]:
         return {
             "name": f"cohen2021-{name}",
-            "data": {
-                "kind": "sklearn",
-                "name": "digits",
-                "n_train": 128,
-                "n_test": 256,
-                "normalize": "standardize",
-                "seed": 0,
-            },
-            "model": {
-                "kind": "mlp",
-                "depth": 3,
-                "width": 32,
-                "activation": "tanh",
-                "bias": False,
-                "parametrization": "standard",
-            },
+            **fc_tanh_digits(),
             "train": {"loss": loss, "steps": steps},
             "metrics": {"every": 25 if quick else 50, "sharpness": {"iters": 20}},
             "sweep": {"train.lr": rates, "seed": seeds},

@@ -39,6 +39,7 @@ import numpy as np
 from ..smoothing import at_steps, centred_average
 from ._base import Configs, Paper, Runs, Verdict, g, gl, not_judged, with_
 from ._figures import figure, save
+from .cohen2021 import fc_tanh_digits
 
 SETTING = (
     "fc-tanh (depth 3, width 32, no biases, one output), 128 digits even vs odd (±1), "
@@ -82,22 +83,7 @@ def _experiments(quick: bool) -> Configs:
     def cfg(name: str, rate: float, steps: int, every: int) -> dict[str, Any]:
         return {
             "name": f"cohen2024-{name}",
-            "data": {
-                "kind": "sklearn",
-                "name": "digits",
-                "n_train": 128,
-                "n_test": 256,
-                "normalize": "standardize",
-                "seed": 0,
-            },
-            "model": {
-                "kind": "mlp",
-                "depth": 3,
-                "width": 32,
-                "activation": "tanh",
-                "bias": False,
-                "parametrization": "standard",
-            },
+            **fc_tanh_digits(),
             "train": {
                 "loss": "mse",
                 "steps": steps,
