@@ -239,7 +239,12 @@ def test_cli_refuses_a_folder_of_another_config(tmp_path):
 #: against the clean-trained net at ‖μ‖ 12: loss 0.002, 0.004; L15 passes on both draws)
 #: CF1: in the cohen2024 net GD oscillates in bursts and L + tr Σ/η over-predicts its
 #: 40-iteration average (mean relative error 0.62, 0.67; the gradient flow's 0.74, 0.76)
-KNOWN_FAIL: set[str] = {"L2", "L3", "L10", "L11", "L12", "L13", "L14", "W8", "CF1"}
+#: E8: on the synthetic set the sharpness overshoots to 1.6–1.9 × 2/η after reaching it;
+#: C2: RMSProp's peak 1.55 × its threshold on draw 1 (band 1.3). Second session of
+#: 2026-12-02: 43 of 54 PASS.
+KNOWN_FAIL: set[str] = {
+    "L2", "L3", "L10", "L11", "L12", "L13", "L14", "W8", "E8", "C2", "CF1",
+}  # fmt: skip
 
 
 @pytest.mark.slow
