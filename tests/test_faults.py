@@ -11,9 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
+from _helpers import assert_same_results
 
 import implicit_bias as ib
 
@@ -65,14 +65,7 @@ def clean(tmp_path_factory):
 def _assert_equal_to_clean(out: Path, ref) -> None:
     chunks = out / "chunks"
     assert sorted(f.name for f in chunks.iterdir()) == [f"g000-c0000{i}.nc" for i in range(3)]
-    got = ib.open_results(out)["group_000"].to_dataset()
-    assert set(got.variables) == set(ref.variables)
-    for v in ref.variables:
-        a, b = got[v].values, ref[v].values
-        if a.dtype.kind == "f":
-            np.testing.assert_allclose(a, b, rtol=0, atol=1e-12, err_msg=str(v))
-        else:
-            np.testing.assert_array_equal(a, b, err_msg=str(v))
+    assert_same_results(ib.open_results(out)["group_000"].to_dataset(), ref)
 
 
 def test_kill_9_inside_a_chunk_write(clean, tmp_path):

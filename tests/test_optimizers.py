@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from _helpers import validate_error_lines
 
 from implicit_bias import optimizers
 from implicit_bias.losses import mean_loss
@@ -452,19 +453,10 @@ def test_adam_critical_units_use_the_preconditioned_sharpness_at_init():
 
 
 def test_cli_bad_optimizer_key_exits_2_with_one_line(tmp_path):
-    import subprocess
-    import sys
-
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text("data: {kind: overlap}\ntrain: {optimizer: adam, momentum: 0.9}\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "implicit_bias", "validate", str(cfg)],
-        capture_output=True,
-        text=True,
+    lines = validate_error_lines(
+        tmp_path, "data: {kind: overlap}\ntrain: {optimizer: adam, momentum: 0.9}\n"
     )
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and "train.momentum" in lines[0], proc.stderr
+    assert len(lines) == 1 and "train.momentum" in lines[0], lines
 
 
 def test_phase_rule_reads_the_optimizer_threshold():
