@@ -583,10 +583,8 @@ def _load_torchvision(cfg: DataConfig, base_dir: Path | None, rngs: list) -> tup
     )
 
     name = canonical_name(cfg.name)
-    root = Path(cfg.root or "").expanduser()
-    if not root.is_absolute():
-        root = (base_dir if base_dir is not None else Path.cwd()) / root
-    root = root.resolve()  # messages and the description name the folder plainly
+    # resolved: messages and the description name the folder plainly
+    root = _against(cfg.root or "", base_dir).resolve()
     if cfg.download and not files_present(name, root):
         download(name, root)
     X8, y8, Xt8, yt8 = read_torchvision(name, root)
@@ -615,10 +613,14 @@ def _load_torchvision(cfg: DataConfig, base_dir: Path | None, rngs: list) -> tup
 
 
 # ----------------------------------------------------------------------- file
-def _resolve(path: str, base_dir: Path | None, key: str) -> Path:
+def _against(path: str, base_dir: Path | None) -> Path:
+    """``path`` with ``~`` expanded, relative to ``base_dir`` (the config's folder) or the cwd."""
     p = Path(path).expanduser()
-    if not p.is_absolute():
-        p = (base_dir if base_dir is not None else Path.cwd()) / p
+    return p if p.is_absolute() else (base_dir if base_dir is not None else Path.cwd()) / p
+
+
+def _resolve(path: str, base_dir: Path | None, key: str) -> Path:
+    p = _against(path, base_dir)
     if not p.exists():
         raise UserInputError(f"{key}: file not found: {p}")
     if not p.is_file():
