@@ -525,16 +525,17 @@ class Trainer:
 
     def _flows(self, theta0: Params) -> CentralFlows:
         """The runs' central and gradient flows from ``theta0`` (:mod:`implicit_bias.flows`)."""
-        tc, b = self.cfg.train, self.backend
-        X, y, xd = self.X, self.y, self.x_dim
+        tc = self.cfg.train
 
-        def value_and_grad(p: Params) -> tuple[Tensor, Params]:
-            loss, _, pas = b.forward_loss(p, X, y, xd)
-            return loss, b.grad(pas, p, X, y, xd)
+        def loss_and_grads(p: Params) -> tuple[Tensor, Params]:
+            loss, _, grads = self.value_and_grad(p, self.X, self.y)
+            return loss, grads
 
+        # the backend's own gradient and (flat) HVP, so the MLP family keeps its
+        # hand-written passes; the third derivative as a difference of those HVPs
         model = FlowModel(
-            self.loss_single, theta0, X, y, xd, value_and_grad,
-            lambda p: b.hvp_operator(p, X, y, xd), third="fd",
+            self.loss_single, theta0, self.X, self.y, self.x_dim, loss_and_grads,
+            self.hessian_operator, third="fd",
         )  # fmt: skip
         return CentralFlows(
             model, theta0, self.start_vectors(), tc.flow_substeps, tc.flow_eigs,

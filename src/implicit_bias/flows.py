@@ -114,7 +114,8 @@ class FlowModel:
         like: parameter tensors ``(R, …)`` giving the shapes.
         X, y, x_dim: the training set, shared (``x_dim=None``) or per run (``0``).
         value_and_grad: ``params -> (loss (R,), grads)``, batched.
-        hvp: ``params -> (V -> H V)``, batched, on parameter tuples.
+        hvp: ``params -> (v -> H v)``, batched, on flat ``(R, P)`` vectors (the engine's
+            :meth:`~implicit_bias.engine.Trainer.hessian_operator`).
     """
 
     def __init__(
@@ -125,7 +126,7 @@ class FlowModel:
         y: Tensor,
         x_dim: int | None,
         value_and_grad: Callable[[Params], tuple[Tensor, Params]] | None = None,
-        hvp: Callable[[Params], Callable[[Params], Params]] | None = None,
+        hvp: Callable[[Params], curvature.MatVec] | None = None,
         third: str = "ad",
     ) -> None:
         if third not in ("ad", "fd"):
@@ -149,8 +150,7 @@ class FlowModel:
     def hessian(self, w: Tensor) -> curvature.MatVec:
         """``v (R, P) -> H v (R, P)`` at ``w``."""
         if self._hvp is not None:
-            hv, like = self._hvp(self.params(w)), self.like
-            return lambda v: curvature.flatten(hv(curvature.unflatten(v, like)))
+            return self._hvp(self.params(w))
         return curvature.hessian_operator(
             self.loss_fn, self.params(w), (self.X, self.y), (self.x_dim, self.x_dim)
         )
