@@ -323,6 +323,8 @@ def test_without_flow_there_are_no_flow_variables_and_the_hash_is_unchanged():
         ({"batch_size": 8}, "train.flow"),
         ({"flow_substeps": 0}, "train.flow_substeps"),
         ({"flow_eigs": 0}, "train.flow_eigs"),
+        ({"flow_substeps": 10**9}, "train.flow_substeps"),  # bounded: not a run that never ends
+        ({"flow_eigs": 3000}, "train.flow_eigs"),
         ({"flow": "centre"}, "train.flow"),
     ],
 )
@@ -340,8 +342,9 @@ def test_more_directions_than_parameters_is_refused_in_one_line(tmp_path):
     from implicit_bias._errors import UserInputError
 
     pytest.importorskip("cvxpy")
-    with pytest.raises(UserInputError, match=r"train\.flow_eigs") as err:
-        ib.run(_tiny(flow_eigs=1000), out=tmp_path / "x", progress=False)
+    # 30 directions: within the key's bound, above the tiny net's 24 trained parameters
+    with pytest.raises(UserInputError, match=r"train\.flow_eigs=30 exceeds") as err:
+        ib.run(_tiny(flow_eigs=30), out=tmp_path / "x", progress=False)
     assert "\n" not in str(err.value)
     assert not (tmp_path / "x").exists()
 

@@ -44,6 +44,9 @@ Probability = Annotated[float, Strict(), Field(ge=0, le=1, allow_inf_nan=False)]
 Beta = Annotated[float, Strict(), Field(ge=0, lt=1, allow_inf_nan=False)]
 #: seeds must fit a signed 64-bit integer (numpy, torch and netCDF store them so)
 MAX_SEED = 2**63 - 1
+#: bounds of the central flow's keys (train.flow_substeps, train.flow_eigs)
+MAX_FLOW_SUBSTEPS = 1000
+MAX_FLOW_EIGS = 32
 Seed = Annotated[int, Strict(), Field(ge=0, le=MAX_SEED)]
 
 
@@ -221,10 +224,12 @@ class TrainConfig(_Strict):
     #: integrate each run's central flow and gradient flow beside GD (:mod:`implicit_bias.flows`;
     #: Cohen, Damian et al. 2024, arXiv 2410.24206): ``central`` needs full-batch plain GD
     flow: Literal["none", "central"] = "none"
-    #: Euler substeps of the flows per GD step
-    flow_substeps: PositiveInt = 4
-    #: unstable directions k the central flow tracks (k ≥ 2: a PSD-constrained solve by cvxpy)
-    flow_eigs: PositiveInt = 1
+    #: Euler substeps of the flows per GD step (each costs an eigen-solve: bounded, so an
+    #: absurd value ends in one line instead of a run that never finishes)
+    flow_substeps: Annotated[int, Strict(), Field(gt=0, le=MAX_FLOW_SUBSTEPS)] = 4
+    #: unstable directions k the central flow tracks (k ≥ 2: a PSD-constrained solve by
+    #: cvxpy over k(k+1)/2 unknowns per run and substep)
+    flow_eigs: Annotated[int, Strict(), Field(gt=0, le=MAX_FLOW_EIGS)] = 1
 
     @model_validator(mode="after")
     def _optimizer_keys(self) -> TrainConfig:

@@ -132,8 +132,8 @@ DESCRIPTIONS: dict[str, str] = {
     "train.flow": "'none', or 'central': integrate each run's central flow (Cohen, Damian "
     "et al. 2024, arXiv 2410.24206) and gradient flow from θ₀ beside full-batch GD "
     "(train.optimizer gd only); stores cf_* / gf_* traces on the step axis and cf_edge_step.",
-    "train.flow_substeps": "Euler substeps of the flows per GD step (default 4).",
-    "train.flow_eigs": "Unstable directions k the central flow tracks (default 1; k >= 2 "
+    "train.flow_substeps": "Euler substeps of the flows per GD step (default 4, at most 1000).",
+    "train.flow_eigs": "Unstable directions k the central flow tracks (default 1, at most 32; k >= 2 "
     "solves a small PSD-constrained problem with cvxpy, the 'central' extra).",
     "train.matmul_precision": "float32 matrix products of the training steps: 'highest', "
     "or 'high' (TF32 on CUDA; curvature stays in full precision).",
