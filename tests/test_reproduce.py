@@ -17,6 +17,7 @@ import sys
 import pytest
 
 from implicit_bias import reproduce as rp
+from implicit_bias import run_data
 
 
 def _shrink(cfg: dict) -> dict:
@@ -119,7 +120,8 @@ def test_data_seed_redraws_every_experiment(tiny, tmp_path):
         ds = rp.open_experiment(out, "frei2023", name)
         seeds = ds["data.seed"].values
         assert sorted(set(seeds.tolist())) == [7, 8]
-        a, b = (ds["X_train"].values[seeds == s][0] for s in (7, 8))
+        X = run_data(ds, "X_train")
+        a, b = (X[seeds == s][0] for s in (7, 8))
         assert not (a == b).all()
     rows = json.loads((out / "frei2023" / "claims-F8.json").read_text())
     assert [set(r["draws"]) for r in rows] == [{"7", "8"}]

@@ -7,6 +7,7 @@ Public API::
     cfg = ib.load_config("sweep.yaml")
     tree = ib.open_results("results/sweep")
     df = ib.runs_table("results/sweep")  # pandas: one row per run, all groups
+    X = ib.run_data(tree["group_000"], "X_train")  # (run, n, d), any data layout
 
 Everything else lives in private-by-convention modules.
 """
@@ -22,6 +23,7 @@ __all__ = [
     "load_config",
     "open_results",
     "run",
+    "run_data",
     "runs_table",
 ]
 
@@ -43,6 +45,24 @@ def open_results(path):
     from .store import open_results as _open
 
     return _open(path)
+
+
+def run_data(ds, name):
+    """Each run's data as numpy, shape ``(run, …)``, whatever the folder's layout.
+
+    A group's runs that share a data set store it once (no run dim); runs on
+    different data sets (a swept ``data.seed``) store each distinct set once
+    along a ``draw`` dim, with ``data_draw`` naming each run's
+    (``ds.X_train.isel(draw=ds.data_draw)`` in xarray).
+
+    Args:
+        ds: a group of :func:`open_results` (``tree["group_000"]``), or a
+            selection of its runs.
+        name: ``X_train``, ``y_train``, ``X_test`` or ``y_test``.
+    """
+    from .results_data import run_data as _run_data
+
+    return _run_data(ds, name)
 
 
 def runs_table(tree_or_folder):

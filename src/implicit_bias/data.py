@@ -73,6 +73,7 @@ import csv
 import hashlib
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,6 +100,18 @@ _SKLEARN_DEFAULT_CLASSES: dict[str, tuple[list[int], list[int] | None]] = {
 _ARRAY_KEYS = ("X_train", "y_train", "X_test", "y_test")
 #: the bundled sets that are images: digits are 8×8 grey levels (one channel)
 _SKLEARN_IMAGES: dict[str, dict[str, Any]] = {"digits": {"image_shape": [1, 8, 8]}}
+
+
+def fingerprint_arrays(arrays: Mapping[str, Any]) -> str:
+    """First 16 hex chars of a sha256 over ``X_train``, ``y_train``, ``X_test``,
+    ``y_test`` (shapes and float64 bytes): :meth:`Dataset.fingerprint`, also of
+    arrays read back from a results folder."""
+    h = hashlib.sha256()
+    for name in _ARRAY_KEYS:
+        a = np.ascontiguousarray(arrays[name], dtype=np.float64)
+        h.update(f"{name}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:16]
 
 
 # ------------------------------------------------------------------- Dataset
@@ -168,12 +181,8 @@ class Dataset:
         geometry cache all key on it (the arrays are never modified in place).
         """
         if self._fingerprint is None:
-            h = hashlib.sha256()
-            for name in _ARRAY_KEYS:
-                a = np.ascontiguousarray(getattr(self, name), dtype=np.float64)
-                h.update(f"{name}{a.shape}".encode())
-                h.update(a.tobytes())
-            object.__setattr__(self, "_fingerprint", h.hexdigest()[:16])
+            fp = fingerprint_arrays({name: getattr(self, name) for name in _ARRAY_KEYS})
+            object.__setattr__(self, "_fingerprint", fp)
         assert self._fingerprint is not None
         return self._fingerprint
 

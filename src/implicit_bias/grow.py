@@ -26,8 +26,6 @@ if TYPE_CHECKING:
 
     from .planning import Plan
 
-_DATA_VARS = ("X_train", "y_train", "X_test", "y_test")
-
 
 def folder_config(out: Path) -> ExperimentConfig | None:
     """The config a results folder was made for (its ``config.yaml``, when that
@@ -79,13 +77,13 @@ def grow_folder(
     Returns:
         The number of runs trained.
     """
-    import xarray as xr
-
     from .engine import Trainer
     from .planning import settle_chunking
+    from .results_data import drop_data
     from .store import (
         CHUNK_DIR,
         CHUNKING_FILE,
+        _concat_runs,
         done_chunks,
         open_results,
         prepare_folder,
@@ -99,7 +97,7 @@ def grow_folder(
     old_space, new_space = SweepSpace(old), SweepSpace(plan.config)
     have: dict[int, tuple[xr.Dataset, int]] = {}  # new run index -> (old group, position)
     for node in tree.children.values():
-        ds = node.to_dataset().drop_vars(_DATA_VARS, errors="ignore")
+        ds = drop_data(node.to_dataset())
         ds.attrs = {}
         for p, r in enumerate(ds["run"].values.tolist()):
             digits = old_space.digits(int(r))
@@ -123,17 +121,9 @@ def grow_folder(
             res = Trainer(new_runs, progress=progress).train()
             part = ChunkPlan(chunk.group, chunk.chunk, tuple(r.index for r in new_runs))
             fresh = chunk_to_dataset(res, part, plan.groups[chunk.group])
-            pieces.append(fresh.drop_vars(_DATA_VARS, errors="ignore"))
+            pieces.append(drop_data(fresh))
             trained += len(new_runs)
-        merged = xr.concat(
-            pieces,
-            dim="run",
-            data_vars="minimal",
-            coords="minimal",
-            compat="override",
-            join="outer",
-            combine_attrs="drop",
-        ).sortby("run")
+        merged = _concat_runs(pieces).sortby("run")  # attrs: with_chunk_data sets them
         runs = [plan.runs[i] for i in chunk.runs]
         write_chunk(out, chunk, with_chunk_data(merged, runs, chunk, plan.groups[chunk.group]))
     # old chunks the new plan does not name (fewer, larger chunks): their runs are in

@@ -676,6 +676,9 @@ def read_chunk(
         have = [int(r) for r in np.asarray(ds["run"].values)]
     except (TypeError, ValueError):
         return None, "has an unreadable run coordinate"
+    missing = [v for v in ("X_train", "y_train", "X_test", "y_test") if v not in ds]
+    if missing:
+        return None, f"has no {', '.join(missing)} (a chunk keeps its runs' data)"
     signed, whole = signing
     if signed and "sha256" not in ds.attrs:
         return None, "is not signed (no sha256), in a folder whose chunks all are"
@@ -794,30 +797,20 @@ def chunk_to_dataset(res: ChunkResult, plan: ChunkPlan, group_attrs: dict[str, A
 def with_chunk_data(
     ds: xr.Dataset, runs: list[Any], plan: ChunkPlan, group_attrs: dict[str, Any]
 ) -> xr.Dataset:
-    """``ds`` with the data of its ``runs`` (shared, or with a run dim where the runs'
-    data differ) and the chunk's attributes (group config, data fingerprint and geometry)."""
+    """``ds`` with the data of its ``runs`` (shared, or each distinct data set once on
+    a ``draw`` dim: :mod:`implicit_bias.results_data`) and the chunk's attributes
+    (group config, data fingerprint and geometry)."""
     from .metrics import data_geometry
+    from .results_data import PER_DRAW, assign_data
 
     R = len(runs)
-    data_vars: dict[str, Any] = {}
-    # data: shared by the chunk's runs unless they differ (then with a run dim)
-    fps = [r.data.fingerprint() for r in runs]
-    shared = len(set(fps)) == 1
-    for name, dims in (
-        ("X_train", ("sample", "feature")),
-        ("y_train", ("sample",)),
-        ("X_test", ("test_sample", "feature")),
-        ("y_test", ("test_sample",)),
-    ):
-        if shared:
-            data_vars[name] = (dims, getattr(runs[0].data, name))
-        else:
-            data_vars[name] = (("run", *dims), np.stack([getattr(r.data, name) for r in runs]))
-    ds = ds.assign(data_vars)
+    # each distinct data set once: shared (no run dim) or on a draw dim (results_data)
+    ds, fingerprint = assign_data(ds, [r.data for r in runs])
+    shared = fingerprint != PER_DRAW
     ds.attrs = {
         "group": plan.group,
         "chunk": plan.chunk,
-        "data_fingerprint": fps[0] if shared else "per-run",
+        "data_fingerprint": fingerprint,
         "group_config": json.dumps(group_attrs, sort_keys=True, default=str),
         "n_runs": R,
     }
@@ -935,6 +928,8 @@ def open_results(path: str | Path) -> xr.DataTree:
                 bad.append(f"{f.name} repeats run {r} of {owner[(g, r)]}")
                 break
             owner[(g, r)] = f.name
+        if "run" in ds["X_train"].dims:  # the old layout: one copy per run, compacted now
+            ds = _concat_chunks([ds])
         groups.setdefault(g, []).append(ds)
     if bad:
         raise UserInputError(
@@ -954,23 +949,15 @@ def open_results(path: str | Path) -> xr.DataTree:
     return tree
 
 
-_DATA_VARS = ("X_train", "y_train", "X_test", "y_test")
-
-
 def _concat_chunks(parts: list[xr.Dataset]) -> xr.Dataset:
-    if len(parts) == 1:
-        return parts[0]
-    fps = {p.attrs.get("data_fingerprint") for p in parts}
-    if len(fps) > 1 or "per-run" in fps:
-        # data differs between chunks: give every chunk's data a run dim
-        fixed = []
-        for p in parts:
-            for name in _DATA_VARS:
-                if "run" not in p[name].dims:
-                    p[name] = p[name].expand_dims(run=p.sizes["run"]).copy()
-            fixed.append(p)
-        parts = fixed
-    ds = xr.concat(
+    """One group's chunks along ``run``, each distinct data set stored once."""
+    from .results_data import merge_data
+
+    return merge_data(parts, _concat_runs)
+
+
+def _concat_runs(parts: list[xr.Dataset]) -> xr.Dataset:
+    return xr.concat(
         parts,
         dim="run",
         data_vars="minimal",
@@ -979,5 +966,3 @@ def _concat_chunks(parts: list[xr.Dataset]) -> xr.Dataset:
         join="outer",
         combine_attrs="drop_conflicts",
     )
-    ds = ds.sortby("run")
-    return ds

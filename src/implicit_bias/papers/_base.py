@@ -448,6 +448,12 @@ class Runs:
     def has(self, var: str) -> bool:
         return var in self.ds
 
+    def data(self, name: str) -> np.ndarray:
+        """``(run, …)``: each run's ``X_train``/``y_train``/``X_test``/``y_test``."""
+        from ..results_data import run_data
+
+        return np.asarray(run_data(self.ds, name), dtype=float)
+
     def at(self, var: str, step: int) -> np.ndarray:
         return np.asarray(self.ds[var].sel(step=step).values, dtype=float)
 

@@ -305,11 +305,7 @@ def _class_mean_ratio(r: Runs) -> np.ndarray:
     Vardi et al. 2023b, arXiv 2303.01462): the baseline an approximately
     max-margin v has to reach.
     """
-    X = np.asarray(r.ds["X_train"].values, dtype=float)
-    y = np.asarray(r.ds["y_train"].values, dtype=float)
-    if X.ndim == 2:  # one data set shared by every run
-        X = np.broadcast_to(X, (r.n_runs, *X.shape))
-        y = np.broadcast_to(y, (r.n_runs, *y.shape))
+    X, y = r.data("X_train"), r.data("y_train")
     u = np.einsum("rn,rnd->rd", y, X)
     margin = np.min(y * np.einsum("rd,rnd->rn", u, X), axis=1) / np.linalg.norm(u, axis=1)
     return margin / r.scalar("data_svm_margin")
@@ -427,9 +423,7 @@ def _bayes_accuracy(r: Runs) -> float:
     μ̂ = mean(yᵢxᵢ) over the m clean test points has E‖μ̂‖² = ‖μ‖² + d/m, so
     ‖μ‖² ≈ ‖μ̂‖² − d/m (reported beside F9, not judged).
     """
-    X = np.asarray(r.ds["X_test"].values, dtype=float)
-    y = np.asarray(r.ds["y_test"].values, dtype=float)
-    X, y = (X[0], y[0]) if X.ndim == 3 else (X, y)
+    X, y = r.data("X_test")[0], r.data("y_test")[0]
     m, d = X.shape
     mu2 = float(np.sum((y @ X / m) ** 2)) - d / m
     return 0.5 * (1 + math.erf(math.sqrt(max(mu2, 0.0)) / math.sqrt(2)))
