@@ -100,7 +100,7 @@ def compute_bound_config(runs: int = 8, steps: int = 100) -> dict[str, Any]:
             "init_scale": 1e-3,
         },
         "train": {"loss": "logistic", "steps": steps, "lr": 0.1, "dtype": "float32"},
-        "metrics": {"every": steps, "sharpness": False},
+        "metrics": {"every": steps, "sharpness": False, "dense_early": False},
         "store": {"weights": []},
         "sweep": {"seed": list(range(runs))},
     }
@@ -149,7 +149,8 @@ def cnn_config(runs: int = 32, steps: int = 50, batching: str = "auto") -> dict[
         },
         "model": {"kind": "cnn", "channels": [8, 8], "activation": "tanh", "batching": batching},
         "train": {"loss": "mse", "steps": steps, "lr": 0.05, "dtype": "float32"},
-        "metrics": {"every": 50, "sharpness": {"iters": 20}},
+        # the baseline evaluates at 0, every and the end only: no dense early steps
+        "metrics": {"every": 50, "sharpness": {"iters": 20}, "dense_early": False},
         "store": {"weights": []},
         "sweep": {"train.lr": lrs, "seed": seeds},
     }
