@@ -244,9 +244,10 @@ def module_backend(
     module's own initialisation drawn with the run seed, times ``init_scale``.
 
     ``batching``: ``vmap`` or a ``loop`` over runs (the same numbers); ``auto``
-    is ``vmap``: on the 2-core CPU VM, 32 runs of a two-conv tanh net on digits
-    (n 256, 50 steps, sharpness twice) took 11.1 CPU-s under ``vmap``, 21.0 s as a
-    loop and 14.1 s in a hand-written per-run loop (one thread each).
+    is ``vmap``: on the idle 2-core CPU VM, 32 runs of a two-conv tanh net on
+    digits (n 256, 50 steps, sharpness twice) took 10.5 s under ``vmap``, 18.4 s
+    as a loop and 14.1 s in a hand-written per-run loop (``implicit-bias bench``,
+    best of 3, start-up out; benchmarks/README.md).
 
     Raises:
         UserInputError: buffers, randomness, or outputs that do not match the labels.
