@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from implicit_bias import UserInputError
-from implicit_bias.config import expand_runs, load_config, parse_override
+from implicit_bias.config import load_config, parse_override
+from implicit_bias.config_sweep import expand_runs
 
 EXAMPLE = """
 name: catapult-demo

@@ -15,7 +15,8 @@ import yaml
 import implicit_bias as ib
 from implicit_bias import UserInputError
 from implicit_bias import config as config_mod
-from implicit_bias.config import ConfigWarning, expand_runs, load_config
+from implicit_bias.config import ConfigWarning, load_config
+from implicit_bias.config_sweep import expand_runs
 from implicit_bias.sweep import _group_key, make_plan
 
 TINY = {

@@ -1,21 +1,20 @@
-"""Experiment configuration: pydantic models for SPEC §5, YAML in and out, sweeps.
+"""Experiment configuration: pydantic models for SPEC §5, overrides, loading.
 
 A config file has the sections ``data``, ``model``, ``train``, ``metrics``,
 ``store`` and ``sweep`` plus ``name`` and ``seed``. Every model forbids unknown
 keys. A sweep maps dotted keys to lists; runs are their cartesian product
-(times ``sweep.seed``), each a fully resolved :class:`ExperimentConfig`.
+(times ``sweep.seed``), each a fully resolved :class:`ExperimentConfig`
+(:mod:`implicit_bias.config_sweep`). YAML is read by
+:mod:`implicit_bias.config_yaml`.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
-import itertools
 import json
-import math
-import re
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,6 +30,7 @@ from pydantic import (
 )
 
 from ._errors import UserInputError
+from .config_yaml import _load_yaml, _YamlTooBig, read_yaml
 
 # Strict numbers: ``true`` is not 1 and ``"3"`` is not 3 (an int is still a float).
 Int = Annotated[int, Strict()]
@@ -588,6 +588,59 @@ def _validate(raw: Mapping[str, Any], prefix: str = "") -> ExperimentConfig:
 
 
 # ------------------------------------------------------------------ dotted keys
+def _field_checker(key: str) -> Any:
+    """A function validating one value of swept ``key`` by its field's type, or None
+    where the key's field cannot be found through plain sections."""
+    from pydantic import TypeAdapter
+
+    model: Any = ExperimentConfig
+    parts = key.split(".")
+    for p in parts[:-1]:
+        section = model.model_fields.get(p)
+        inner = section.annotation if section is not None else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return None
+        model = inner
+    field = model.model_fields.get(parts[-1])
+    if field is None:
+        return None
+    decorators = model.__pydantic_decorators__.field_validators.values()
+    if any(parts[-1] in d.info.fields for d in decorators):
+        return None  # a field validator (a shorthand) runs only with its model
+    ann: Any = field.annotation
+    if field.metadata:
+        ann = Annotated.__class_getitem__((ann, *field.metadata))  # type: ignore[attr-defined]
+    adapter: Any = TypeAdapter(list[ann])  # type: ignore[valid-type]
+
+    def check(values: list[Any]) -> None:
+        try:
+            adapter.validate_python(values)  # the whole list in one call
+        except ValidationError as err:
+            first = err.errors()[0]
+            where = first["loc"][0] if first["loc"] else 0
+            got = values[where] if isinstance(where, int) and where < len(values) else values
+            raise UserInputError(
+                f"config error: sweep.{key}: {first['msg']} (got {_short_repr(got)})"
+            ) from None
+
+    return check
+
+
+_SCALARS = (int, float, str, bool, type(None))
+
+
+def _copy_tree(node: Any) -> Any:
+    """A copy of a JSON-like tree (dicts, lists, scalars); lists of scalars are copied
+    in one step (a deep copy walks 10⁶ listed seeds one object at a time)."""
+    if isinstance(node, dict):
+        return {k: _copy_tree(v) for k, v in node.items()}
+    if isinstance(node, list | tuple):
+        if all(type(v) in _SCALARS for v in node):
+            return list(node)
+        return [_copy_tree(v) for v in node]
+    return copy.deepcopy(node)
+
+
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     node = tree
@@ -680,216 +733,6 @@ def _overlaps(a: str, b: str) -> bool:
     return a == b or a.startswith(b + ".") or b.startswith(a + ".")
 
 
-# --------------------------------------------------------------------- loading
-#: most nodes a YAML document may expand to once its aliases are followed: a
-#: "billion laughs" of nested aliases (``&a1 [*a0, *a0, …]``) stays a few hundred
-#: bytes of text but expands to 10⁹ values in every later copy or dump
-MAX_YAML_NODES = 10_000_000
-#: most nested sections or lists in a config (a real one needs about 5)
-MAX_YAML_DEPTH = 64
-#: most aliases (``*name``) one document may use before it is refused
-MAX_YAML_ALIASES = 1000
-
-_Base: type = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: 3-5x faster
-
-
-class _UniqueKeyLoader(_Base):  # type: ignore[misc, valid-type]
-    """A safe YAML loader that refuses a key given twice in one mapping, reads the
-    YAML 1.2 numbers (``1e-3`` is a float; ``1:20`` is text, not YAML 1.1's base-60
-    80), and refuses documents whose aliases expand past :data:`MAX_YAML_NODES` or
-    that nest deeper than :data:`MAX_YAML_DEPTH`."""
-
-    def get_single_node(self):  # type: ignore[no-untyped-def]
-        node = super().get_single_node()
-        if node is not None:
-            _check_node_graph(node)
-        return node
-
-
-class _YamlTooBig(yaml.YAMLError):
-    """A document that nests too deep or whose aliases expand too far."""
-
-
-def _check_node_graph(root: yaml.Node) -> None:
-    """Count the nodes ``root`` expands to (aliases followed) and its depth, without
-    expanding it: each shared node is counted once per use from its memoised size.
-
-    Raises:
-        _YamlTooBig: past :data:`MAX_YAML_NODES`, :data:`MAX_YAML_DEPTH` or
-            :data:`MAX_YAML_ALIASES`, or a recursive alias.
-    """
-    size: dict[int, int] = {}
-    depth: dict[int, int] = {}
-    uses: dict[int, int] = {}
-    # iterative post-order walk: (node, children visited?)
-    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
-    open_: set[int] = set()
-    while stack:
-        node, done = stack.pop()
-        key = id(node)
-        if not isinstance(node, yaml.CollectionNode):
-            continue
-        kids = _children(node)
-        nested = [k for k in kids if isinstance(k, yaml.CollectionNode)]
-        if done:
-            open_.discard(key)
-            total = 1 + len(kids) - len(nested) + sum(size[id(k)] for k in nested)
-            deepest = max((depth[id(k)] for k in nested), default=0)
-            size[key], depth[key] = total, deepest + 1
-            if total > MAX_YAML_NODES:
-                raise _YamlTooBig(
-                    f"expands to more than {MAX_YAML_NODES} values (nested aliases *name)"
-                )
-            if deepest + 1 > MAX_YAML_DEPTH:
-                raise _YamlTooBig(f"nests deeper than {MAX_YAML_DEPTH} levels")
-            continue
-        if key in size:  # a shared (aliased) node, already measured
-            uses[key] = uses.get(key, 1) + 1
-            if sum(uses.values()) > MAX_YAML_ALIASES:
-                raise _YamlTooBig(f"uses more than {MAX_YAML_ALIASES} aliases (*name)")
-            continue
-        if key in open_:
-            raise _YamlTooBig("holds a recursive alias (a value that contains itself)")
-        if len(open_) >= MAX_YAML_DEPTH:
-            raise _YamlTooBig(f"nests deeper than {MAX_YAML_DEPTH} levels")
-        open_.add(key)
-        stack.append((node, True))
-        stack.extend((k, False) for k in reversed(nested))
-
-
-def _children(node: yaml.CollectionNode) -> list[yaml.Node]:
-    if isinstance(node, yaml.MappingNode):
-        return [n for pair in node.value for n in pair]
-    return list(node.value)
-
-
-class _DuplicateKey(yaml.YAMLError):
-    def __init__(self, key: Any, line: int) -> None:
-        super().__init__(f"{key}")
-        self.key, self.line = key, line
-
-
-def _unique_mapping(loader: Any, node: yaml.MappingNode, deep: bool = False):
-    # duplicates are looked for among the keys written in this mapping, before merge
-    # keys (``<<: *base``) bring in theirs: those are meant to be overridden
-    seen: set[Any] = set()
-    for key_node, _ in node.value:
-        if key_node.tag == "tag:yaml.org,2002:merge":
-            continue
-        key = loader.construct_object(key_node, deep=deep)
-        try:
-            dup = key in seen
-        except TypeError:  # an unhashable key: let the normal constructor refuse it
-            dup = False
-        if dup:
-            raise _DuplicateKey(key, key_node.start_mark.line + 1)
-        try:
-            seen.add(key)
-        except TypeError:
-            pass
-    loader.flatten_mapping(node)
-    return loader.construct_mapping(node, deep=deep)
-
-
-# YAML 1.2 numbers: PyYAML (YAML 1.1) reads ``1e-3`` as a string and ``1:20`` as
-# the base-60 number 80; here the first is a float and the second stays text
-_INT_RE = re.compile(
-    r"^(?:[-+]?0b[0-1_]+|[-+]?0[0-7_]+|[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"
-)
-_FLOAT_RE = re.compile(
-    r"^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?"
-    r"|[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+"
-    r"|\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?"
-    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
-)
-_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
-_UniqueKeyLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers if tag not in _NUMBER_TAGS]
-    for first, resolvers in yaml.resolver.Resolver.yaml_implicit_resolvers.items()
-}
-_UniqueKeyLoader.add_implicit_resolver(_NUMBER_TAGS[0], _INT_RE, list("-+0123456789"))
-_UniqueKeyLoader.add_implicit_resolver(_NUMBER_TAGS[1], _FLOAT_RE, list("-+0123456789."))
-_UniqueKeyLoader.add_constructor(
-    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG,
-    _unique_mapping,
-)
-
-
-#: a long flow list of plain numbers (``seed: [0, 1, 2, …]``): read as JSON, which is
-#: many times faster than YAML's per-scalar construction for 10⁶ values and means the same
-_NUMBER_LIST = re.compile(r"\[[-+0-9.eE,\s]{10000,}\]")
-_BULK_TOKEN = "__implicit_bias_number_list_{}__"
-
-
-def _load_yaml(text: str) -> Any:
-    """Parse YAML with :class:`_UniqueKeyLoader`; deep structures end as a YAML error.
-
-    Long flow lists of plain numbers are read in bulk (JSON): each is replaced by a
-    placeholder scalar before parsing and put back after.
-    """
-    bulk: dict[str, list[Any]] = {}
-
-    def swap(m: re.Match[str]) -> str:
-        try:
-            values = json.loads(m.group(0))
-        except ValueError:  # YAML-only spellings (``.5``, ``1_000``): the slow path
-            return m.group(0)
-        if not all(type(v) in (int, float) for v in values):
-            return m.group(0)
-        token = _BULK_TOKEN.format(len(bulk))
-        bulk[token] = values
-        return token
-
-    if len(text) > 10000:
-        text = _NUMBER_LIST.sub(swap, text)
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
-    except RecursionError:
-        raise _YamlTooBig(f"nests deeper than {MAX_YAML_DEPTH} levels") from None
-    return _put_back(raw, bulk) if bulk else raw
-
-
-def _put_back(node: Any, bulk: dict[str, list[Any]]) -> Any:
-    """``node`` with each placeholder of :func:`_load_yaml` replaced by its list
-    (a copy per use: an alias of a list is not shared state)."""
-    if isinstance(node, str) and node in bulk:
-        return list(bulk[node])
-    if isinstance(node, dict):
-        return {k: _put_back(v, bulk) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_put_back(v, bulk) for v in node]
-    return node
-
-
-def read_yaml(path: str | Path) -> dict[str, Any]:
-    p = Path(path)
-    if not p.exists():
-        raise UserInputError(f"config file not found: {p}")
-    if p.is_dir():
-        raise UserInputError(f"config file is a directory: {p}")
-    try:
-        raw = _load_yaml(p.read_text())
-    except _DuplicateKey as err:
-        raise UserInputError(
-            f"config error: key '{err.key}' appears twice in one mapping of {p} (line {err.line})"
-        ) from None
-    except _YamlTooBig as err:
-        raise UserInputError(f"config file {p} {err}; refusing to read it") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" (line {mark.line + 1})" if mark is not None else ""
-        raise UserInputError(f"malformed YAML in {p}{where}") from None
-    except UnicodeDecodeError:
-        raise UserInputError(f"config file is not text: {p}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise UserInputError(f"config file {p} must hold a mapping at the top level")
-    raw.setdefault("name", p.stem)
-    return raw
-
-
-#: the key a results folder's ``config.yaml`` carries besides the config itself
 SAVED_HASH_KEY = "config_hash"
 
 
@@ -921,238 +764,13 @@ def load_config(
     raw.pop(SAVED_HASH_KEY, None)
     raw = apply_overrides(raw, overrides)
     cfg = _validate(raw)
+    from .config_sweep import SweepSpace  # it builds on this module
+
     # Every point of the sweep must itself be a valid config (checked without
     # building every run: see SweepSpace.check).
     for msg in SweepSpace(cfg).check():
         warnings.warn(msg, ConfigWarning, stacklevel=2)
     return cfg
-
-
-# ---------------------------------------------------------------------- sweeps
-#: Swept keys whose values are checked one at a time: no validator relates
-#: them to another key, so a value valid against the base config is valid
-#: against every combination. Every other swept key is checked in the product
-#: of all such "dependent" keys (in practice a few shapes and sizes).
-INDEPENDENT_KEYS = (
-    "name",
-    "seed",
-    "data.seed",
-    "train.lr",
-    "train.lr_units",
-    "train.schedule",
-    "model.init_scale",
-    "metrics.phase",
-    "store",
-)
-
-
-#: most runs one sweep (one results folder) may hold
-MAX_RUNS = 10**7
-#: most combinations of swept keys that fix shapes (each a batch and a data set)
-MAX_SHAPE_POINTS = 10_000
-
-
-def _set_path_copied(raw: dict[str, Any], key: str, value: Any) -> None:
-    """Set dotted ``key`` in ``raw``, copying (shallowly) each section on its path
-    instead of the whole config: ``raw`` is a shallow copy of a shared base."""
-    parts = key.split(".")
-    node = raw
-    for p in parts[:-1]:
-        nxt = node.get(p)
-        nxt = dict(nxt) if isinstance(nxt, dict) else nxt
-        if nxt is None or nxt is False or nxt is True:
-            nxt = {}
-        elif not isinstance(nxt, dict):
-            raise UserInputError(f"config error: cannot set '{key}': '{p}' is not a section")
-        node[p] = nxt
-        node = nxt
-    node[parts[-1]] = value
-
-
-def _field_checker(key: str) -> Any:
-    """A function validating one value of swept ``key`` by its field's type, or None
-    where the key's field cannot be found through plain sections."""
-    from pydantic import TypeAdapter
-
-    model: Any = ExperimentConfig
-    parts = key.split(".")
-    for p in parts[:-1]:
-        section = model.model_fields.get(p)
-        inner = section.annotation if section is not None else None
-        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
-            return None
-        model = inner
-    field = model.model_fields.get(parts[-1])
-    if field is None:
-        return None
-    decorators = model.__pydantic_decorators__.field_validators.values()
-    if any(parts[-1] in d.info.fields for d in decorators):
-        return None  # a field validator (a shorthand) runs only with its model
-    ann: Any = field.annotation
-    if field.metadata:
-        ann = Annotated.__class_getitem__((ann, *field.metadata))  # type: ignore[attr-defined]
-    adapter: Any = TypeAdapter(list[ann])  # type: ignore[valid-type]
-
-    def check(values: list[Any]) -> None:
-        try:
-            adapter.validate_python(values)  # the whole list in one call
-        except ValidationError as err:
-            first = err.errors()[0]
-            where = first["loc"][0] if first["loc"] else 0
-            got = values[where] if isinstance(where, int) and where < len(values) else values
-            raise UserInputError(
-                f"config error: sweep.{key}: {first['msg']} (got {_short_repr(got)})"
-            ) from None
-
-    return check
-
-
-_SCALARS = (int, float, str, bool, type(None))
-
-
-def _copy_tree(node: Any) -> Any:
-    """A copy of a JSON-like tree (dicts, lists, scalars); lists of scalars are copied
-    in one step (a deep copy walks 10⁶ listed seeds one object at a time)."""
-    if isinstance(node, dict):
-        return {k: _copy_tree(v) for k, v in node.items()}
-    if isinstance(node, list | tuple):
-        if all(type(v) in _SCALARS for v in node):
-            return list(node)
-        return [_copy_tree(v) for v in node]
-    return copy.deepcopy(node)
-
-
-def _under(key: str, prefixes: Iterable[str]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes)
-
-
-class SweepSpace:
-    """The runs of a config's sweep, addressed by index without materialising them.
-
-    Runs are the cartesian product of the ``sweep`` axes in their order (the
-    last axis varies fastest), so run ``i`` is a mixed-radix number whose
-    digits index each axis's list.
-    """
-
-    def __init__(self, cfg: ExperimentConfig) -> None:
-        self.cfg = cfg
-        self.keys = list(cfg.sweep)
-        self.values = [cfg.sweep[k] for k in self.keys]
-        self.sizes = [len(v) for v in self.values]
-        self.n_runs = math.prod(self.sizes)
-        self.strides = [math.prod(self.sizes[j + 1 :]) for j in range(len(self.keys))]
-        base = cfg.model_dump(mode="json")
-        base.pop("sweep", None)
-        self._base = base
-        self._cache: dict[str, ExperimentConfig] = {}
-        self.independent = [j for j, k in enumerate(self.keys) if _under(k, INDEPENDENT_KEYS)]
-        self.dependent = [j for j in range(len(self.keys)) if j not in self.independent]
-
-    def __len__(self) -> int:
-        return self.n_runs
-
-    def digits(self, index: int) -> list[int]:
-        """Each axis's position for run ``index``."""
-        if not 0 <= index < self.n_runs:
-            raise IndexError(index)
-        return [(index // st) % n for st, n in zip(self.strides, self.sizes, strict=True)]
-
-    def index(self, digits: Iterable[int]) -> int:
-        return sum(d * st for d, st in zip(digits, self.strides, strict=True))
-
-    def coords(self, digits: Iterable[int]) -> dict[str, Any]:
-        return {
-            k: self.values[j][d] for j, (k, d) in enumerate(zip(self.keys, digits, strict=True))
-        }
-
-    def config(self, coords: Mapping[str, Any]) -> ExperimentConfig:
-        """The validated config of one point (``sweep`` emptied, the values set)."""
-        raw = dict(self._base)  # copy only the sections on the path of each key
-        for key, value in coords.items():
-            _set_path_copied(raw, key, value)
-        blob = json.dumps(raw, sort_keys=True, default=str)
-        cfg = self._cache.get(blob)
-        if cfg is None:
-            if len(self._cache) > 4096:
-                self._cache.clear()
-            cfg = self._cache[blob] = _validate(raw)
-        return cfg
-
-    def run(self, index: int) -> tuple[dict[str, Any], ExperimentConfig]:
-        """``(coords, run_config)`` of run ``index``."""
-        coords = self.coords(self.digits(index))
-        return coords, self.config(coords)
-
-    def dependent_points(self) -> Iterator[tuple[tuple[int, ...], ExperimentConfig]]:
-        """Each combination of the dependent axes (independent axes at their first value).
-
-        Yields ``(digits over the dependent axes, config)`` in run order.
-        """
-        for combo in itertools.product(*(range(self.sizes[j]) for j in self.dependent)):
-            digits = [0] * len(self.keys)
-            for j, d in zip(self.dependent, combo, strict=True):
-                digits[j] = d
-            yield combo, self.config(self.coords(digits))
-
-    @property
-    def n_dependent(self) -> int:
-        """Number of combinations of the dependent axes (each validated, and at most
-        one group of runs, at planning time)."""
-        return math.prod(self.sizes[j] for j in self.dependent)
-
-    def check_size(self) -> None:
-        """Refuse a sweep too large to plan in seconds, from the counts alone.
-
-        Raises:
-            UserInputError: more than :data:`MAX_RUNS` runs, or more than
-                :data:`MAX_SHAPE_POINTS` combinations of the keys that fix shapes.
-        """
-        if self.n_runs > MAX_RUNS:
-            sizes = " × ".join(f"{k} {n}" for k, n in zip(self.keys, self.sizes, strict=True))
-            raise UserInputError(
-                f"sweep: {self.n_runs:.3g} runs ({sizes}) is more than the {MAX_RUNS:.0e} "
-                "one results folder holds; split the sweep into several configs"
-            )
-        if self.n_dependent > MAX_SHAPE_POINTS:
-            keys = ", ".join(f"{self.keys[j]} ({self.sizes[j]})" for j in self.dependent)
-            raise UserInputError(
-                f"sweep: {self.n_dependent} combinations of {keys} is more than "
-                f"{MAX_SHAPE_POINTS}: each is its own batch of runs and data set; "
-                "sweep fewer values of these keys"
-            )
-
-    def check(self) -> list[str]:
-        """Validate every run without building each; return one-line warnings.
-
-        The dependent combinations are validated as whole configs; each value of
-        an independent key is validated once, by its field's type alone (no
-        validator relates it to another key), so 10⁶ seeds cost microseconds each.
-
-        Raises:
-            UserInputError: the sweep is too large (:meth:`check_size`), or the
-                first invalid point, naming its key.
-        """
-        self.check_size()
-        found: list[str] = []
-        checked = [cfg for _, cfg in self.dependent_points()]
-        for j in self.independent:
-            check_values = _field_checker(self.keys[j])
-            if check_values is not None:
-                check_values(self.values[j][1:])
-                continue
-            for d in range(1, self.sizes[j]):
-                digits = [0] * len(self.keys)
-                digits[j] = d
-                checked.append(self.config(self.coords(digits)))
-        for cfg in checked:
-            for msg in config_warnings(cfg):
-                if msg not in found:
-                    found.append(msg)
-        return found
-
-    def __iter__(self) -> Iterator[tuple[dict[str, Any], ExperimentConfig]]:
-        for index in range(self.n_runs):
-            yield self.run(index)
 
 
 #: activations whose nets have no homogenization (the KKT residuals are not defined)
@@ -1197,19 +815,6 @@ def config_warnings(cfg: ExperimentConfig) -> list[str]:
             "the warmup never ends"
         )
     return out
-
-
-def expand_runs(cfg: ExperimentConfig) -> list[tuple[dict[str, Any], ExperimentConfig]]:
-    """The runs of a config: cartesian product of ``sweep`` axes (× ``seed``).
-
-    This materialises every run; for large sweeps use :class:`SweepSpace`.
-
-    Returns:
-        A list of ``(coords, run_config)``: ``coords`` maps each swept dotted key
-        to this run's value; ``run_config`` has ``sweep`` emptied and the values
-        set (``seed`` set from ``sweep.seed`` when swept).
-    """
-    return list(SweepSpace(cfg))
 
 
 def to_yaml(cfg: ExperimentConfig, extra: Mapping[str, Any] | None = None) -> str:

@@ -19,7 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
-from .config import ExperimentConfig, SweepSpace
+from .config import ExperimentConfig
+from .config_sweep import SweepSpace
 
 if TYPE_CHECKING:
     import xarray as xr

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import UserInputError
-from .config import ExperimentConfig, SweepSpace
+from .config import ExperimentConfig
+from .config_sweep import SweepSpace
 from .data import Dataset, make_dataset
 from .engine import ModelSize, RunSpec, describe_model
 from .store import (
@@ -478,7 +479,7 @@ def make_plan(cfg: ExperimentConfig, base_dir: Path | None = None) -> Plan:
 
     Runs are not materialised: ``plan.runs[i]`` and ``plan.chunks[j]`` build
     one run or one chunk when asked. Groups depend only on the swept keys that
-    are not per-run (see :data:`implicit_bias.config.INDEPENDENT_KEYS`) and on
+    are not per-run (see :data:`implicit_bias.config_sweep.INDEPENDENT_KEYS`) and on
     the data's shapes, so planning costs one validation and one data set per
     combination of those keys, whatever the number of seeds, rates or scales.
 

@@ -159,7 +159,7 @@ def _read_text(p: Path, limit: int = 1 << 20) -> str:
 
 def _config_yaml(out: Path) -> dict[str, Any] | None:
     """The folder's ``config.yaml`` as a mapping, or None (absent, a link, not YAML)."""
-    from .config import _load_yaml
+    from .config_yaml import _load_yaml
 
     try:
         old = _load_yaml(_read_text(Path(out) / CONFIG_FILE))
