@@ -170,3 +170,21 @@ def test_a_grown_sweep_of_data_seeds_equals_a_fresh_run(tmp_path):
     assert grown.sizes["draw"] == 3
     xr.testing.assert_allclose(grown, fresh, rtol=1e-12, atol=1e-12)
     _check_per_run(grown, grown_cfg)
+
+
+def test_a_forged_draw_index_is_a_damaged_chunk(tmp_path):
+    """A chunk re-signed with a data_draw outside its draws is refused by name."""
+    out = tmp_path / "out"
+    ib.run(BASE, out=out)
+    path = sorted((out / "chunks").glob("*.nc"))[0]
+    chunk, _ = store.read_chunk(path)
+    assert chunk is not None and "draw" in chunk.dims
+    forged = chunk.assign(data_draw=("run", np.full(chunk.sizes["run"], 7, dtype=np.int64)))
+    plan = store.ChunkPlan(
+        int(chunk.attrs["group"]), int(chunk.attrs["chunk"]), tuple(chunk["run"].values)
+    )
+    store.write_chunk(out, plan, forged)
+    got, why = store.read_chunk(path)
+    assert got is None and "data_draw" in why
+    with pytest.raises(ib.UserInputError, match="data_draw"):
+        ib.open_results(out)

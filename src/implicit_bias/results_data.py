@@ -81,6 +81,16 @@ def _with(ds: xr.Dataset, layout: dict[str, tuple[tuple[str, ...], np.ndarray]])
     return ds.assign({k: v for k, v in layout.items() if k != FINGERPRINT}).assign_coords(coords)
 
 
+def draws_ok(ds: xr.Dataset) -> bool:
+    """A chunk in the draw layout names, for every run, one of its data sets."""
+    if DRAW not in ds.dims:
+        return INDEX not in ds
+    if INDEX not in ds or ds[INDEX].dims != ("run",) or FINGERPRINT not in ds.coords:
+        return False
+    index = np.asarray(ds[INDEX].values)
+    return index.dtype.kind in "iu" and bool(((index >= 0) & (index < ds.sizes[DRAW])).all())
+
+
 def drop_data(ds: xr.Dataset) -> xr.Dataset:
     """``ds`` without its data (the four arrays, the draw index and coordinates)."""
     return ds.drop_vars([*DATA_VARS, INDEX, FINGERPRINT, DRAW], errors="ignore")

@@ -679,6 +679,10 @@ def read_chunk(
     missing = [v for v in ("X_train", "y_train", "X_test", "y_test") if v not in ds]
     if missing:
         return None, f"has no {', '.join(missing)} (a chunk keeps its runs' data)"
+    from .results_data import draws_ok
+
+    if not draws_ok(ds):
+        return None, "has a data_draw index that names no data set of its draw dim"
     signed, whole = signing
     if signed and "sha256" not in ds.attrs:
         return None, "is not signed (no sha256), in a folder whose chunks all are"
