@@ -22,7 +22,10 @@ def test_spec_example_sweep_catapults_above_the_critical_rate(tmp_path):
     rate = ds["train.lr"].values
     phase = ds["phase"].values
     assert set(phase[rate <= 1.0]) == {"lazy"}
-    assert set(phase[rate >= 1.8]) == {"catapult"}
+    # phase rule v2: between 1 and 2 critical units the curvature falls without a loss
+    # spike above L₀ (sharpness_reduction, Kalra & Barkeshli 2023); at 3 the loss spikes
+    assert set(phase[(rate > 1.0) & (rate < 2.0)]) == {"sharpness_reduction"}
+    assert set(phase[rate >= 2.0]) == {"catapult"}
     assert not (phase == "diverged").any()
     # every run ends at or below the edge of stability 2/η, catapults well below their start
     assert np.all(ds["final_sharpness"].values < 2 / ds["lr"].values)
