@@ -403,6 +403,7 @@ def central_field(
         ok = (res <= TRACK_TOL * lam1.abs()) | (lam1 + res < (1 - EDGE_TOL) * thr)
         if bool((ok & torch.isfinite(res) & torch.isfinite(gS).all(1)).all()):
             return _one_direction(loss, g, lam1[:, None], u[:, None], gS, thr)
+        v0 = torch.where(torch.isfinite(u).all(1, keepdim=True), u, v0)  # the better start
     eig = model.top_eigs(w, v0, k, generator)
     lam, U = eig.eigenvalues, eig.eigenvectors
     zeros = torch.zeros_like(w)
