@@ -164,9 +164,11 @@ class FlowModel:
     ) -> curvature.LanczosResult:
         """Top-k Hessian eigenpairs of every run by Lanczos warm-started at ``v0 (R, P)``."""
         iters = min(max(EIG_ITERS, 2 * k + 2), w.shape[1])
+        # the flows use the pairs only: no explicit residuals (one matvec fewer)
         return curvature.lanczos(
-            self.hessian(w), v0, iters, k, generator, tol=EIG_TOL, early_stop=True
-        )
+            self.hessian(w), v0, iters, k, generator, tol=EIG_TOL, early_stop=True,
+            residuals=False,
+        )  # fmt: skip
 
     def curvature_gradients(
         self, w: Tensor, U: Tensor, pairs: Sequence[tuple[int, int]]
