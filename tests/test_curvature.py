@@ -255,6 +255,27 @@ def test_lanczos_few_iterations_with_gap(dtype, tol):
     assert torch.allclose(V.norm(dim=-1), torch.ones(R, 3, dtype=DT))
 
 
+def test_lanczos_without_residuals_gives_the_same_pairs_with_one_matvec_fewer():
+    P, gen = 50, torch.Generator().manual_seed(11)
+    eigs = torch.linspace(-1, 4, P, dtype=DT).expand(R, P).clone()
+    A = sym_batch(eigs, seed=12)
+    v0 = torch.randn(R, P, generator=gen, dtype=DT)
+    calls = {True: 0, False: 0}
+    outs = {}
+    for explicit in (True, False):
+
+        def counted(v, explicit=explicit):
+            calls[explicit] += 1
+            return mv(A)(v)
+
+        outs[explicit] = lanczos(counted, v0, 30, k=1, tol=1e-6, early_stop=True,
+                                 residuals=explicit)  # fmt: skip
+    assert calls[False] == calls[True] - 1
+    assert torch.equal(outs[False].eigenvalues, outs[True].eigenvalues)
+    assert torch.equal(outs[False].eigenvectors, outs[True].eigenvectors)
+    assert outs[False].residuals.isnan().all() and not outs[False].converged.any()
+
+
 def test_lanczos_returns_top_algebraic_not_largest_magnitude():
     P = 30
     d = torch.cat([torch.tensor([-10.0, 5.0]), torch.linspace(0, 1, P - 2)]).to(DT)

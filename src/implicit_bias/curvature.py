@@ -310,6 +310,7 @@ def lanczos(
     generator: torch.Generator | None = None,
     tol: float = 1e-3,
     early_stop: bool = False,
+    residuals: bool = True,
 ) -> LanczosResult:
     """The k largest *algebraic* eigenvalues of symmetric operators, batched over runs.
 
@@ -332,6 +333,9 @@ def lanczos(
             Ritz residual estimate is below ``tol/2·|θ|`` (one small host sync
             every second iteration). Warm-started from the previous eval step
             this usually needs a handful of iterations.
+        residuals: compute the explicit residuals (one more matvec per Ritz vector);
+            False leaves ``residuals`` NaN and ``converged`` False, for callers that
+            use only the pairs (the central flows, which solve several times a step).
 
     Returns:
         :class:`LanczosResult` with ``eigenvalues (R, k)`` (descending),
@@ -349,9 +353,13 @@ def lanczos(
     vecs = torch.einsum("rmk,rmp->rkp", S, Q)
     vecs = vecs / vecs.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(v0.dtype).tiny)
     # Explicit residuals: one extra batched matvec per Ritz vector (k is small).
-    res = torch.stack(
-        [(matvec(vecs[:, i]) - theta[:, i, None] * vecs[:, i]).norm(dim=1) for i in range(k)], 1
-    )
+    if residuals:
+        res = torch.stack(
+            [(matvec(vecs[:, i]) - theta[:, i, None] * vecs[:, i]).norm(dim=1) for i in range(k)],
+            1,
+        )
+    else:
+        res = torch.full_like(theta, float("nan"))
     nan = torch.tensor(float("nan"), dtype=v0.dtype, device=v0.device)
     theta = torch.where(bad[:, None], nan, theta)
     vecs = torch.where(bad[:, None, None], nan, vecs)
