@@ -51,12 +51,7 @@ def _product_problem(R: int = 1):
 
 def _dense_top(loss_fn, w: Tensor, like, X, y) -> Tensor:
     """λ_max of the dense Hessian of one run at flat ``w (P,)``."""
-    one = tuple(p[0] for p in curvature.unflatten(w[None], like))
-    sizes = [p.numel() for p in one]
-    H = hessian(lambda q: loss_fn(q, X, y))(one)
-    rows = [torch.cat([H[i][j].reshape(sizes[i], sizes[j]) for j in range(len(one))], 1)
-            for i in range(len(one))]  # fmt: skip
-    return torch.linalg.eigvalsh(torch.cat(rows, 0))[-1]
+    return torch.linalg.eigvalsh(_dense_hessian(loss_fn, w, like, X, y))[-1]
 
 
 def _flows(loss_fn, params, X, y, substeps=4, eigs=1):
