@@ -164,10 +164,9 @@ def cnn_rows(
     row: dict[str, Any] = {"runs": 0, "steps": steps}
     for batching in ("loop", "vmap"):
         cfg = cnn_config(runs, steps, batching)
-        row["runs"] = math.prod(len(v) for v in cfg["sweep"].values())
-        say(f"cnn: {row['runs']} runs × {steps} steps, batching {batching} …")
-        path = _write(cfg, tmp / f"cnn-{batching}.yaml")
-        row[batching] = time_ours(path, tmp / f"out-cnn-{batching}", device, repeats, startup)
+        row["runs"], path, row[batching] = _time_variant(
+            cfg, tmp, f"cnn-{batching}", f"cnn, batching {batching}", device, repeats, startup, say
+        )
     say("cnn — baseline loop …")
     script = BASELINE_SCRIPT.with_name("cnn_baseline.py")
     total, _ = best_of([sys.executable, str(script), str(path), "--device", device], repeats)
@@ -210,10 +209,9 @@ def central_flow_rows(
     row: dict[str, Any] = {"runs": 0, "steps": steps}
     for flow in ("none", "central"):
         cfg = central_flow_config(runs, steps, flow)
-        row["runs"] = math.prod(len(v) for v in cfg["sweep"].values())
-        say(f"central flow: {row['runs']} runs × {steps} steps, flow {flow} …")
-        path = _write(cfg, tmp / f"flow-{flow}.yaml")
-        row[flow] = time_ours(path, tmp / f"out-flow-{flow}", device, repeats, startup)
+        row["runs"], _, row[flow] = _time_variant(
+            cfg, tmp, f"flow-{flow}", f"central flow, flow {flow}", device, repeats, startup, say
+        )
     row["ratio"] = row["central"]["time_s"] / row["none"]["time_s"]
     row["engine_ratio"] = row["central"]["engine_s"] / row["none"]["engine_s"]
     return row
@@ -387,6 +385,25 @@ def time_ours(
         "engine_s": engine_seconds(Path(f"{out}-{i}")),
         "peak_rss_mib": rss,
     }
+
+
+def _time_variant(
+    cfg: dict[str, Any],
+    tmp: Path,
+    tag: str,
+    what: str,
+    device: str,
+    repeats: int,
+    startup: int,
+    say,
+) -> tuple[int, Path, dict[str, float]]:
+    """One variant of a bench row: ``cfg`` written as ``tmp/<tag>.yaml`` and timed by
+    :func:`time_ours` into ``tmp/out-<tag>``; returns its run count, path and timing."""
+    n_runs = math.prod(len(v) for v in cfg["sweep"].values())
+    steps = cfg["train"]["steps"]
+    say(f"{what}: {n_runs} runs × {steps} steps …")
+    path = _write(cfg, tmp / f"{tag}.yaml")
+    return n_runs, path, time_ours(path, tmp / f"out-{tag}", device, repeats, startup)
 
 
 def engine_seconds(out: Path) -> float:
@@ -570,10 +587,16 @@ def phase_diagram_rows(
     for level in ("highest", "high"):
         cfg = phase_diagram_config(runs, steps)
         cfg["train"]["matmul_precision"] = level
-        n_runs = math.prod(len(v) for v in cfg["sweep"].values())
-        say(f"phase diagram: {n_runs} runs × {steps} steps, matmul_precision {level} …")
-        path = _write(cfg, tmp / f"phase-{level}.yaml")
-        t = time_ours(path, tmp / f"out-phase-{level}", device, repeats, startup)
+        n_runs, _, t = _time_variant(
+            cfg,
+            tmp,
+            f"phase-{level}",
+            f"phase diagram, matmul_precision {level}",
+            device,
+            repeats,
+            startup,
+            say,
+        )
         chunks = len(list((tmp / f"out-phase-{level}-0" / "chunks").glob("*.nc")))
         f = workload_flops(cfg)
         rows.append(
